@@ -1,0 +1,2 @@
+// Package web embeds the operator dashboard's static assets.
+package web
