@@ -44,6 +44,7 @@ type Server struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{}
+	dbs    int
 }
 
 // FindBinDir returns the directory holding initdb and postgres.
@@ -255,4 +256,16 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, " | ")
+}
+
+// NewDatabase creates a fresh database with a unique name and returns its URL.
+func (s *Server) NewDatabase(ctx context.Context, prefix string) (string, error) {
+	s.mu.Lock()
+	s.dbs++
+	name := fmt.Sprintf("%s_%d", prefix, s.dbs)
+	s.mu.Unlock()
+	if err := s.CreateDatabase(ctx, name); err != nil {
+		return "", err
+	}
+	return s.URL(name), nil
 }

@@ -1,0 +1,68 @@
+\echo Use "CREATE EXTENSION hafe" to load this file. \quit
+
+-- A batch is one client request: an ordered list of transactions. The owner
+-- holds the lease; epoch grows with every claim so a fenced owner's writes
+-- fail their epoch check.
+CREATE TABLE batches (
+    batch_id     uuid PRIMARY KEY,
+    idem_key     text UNIQUE,
+    request_hash bytea NOT NULL,
+    n_txns       integer NOT NULL CHECK (n_txns >= 0),
+    owner        text,
+    epoch        bigint NOT NULL DEFAULT 1,
+    owner_pid    integer,
+    state        text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'done')),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per slot (batch_id, seq). A committed slot's row is written inside
+-- the slot's own transaction; the primary key makes a second commit fail.
+-- report is the exact line sent to clients.
+CREATE TABLE outcomes (
+    batch_id   uuid NOT NULL REFERENCES batches ON DELETE CASCADE,
+    seq        integer NOT NULL CHECK (seq >= 1),
+    status     text NOT NULL CHECK (status IN ('committed', 'aborted')),
+    report     text NOT NULL,
+    xid        xid8,
+    epoch      bigint NOT NULL,
+    owner      text NOT NULL,
+    attempts   integer NOT NULL DEFAULT 1,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (batch_id, seq)
+);
+
+-- MTCP connection snapshots for eager transfer.
+CREATE TABLE snapshots (
+    conn_id    bytea PRIMARY KEY,
+    owner      text,
+    record     bytea NOT NULL,
+    in_offset  bigint NOT NULL DEFAULT 0,
+    out_offset bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- claim_batch takes the lease of a batch for p_owner and returns the new
+-- epoch. It waits for any slot transaction of the previous owner (they hold
+-- the batch row lock), so once it returns the previous owner can no longer
+-- commit for this batch.
+CREATE FUNCTION claim_batch(p_batch uuid, p_owner text) RETURNS bigint
+LANGUAGE sql AS $$
+    UPDATE @extschema@.batches
+       SET owner = p_owner, epoch = epoch + 1, owner_pid = NULL, updated_at = now()
+     WHERE batch_id = p_batch
+    RETURNING epoch
+$$;
+
+-- fence_blockers terminates the hafe sessions that block backend p_pid (a
+-- claim stuck behind a dead owner's open transaction) and returns how many
+-- it signalled. Sessions of other applications are never touched.
+CREATE FUNCTION fence_blockers(p_pid integer) RETURNS integer
+LANGUAGE sql AS $$
+    SELECT count(*)::integer FROM (
+        SELECT pg_terminate_backend(a.pid)
+          FROM pg_stat_activity a
+         WHERE a.pid = ANY (pg_blocking_pids(p_pid))
+           AND a.application_name LIKE 'hafe/%'
+    ) t
+$$;

@@ -1,0 +1,150 @@
+package backendext
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"hafe.dev/hafe/internal/pgtemp"
+)
+
+var server *pgtemp.Server
+
+func TestMain(m *testing.M) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	s, err := pgtemp.Start(ctx, pgtemp.Options{})
+	cancel()
+	if err != nil {
+		panic(err)
+	}
+	server = s
+	code := m.Run()
+	s.Stop()
+	os.Exit(code)
+}
+
+func connect(t *testing.T) *pgx.Conn {
+	t.Helper()
+	ctx := context.Background()
+	url, err := server.NewDatabase(ctx, "ext")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c
+}
+
+func TestSchemaInstallIsIdempotent(t *testing.T) {
+	ctx := context.Background()
+	c := connect(t)
+	res, err := Install(ctx, c, InstallOptions{ForceSchema: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res != (InstallResult{Mode: ModeSchema, From: "", To: DefaultVersion}) {
+		t.Fatalf("first install: %+v", res)
+	}
+	res, err = Install(ctx, c, InstallOptions{ForceSchema: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res != (InstallResult{Mode: ModeSchema, From: DefaultVersion, To: DefaultVersion}) {
+		t.Fatalf("second install: %+v", res)
+	}
+	for _, table := range []string{"batches", "outcomes", "snapshots", "members"} {
+		var ok bool
+		if err := c.QueryRow(ctx, "SELECT to_regclass('hafe.'||$1) IS NOT NULL", table).Scan(&ok); err != nil || !ok {
+			t.Fatalf("table %s missing (err %v)", table, err)
+		}
+	}
+}
+
+func TestSchemaUpgradesFromOldVersion(t *testing.T) {
+	ctx := context.Background()
+	c := connect(t)
+	if _, err := Install(ctx, c, InstallOptions{ForceSchema: true, Version: "1.0"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var members bool
+	c.QueryRow(ctx, "SELECT to_regclass('hafe.members') IS NOT NULL").Scan(&members)
+	if members {
+		t.Fatal("version 1.0 should not have hafe.members")
+	}
+	res, err := Install(ctx, c, InstallOptions{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Mode != ModeSchema || res.From != "1.0" || res.To != DefaultVersion {
+		t.Fatalf("upgrade: %+v", res)
+	}
+	if _, err := GC(ctx, c, time.Hour); err != nil {
+		t.Fatalf("gc after upgrade: %v", err)
+	}
+}
+
+func TestUnknownVersionIsRefused(t *testing.T) {
+	c := connect(t)
+	if _, err := Install(context.Background(), c, InstallOptions{Version: "9.9"}, nil); err == nil {
+		t.Fatal("install of an unknown version succeeded")
+	}
+}
+
+// The extension mode needs the files in the server's extension directory;
+// CI installs them there (hafe db install-files), elsewhere this test skips.
+func TestCreateExtensionAndUpdate(t *testing.T) {
+	bin, _ := pgtemp.FindBinDir()
+	share := filepath.Join("/usr/share/postgresql", filepath.Base(filepath.Dir(bin)), "extension")
+	if _, err := os.Stat(filepath.Join(share, "hafe.control")); err != nil {
+		t.Skipf("hafe extension files not installed in %s (run: hafe db install-files)", share)
+	}
+	ctx := context.Background()
+	c := connect(t)
+	if _, err := Install(ctx, c, InstallOptions{Version: "1.0"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Install(ctx, c, InstallOptions{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Mode != ModeExtension || res.From != "1.0" || res.To != DefaultVersion {
+		t.Fatalf("update: %+v", res)
+	}
+	var v string
+	if err := c.QueryRow(ctx, "SELECT extversion FROM pg_extension WHERE extname = 'hafe'").Scan(&v); err != nil || v != DefaultVersion {
+		t.Fatalf("extversion %q err %v", v, err)
+	}
+}
+
+func TestGCKeepsRunningBatches(t *testing.T) {
+	ctx := context.Background()
+	c := connect(t)
+	if _, err := Install(ctx, c, InstallOptions{ForceSchema: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	old := "00000000-0000-0000-0000-000000000001"
+	running := "00000000-0000-0000-0000-000000000002"
+	for _, id := range []string{old, running} {
+		if _, _, err := CreateBatch(ctx, c, id, "", []byte{1}, 1, "fe1", time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := FinishBatch(ctx, c, old, 1); err != nil {
+		t.Fatal(err)
+	}
+	c.Exec(ctx, "UPDATE hafe.batches SET updated_at = now() - interval '2 days'")
+	n, err := GC(ctx, c, 24*time.Hour)
+	if err != nil || n != 1 {
+		t.Fatalf("gc removed %d rows (err %v), want 1", n, err)
+	}
+	if _, err := GetBatch(ctx, c, running, time.Second); err != nil {
+		t.Fatalf("running batch gone: %v", err)
+	}
+}

@@ -1,0 +1,59 @@
+package backendext
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Member is a row of hafe.members: one front-end.
+type Member struct {
+	ID          string
+	HTTPAddr    string
+	MTCPAddr    string
+	PeerAddr    string
+	Load        float64
+	Draining    bool
+	StartedAt   time.Time
+	HeartbeatAt time.Time
+	Alive       bool // heartbeat fresher than the liveness asked for
+}
+
+// Heartbeat inserts or refreshes the member's row.
+func Heartbeat(ctx context.Context, db DB, m Member) error {
+	_, err := db.Exec(ctx, `INSERT INTO hafe.members (id, http_addr, mtcp_addr, peer_addr, load, draining)
+		VALUES ($1, $2, $3, $4, $5, $6)
+		ON CONFLICT (id) DO UPDATE SET http_addr = EXCLUDED.http_addr, mtcp_addr = EXCLUDED.mtcp_addr,
+			peer_addr = EXCLUDED.peer_addr, load = EXCLUDED.load, draining = EXCLUDED.draining, heartbeat_at = now()`,
+		m.ID, m.HTTPAddr, m.MTCPAddr, m.PeerAddr, m.Load, m.Draining)
+	if err != nil {
+		return fmt.Errorf("heartbeat %s: %w", m.ID, err)
+	}
+	return nil
+}
+
+// Leave removes the member's row, so its batches count as unowned at once.
+func Leave(ctx context.Context, db DB, id string) error {
+	_, err := db.Exec(ctx, "DELETE FROM hafe.members WHERE id = $1", id)
+	return err
+}
+
+// ListMembers returns all members, alive first.
+func ListMembers(ctx context.Context, db DB, liveness time.Duration) ([]Member, error) {
+	rows, err := db.Query(ctx, `SELECT id, http_addr, mtcp_addr, peer_addr, load, draining, started_at, heartbeat_at,
+			heartbeat_at > now() - make_interval(secs => $1::float8) AS alive
+		FROM hafe.members ORDER BY alive DESC, id`, liveness.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("list members: %w", err)
+	}
+	defer rows.Close()
+	var ms []Member
+	for rows.Next() {
+		var m Member
+		if err := rows.Scan(&m.ID, &m.HTTPAddr, &m.MTCPAddr, &m.PeerAddr, &m.Load, &m.Draining, &m.StartedAt, &m.HeartbeatAt, &m.Alive); err != nil {
+			return nil, err
+		}
+		ms = append(ms, m)
+	}
+	return ms, rows.Err()
+}

@@ -1,0 +1,223 @@
+package backendext
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// DB is what the queries need: a pool, a connection or a transaction.
+type DB interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+var (
+	// ErrFenced means this owner's lease on the batch was taken over: its
+	// epoch is no longer the batch's epoch, so it must not commit anything.
+	ErrFenced = errors.New("lease on batch lost to another owner")
+	// ErrOutcomeExists means the slot already has an outcome row.
+	ErrOutcomeExists = errors.New("slot already has an outcome")
+	// ErrNoBatch means no batch has that id.
+	ErrNoBatch = errors.New("no such batch")
+)
+
+// Batch states.
+const (
+	BatchRunning = "running"
+	BatchDone    = "done"
+)
+
+// Batch is a row of hafe.batches, plus whether its owner's heartbeat is fresh.
+type Batch struct {
+	ID          string
+	IdemKey     string // "" when the client sent none
+	RequestHash []byte
+	NumTxns     int
+	Owner       string // "" when no front-end holds the lease
+	Epoch       int64
+	State       string
+	OwnerAlive  bool
+}
+
+// Outcome is a row of hafe.outcomes.
+type Outcome struct {
+	BatchID  string
+	Seq      int
+	Status   string // "committed" or "aborted"
+	Report   []byte // the exact line reported to clients, without newline
+	Epoch    int64
+	Owner    string
+	Attempts int
+}
+
+const batchColumns = `b.batch_id::text, coalesce(b.idem_key, ''), b.request_hash, b.n_txns,
+	coalesce(b.owner, ''), b.epoch, b.state,
+	coalesce(m.heartbeat_at > now() - make_interval(secs => $2::float8), false)`
+
+func scanBatch(row pgx.Row) (Batch, error) {
+	var b Batch
+	err := row.Scan(&b.ID, &b.IdemKey, &b.RequestHash, &b.NumTxns, &b.Owner, &b.Epoch, &b.State, &b.OwnerAlive)
+	return b, err
+}
+
+// CreateBatch inserts a new running batch owned by owner at epoch 1. When
+// idemKey is not empty and a batch with that key exists, it returns that
+// batch instead and created is false. liveness is how fresh an owner's
+// heartbeat must be for Batch.OwnerAlive.
+func CreateBatch(ctx context.Context, db DB, id, idemKey string, requestHash []byte, numTxns int, owner string, liveness time.Duration) (b Batch, created bool, err error) {
+	var key any
+	if idemKey != "" {
+		key = idemKey
+	}
+	tag, err := db.Exec(ctx, `INSERT INTO hafe.batches (batch_id, idem_key, request_hash, n_txns, owner)
+		VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idem_key) DO NOTHING`, id, key, requestHash, numTxns, owner)
+	if err != nil {
+		return Batch{}, false, fmt.Errorf("create batch: %w", err)
+	}
+	if tag.RowsAffected() == 1 {
+		return Batch{ID: id, IdemKey: idemKey, RequestHash: requestHash, NumTxns: numTxns, Owner: owner, Epoch: 1, State: BatchRunning, OwnerAlive: true}, true, nil
+	}
+	b, err = scanBatch(db.QueryRow(ctx, `SELECT `+batchColumns+`
+		FROM hafe.batches b LEFT JOIN hafe.members m ON m.id = b.owner WHERE b.idem_key = $1`, idemKey, liveness.Seconds()))
+	if err != nil {
+		return Batch{}, false, fmt.Errorf("read batch for key: %w", err)
+	}
+	return b, false, nil
+}
+
+// GetBatch reads a batch by id.
+func GetBatch(ctx context.Context, db DB, id string, liveness time.Duration) (Batch, error) {
+	b, err := scanBatch(db.QueryRow(ctx, `SELECT `+batchColumns+`
+		FROM hafe.batches b LEFT JOIN hafe.members m ON m.id = b.owner WHERE b.batch_id = $1`, id, liveness.Seconds()))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Batch{}, ErrNoBatch
+	}
+	return b, err
+}
+
+// ClaimBatch takes the batch's lease for owner and returns the new epoch. It
+// blocks while a slot transaction of the previous owner is open; see
+// hafe.claim_batch.
+func ClaimBatch(ctx context.Context, db DB, id, owner string) (int64, error) {
+	var epoch int64
+	err := db.QueryRow(ctx, "SELECT hafe.claim_batch($1, $2)", id, owner).Scan(&epoch)
+	if err != nil {
+		return 0, fmt.Errorf("claim batch %s: %w", id, err)
+	}
+	if epoch == 0 {
+		return 0, ErrNoBatch
+	}
+	return epoch, nil
+}
+
+// FenceBlockers terminates the hafe sessions that block backend pid.
+func FenceBlockers(ctx context.Context, db DB, pid uint32) (int, error) {
+	var n int
+	err := db.QueryRow(ctx, "SELECT hafe.fence_blockers($1)", int32(pid)).Scan(&n)
+	return n, err
+}
+
+// CheckLease is the first statement of every slot transaction: it fails
+// with ErrFenced unless owner still holds the batch at epoch, and it locks
+// the batch row until the transaction ends, so a claim waits for it.
+func CheckLease(ctx context.Context, tx DB, batchID string, epoch int64) error {
+	tag, err := tx.Exec(ctx, `UPDATE hafe.batches SET owner_pid = pg_backend_pid()
+		WHERE batch_id = $1 AND epoch = $2`, batchID, epoch)
+	if err != nil {
+		return fmt.Errorf("check lease: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrFenced
+	}
+	return nil
+}
+
+// InsertOutcome writes the slot's outcome inside the slot's transaction. If
+// the slot already has one it returns ErrOutcomeExists, and the transaction
+// is then unusable: roll it back and adopt the recorded outcome.
+func InsertOutcome(ctx context.Context, tx DB, o Outcome) error {
+	_, err := tx.Exec(ctx, `INSERT INTO hafe.outcomes (batch_id, seq, status, report, xid, epoch, owner, attempts)
+		VALUES ($1, $2, $3, $4, pg_current_xact_id(), $5, $6, $7)`,
+		o.BatchID, o.Seq, o.Status, string(o.Report), o.Epoch, o.Owner, o.Attempts)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "outcomes_pkey" {
+		return ErrOutcomeExists
+	}
+	if err != nil {
+		return fmt.Errorf("insert outcome %s/%d: %w", o.BatchID, o.Seq, err)
+	}
+	return nil
+}
+
+// GetOutcome reads a slot's outcome; ok is false when it has none.
+func GetOutcome(ctx context.Context, db DB, batchID string, seq int) (o Outcome, ok bool, err error) {
+	o = Outcome{BatchID: batchID, Seq: seq}
+	var report string
+	err = db.QueryRow(ctx, `SELECT status, report, epoch, owner, attempts FROM hafe.outcomes
+		WHERE batch_id = $1 AND seq = $2`, batchID, seq).Scan(&o.Status, &report, &o.Epoch, &o.Owner, &o.Attempts)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Outcome{}, false, nil
+	}
+	if err != nil {
+		return Outcome{}, false, fmt.Errorf("read outcome %s/%d: %w", batchID, seq, err)
+	}
+	o.Report = []byte(report)
+	return o, true, nil
+}
+
+// ListOutcomes reads every recorded outcome of a batch, in seq order.
+func ListOutcomes(ctx context.Context, db DB, batchID string) ([]Outcome, error) {
+	rows, err := db.Query(ctx, `SELECT seq, status, report, epoch, owner, attempts FROM hafe.outcomes
+		WHERE batch_id = $1 ORDER BY seq`, batchID)
+	if err != nil {
+		return nil, fmt.Errorf("list outcomes of %s: %w", batchID, err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Outcome, error) {
+		o := Outcome{BatchID: batchID}
+		var report string
+		err := r.Scan(&o.Seq, &o.Status, &report, &o.Epoch, &o.Owner, &o.Attempts)
+		o.Report = []byte(report)
+		return o, err
+	})
+}
+
+// FinishBatch marks the batch done and releases its lease, if owner still
+// holds it at epoch.
+func FinishBatch(ctx context.Context, db DB, batchID string, epoch int64) error {
+	return updateLeased(ctx, db, `UPDATE hafe.batches SET state = 'done', owner = NULL, owner_pid = NULL, updated_at = now()
+		WHERE batch_id = $1 AND epoch = $2`, batchID, epoch)
+}
+
+// ReleaseBatch gives up the lease without finishing the batch, so that a
+// retry on any front-end may resume it at once.
+func ReleaseBatch(ctx context.Context, db DB, batchID string, epoch int64) error {
+	return updateLeased(ctx, db, `UPDATE hafe.batches SET owner = NULL, owner_pid = NULL, updated_at = now()
+		WHERE batch_id = $1 AND epoch = $2`, batchID, epoch)
+}
+
+func updateLeased(ctx context.Context, db DB, query, batchID string, epoch int64) error {
+	tag, err := db.Exec(ctx, query, batchID, epoch)
+	if err != nil {
+		return fmt.Errorf("update batch %s: %w", batchID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrFenced
+	}
+	return nil
+}
+
+// GC deletes finished batches, snapshots and members older than retention.
+func GC(ctx context.Context, db DB, retention time.Duration) (int64, error) {
+	var n int64
+	err := db.QueryRow(ctx, "SELECT hafe.gc(make_interval(secs => $1::float8))", retention.Seconds()).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("gc: %w", err)
+	}
+	return n, nil
+}
