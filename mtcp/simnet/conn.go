@@ -19,8 +19,18 @@ import (
 // TCP failures to syscall errnos (ECONNRESET, ETIMEDOUT, ...).
 type conn struct {
 	*gonet.TCPConn
-	closed atomic.Bool
+	// Addresses are kept from the start: gonet loses them once the
+	// endpoint is aborted, the kernel does not.
+	laddr, raddr net.Addr
+	closed       atomic.Bool
 }
+
+func newConn(c *gonet.TCPConn) *conn {
+	return &conn{TCPConn: c, laddr: c.LocalAddr(), raddr: c.RemoteAddr()}
+}
+
+func (c *conn) LocalAddr() net.Addr  { return c.laddr }
+func (c *conn) RemoteAddr() net.Addr { return c.raddr }
 
 func (c *conn) Read(b []byte) (int, error) {
 	if c.closed.Load() {
@@ -30,7 +40,7 @@ func (c *conn) Read(b []byte) (int, error) {
 	if err != nil && c.closed.Load() {
 		return n, c.closedErr("read")
 	}
-	return n, translate(err)
+	return n, c.opErr(err)
 }
 
 func (c *conn) Write(b []byte) (int, error) {
@@ -41,7 +51,7 @@ func (c *conn) Write(b []byte) (int, error) {
 	if err != nil && c.closed.Load() {
 		return n, c.closedErr("write")
 	}
-	return n, translate(err)
+	return n, c.opErr(err)
 }
 
 func (c *conn) Close() error {
@@ -51,8 +61,17 @@ func (c *conn) Close() error {
 	return c.TCPConn.Close()
 }
 
-func (c *conn) CloseRead() error  { return translate(c.TCPConn.CloseRead()) }
-func (c *conn) CloseWrite() error { return translate(c.TCPConn.CloseWrite()) }
+func (c *conn) CloseRead() error  { return c.opErr(c.TCPConn.CloseRead()) }
+func (c *conn) CloseWrite() error { return c.opErr(c.TCPConn.CloseWrite()) }
+
+// opErr translates err and names the connection's addresses in it.
+func (c *conn) opErr(err error) error {
+	err = translate(err)
+	if oe, ok := err.(*net.OpError); ok {
+		oe.Source, oe.Addr = c.laddr, c.raddr
+	}
+	return err
+}
 
 func (c *conn) closedErr(op string) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: net.ErrClosed}
@@ -62,18 +81,32 @@ func (c *conn) closedErr(op string) error {
 // Close, as a kernel listener's does.
 type listener struct {
 	*gonet.TCPListener
+	host   *Host
 	closed atomic.Bool
 }
 
 func (l *listener) Accept() (net.Conn, error) {
 	c, err := l.TCPListener.Accept()
 	if err != nil {
-		if l.closed.Load() {
+		// A listener on a crashed host is as closed as one closed by hand.
+		if l.closed.Load() || l.host.crashed.Load() {
 			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: net.ErrClosed}
 		}
 		return nil, translate(err)
 	}
-	return &conn{TCPConn: c.(*gonet.TCPConn)}, nil
+	return newConn(c.(*gonet.TCPConn)), nil
+}
+
+// Addr reports 0.0.0.0 for a listener on every address, as the kernel does.
+func (l *listener) Addr() net.Addr {
+	a, ok := l.TCPListener.Addr().(*net.TCPAddr)
+	if !ok {
+		return nil
+	}
+	if len(a.IP) == 0 {
+		a.IP = net.IPv4zero
+	}
+	return a
 }
 
 func (l *listener) Close() error {
@@ -100,6 +133,7 @@ var errnos = map[string]error{
 	(&tcpip.ErrNotConnected{}).String():         syscall.ENOTCONN,
 	(&tcpip.ErrPortInUse{}).String():            syscall.EADDRINUSE,
 	(&tcpip.ErrBadLocalAddress{}).String():      syscall.EADDRNOTAVAIL,
+	(&tcpip.ErrNoPortAvailable{}).String():      syscall.EADDRNOTAVAIL,
 	(&tcpip.ErrInvalidEndpointState{}).String(): syscall.EINVAL,
 }
 

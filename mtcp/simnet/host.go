@@ -100,7 +100,7 @@ func (h *Host) Listen(network, address string) (net.Listener, error) {
 	if err != nil {
 		return nil, translate(err)
 	}
-	return &listener{TCPListener: l}, nil
+	return &listener{TCPListener: l, host: h}, nil
 }
 
 // DialContext connects to address on the named network; its signature fits
@@ -119,7 +119,7 @@ func (h *Host) DialContext(ctx context.Context, network, address string) (net.Co
 		}
 		return nil, translate(err)
 	}
-	return &conn{TCPConn: c}, nil
+	return newConn(c), nil
 }
 
 // Crash stops the host as if its power were cut: it sends and receives

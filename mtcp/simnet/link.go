@@ -25,9 +25,10 @@ type LinkConfig struct {
 	// unlimited. A packet of n bytes occupies the link for n/Bandwidth
 	// seconds, and packets queue behind each other.
 	Bandwidth int64
-	// QueueBytes bounds the bytes waiting for serialisation on a
-	// bandwidth-limited link; a packet that does not fit is dropped
-	// (tail drop), as a router would. 0 means DefaultQueueBytes.
+	// QueueBytes bounds the bytes a bandwidth-limited link holds that are
+	// not yet fully serialised, counting the packet on the wire; a packet
+	// that does not fit is dropped (tail drop), as a router would. 0 means
+	// DefaultQueueBytes.
 	QueueBytes int
 }
 

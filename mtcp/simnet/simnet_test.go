@@ -1,0 +1,483 @@
+//go:build simnet
+
+package simnet
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// patience bounds every wait in these tests. It is generous on purpose: a
+// test may be slow on a loaded machine, but it must not fail for it.
+const patience = 60 * time.Second
+
+// topology is a network with a client and a server joined by one link.
+type topology struct {
+	net            *Network
+	client, server *Host
+}
+
+func newTopology(t *testing.T, cfg LinkConfig) topology {
+	t.Helper()
+	n := New(Config{Seed: 1, Logger: slog.New(slog.NewTextHandler(tWriter{t}, nil))})
+	t.Cleanup(func() { n.Close() })
+	c, err := n.AddHost("client", netip.MustParseAddr("10.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := n.AddHost("server", netip.MustParseAddr("10.0.0.2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Link(c, s, cfg); err != nil {
+		t.Fatal(err)
+	}
+	return topology{net: n, client: c, server: s}
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimSuffix(p, []byte("\n"))))
+	return len(p), nil
+}
+
+// connPair returns both ends of a connection from client to server.
+func (tp topology) connPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln, err := tp.server.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Error(err)
+		}
+		accepted <- c
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	port := ln.Addr().(*net.TCPAddr).Port
+	client, err = tp.client.DialContext(ctx, "tcp", net.JoinHostPort(tp.server.Addr().String(), strconv.Itoa(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	if server == nil {
+		t.FailNow()
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+// echo copies everything c reads back to c until EOF, then closes c.
+func echo(c net.Conn) {
+	io.Copy(c, c)
+	c.Close()
+}
+
+func randomBytes(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	r := rand.New(rand.NewPCG(seed, seed))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// roundTrip writes data to c from another goroutine, half-closes, and
+// returns everything read from c until EOF.
+func roundTrip(t *testing.T, c net.Conn, data []byte) []byte {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(patience))
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if _, err := c.Write(data); err != nil {
+			t.Errorf("write: %v", err)
+		}
+		if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+			t.Errorf("close write: %v", err)
+		}
+	})
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Errorf("read: %v", err)
+	}
+	wg.Wait()
+	return got
+}
+
+func TestEchoAcrossLink(t *testing.T) {
+	checkNoLeaks(t)
+	tp := newTopology(t, LinkConfig{Delay: 2 * time.Millisecond})
+	ln, err := tp.server.Listen("tcp", ":7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go echo(c)
+		}
+	}()
+
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	// By address and by host name.
+	for _, addr := range []string{"10.0.0.2:7", "server:7"} {
+		c, err := tp.client.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			t.Fatalf("dial %s: %v", addr, err)
+		}
+		if got, want := c.RemoteAddr().String(), "10.0.0.2:7"; got != want {
+			t.Errorf("RemoteAddr = %s, want %s", got, want)
+		}
+		if got := c.LocalAddr().(*net.TCPAddr).IP.String(); got != "10.0.0.1" {
+			t.Errorf("LocalAddr IP = %s, want 10.0.0.1", got)
+		}
+		data := randomBytes(1, 200<<10)
+		if got := roundTrip(t, c, data); !bytes.Equal(got, data) {
+			t.Errorf("echo via %s returned %d bytes, want the %d sent", addr, len(got), len(data))
+		}
+		c.Close()
+	}
+	st, err := tp.net.Stats(tp.client, tp.server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Delivered == 0 || st.Lost != 0 || st.Cut != 0 {
+		t.Errorf("client→server stats = %+v, want deliveries and no drops", st)
+	}
+}
+
+func TestBytesArriveIntactUnderLoss(t *testing.T) {
+	checkNoLeaks(t)
+	tp := newTopology(t, LinkConfig{Delay: time.Millisecond, Loss: 0.05})
+	client, server := tp.connPair(t)
+	go echo(server)
+
+	data := randomBytes(2, 256<<10)
+	if got := roundTrip(t, client, data); !bytes.Equal(got, data) {
+		t.Fatalf("got %d bytes back, want the %d sent, intact", len(got), len(data))
+	}
+	for _, dir := range [][2]*Host{{tp.client, tp.server}, {tp.server, tp.client}} {
+		st, _ := tp.net.Stats(dir[0], dir[1])
+		t.Logf("%s→%s: %+v", dir[0], dir[1], st)
+		if st.Lost == 0 {
+			t.Errorf("%s→%s lost no packets at 5%% loss over %d packets", dir[0], dir[1], st.Sent)
+		}
+	}
+}
+
+func TestPartitionStallsAndHealResumes(t *testing.T) {
+	checkNoLeaks(t)
+	tp := newTopology(t, LinkConfig{Delay: time.Millisecond})
+	client, server := tp.connPair(t)
+
+	if err := tp.net.Partition(tp.client, tp.server); err != nil {
+		t.Fatal(err)
+	}
+
+	// Nothing crosses: a read times out.
+	if _, err := server.Write([]byte("hello")); err != nil {
+		t.Fatalf("write into a partition should buffer, got %v", err)
+	}
+	client.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	buf := make([]byte, 16)
+	if n, err := client.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read across a partition = %d, %v; want a deadline error", n, err)
+	}
+
+	// Without acknowledgements the sender's buffer fills: a write stalls.
+	payload := randomBytes(3, 64<<10)
+	var sent bytes.Buffer
+	sent.WriteString("hello")
+	server.SetWriteDeadline(time.Now().Add(time.Second))
+	for {
+		n, err := server.Write(payload)
+		sent.Write(payload[:n])
+		if err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("stalled write: %v, want a deadline error", err)
+			}
+			break
+		}
+		if sent.Len() > 64<<20 {
+			t.Fatal("64 MiB written into a partition without stalling")
+		}
+	}
+	t.Logf("%d bytes buffered before the write stalled", sent.Len())
+
+	// Healing resumes the stream where it stopped, nothing lost.
+	if err := tp.net.Heal(tp.client, tp.server); err != nil {
+		t.Fatal(err)
+	}
+	server.SetWriteDeadline(time.Time{})
+	go func() {
+		server.Write([]byte("bye"))
+		server.(interface{ CloseWrite() error }).CloseWrite()
+	}()
+	sent.WriteString("bye")
+	client.SetReadDeadline(time.Now().Add(patience))
+	got, err := io.ReadAll(client)
+	if err != nil {
+		t.Fatalf("read after heal: %v", err)
+	}
+	if !bytes.Equal(got, sent.Bytes()) {
+		t.Fatalf("after heal read %d bytes, want the %d written, intact", len(got), sent.Len())
+	}
+	if st, _ := tp.net.Stats(tp.server, tp.client); st.Cut == 0 {
+		t.Errorf("server→client stats = %+v, want packets cut by the partition", st)
+	}
+}
+
+func TestBandwidthIsNeverExceeded(t *testing.T) {
+	checkNoLeaks(t)
+	tp := newTopology(t, LinkConfig{})
+	client, server := tp.connPair(t)
+
+	// Slow down only what the server sends, at run time.
+	const bw = 1 << 20 // 1 MiB/s
+	if err := tp.net.SetLinkOneWay(tp.server, tp.client, LinkConfig{Bandwidth: bw}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, _ := tp.net.LinkConfig(tp.client, tp.server); cfg != (LinkConfig{}) {
+		t.Errorf("client→server config = %+v, want it unchanged", cfg)
+	}
+
+	const size = 512 << 10
+	start := time.Now()
+	go func() {
+		server.Write(randomBytes(4, size))
+		server.Close()
+	}()
+	client.SetReadDeadline(time.Now().Add(patience))
+	n, err := io.Copy(io.Discard, client)
+	elapsed := time.Since(start)
+	if err != nil || n != size {
+		t.Fatalf("read %d bytes, %v; want %d", n, err, size)
+	}
+	// Headers only add to the time, so this lower bound holds on any
+	// machine, however slow.
+	if min := time.Duration(size * int64(time.Second) / bw); elapsed < min {
+		t.Errorf("%d bytes took %v over a %d B/s link; the minimum is %v", size, elapsed, bw, min)
+	}
+	t.Logf("%d bytes in %v: %.0f KiB/s over a %d KiB/s link", size, elapsed, float64(size)/1024/elapsed.Seconds(), bw>>10)
+}
+
+func TestDelayAddsToEveryRoundTrip(t *testing.T) {
+	checkNoLeaks(t)
+	const delay = 20 * time.Millisecond
+	tp := newTopology(t, LinkConfig{Delay: delay})
+	client, server := tp.connPair(t)
+	go echo(server)
+
+	client.SetDeadline(time.Now().Add(patience))
+	buf := make([]byte, 1)
+	for i := range 5 {
+		start := time.Now()
+		if _, err := client.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(client, buf); err != nil {
+			t.Fatal(err)
+		}
+		if rtt := time.Since(start); rtt < 2*delay {
+			t.Errorf("round trip %d took %v, less than twice the %v delay", i, rtt, delay)
+		}
+	}
+}
+
+func TestDialErrorsLookLikeTheKernels(t *testing.T) {
+	checkNoLeaks(t)
+	tp := newTopology(t, LinkConfig{})
+	lonely, err := tp.net.AddHost("lonely", netip.MustParseAddr("10.0.0.9"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+
+	_, err = tp.client.DialContext(ctx, "tcp", "server:81")
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("dial a closed port: %v, want ECONNREFUSED", err)
+	}
+	_, err = tp.client.DialContext(ctx, "tcp", lonely.Addr().String()+":80")
+	if !errors.Is(err, syscall.EHOSTUNREACH) && !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("dial an unlinked host: %v, want EHOSTUNREACH or ENETUNREACH", err)
+	}
+	var dnsErr *net.DNSError
+	if _, err = tp.client.DialContext(ctx, "tcp", "nowhere:80"); !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
+		t.Errorf("dial an unknown name: %v, want a not-found DNS error", err)
+	}
+	if _, err = tp.client.DialContext(ctx, "udp", "server:80"); err == nil {
+		t.Error("dial udp succeeded; only tcp is simulated")
+	}
+	if _, err = tp.client.Listen("tcp", "10.0.0.2:80"); !errors.Is(err, syscall.EADDRNOTAVAIL) {
+		t.Errorf("listen on another host's address: %v, want EADDRNOTAVAIL", err)
+	}
+
+	// A partitioned peer never answers: the dial lasts until its context ends.
+	tp.net.Partition(tp.client, tp.server)
+	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancelShort()
+	if _, err = tp.client.DialContext(short, "tcp", "server:81"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("dial across a partition: %v, want context.DeadlineExceeded", err)
+	}
+}
+
+func TestClosedConnAndListenerReportErrClosed(t *testing.T) {
+	checkNoLeaks(t)
+	tp := newTopology(t, LinkConfig{})
+	client, server := tp.connPair(t)
+
+	client.Close()
+	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("read after close: %v, want net.ErrClosed", err)
+	}
+	if _, err := client.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("write after close: %v, want net.ErrClosed", err)
+	}
+	server.SetReadDeadline(time.Now().Add(patience))
+	if _, err := server.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("peer read after close: %v, want io.EOF", err)
+	}
+
+	ln, err := tp.server.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan error, 1)
+	go func() {
+		_, err := ln.Accept()
+		accepted <- err
+	}()
+	time.Sleep(10 * time.Millisecond) // let Accept block; the test holds either way
+	ln.Close()
+	select {
+	case err := <-accepted:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("accept on a closed listener: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(patience):
+		t.Fatal("Close did not unblock Accept")
+	}
+}
+
+func TestCrashedServerGoesSilent(t *testing.T) {
+	checkNoLeaks(t)
+	tp := newTopology(t, LinkConfig{Delay: time.Millisecond})
+	client, server := tp.connPair(t)
+
+	tp.server.Crash()
+	if _, err := server.Read(make([]byte, 1)); err == nil {
+		t.Error("read on a crashed host succeeded")
+	}
+	// The client hears no FIN and no RST.
+	if _, err := client.Write([]byte("anyone?")); err != nil {
+		t.Fatalf("write to a silent peer should buffer, got %v", err)
+	}
+	client.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("read from a crashed peer: %v, want a deadline error", err)
+	}
+}
+
+func TestCloseUnblocksEverything(t *testing.T) {
+	checkNoLeaks(t)
+	tp := newTopology(t, LinkConfig{Delay: 5 * time.Millisecond, Loss: 0.01, Bandwidth: 10 << 20})
+	client, server := tp.connPair(t)
+	ln, err := tp.server.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	type result struct {
+		op  string
+		err error
+	}
+	errs := make(chan result, 3)
+	go func() { _, err := ln.Accept(); errs <- result{"accept", err} }()
+	go func() {
+		// The server is sending; read until the stream breaks.
+		buf := make([]byte, 32<<10)
+		for {
+			if _, err := client.Read(buf); err != nil {
+				errs <- result{"read", err}
+				return
+			}
+		}
+	}()
+	go func() {
+		_, err := io.Copy(server, bytes.NewReader(randomBytes(5, 8<<20)))
+		errs <- result{"write", err}
+	}()
+	time.Sleep(50 * time.Millisecond) // let them block; the test holds either way
+
+	if err := tp.net.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		select {
+		case r := <-errs:
+			t.Logf("%s: %v", r.op, r.err)
+			if r.err == nil {
+				t.Errorf("blocked %s returned no error after Close", r.op)
+			}
+		case <-time.After(patience):
+			t.Fatal("Close left a call blocked")
+		}
+	}
+	if _, err := tp.net.AddHost("late", netip.MustParseAddr("10.0.0.3")); !errors.Is(err, ErrClosed) {
+		t.Errorf("AddHost after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestTopologyErrors(t *testing.T) {
+	checkNoLeaks(t)
+	tp := newTopology(t, LinkConfig{})
+	other, err := tp.net.AddHost("other", netip.MustParseAddr("10.0.0.3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.net.Link(tp.client, tp.server, LinkConfig{}); !errors.Is(err, ErrLinked) {
+		t.Errorf("second Link: %v, want ErrLinked", err)
+	}
+	if err := tp.net.Partition(tp.client, other); !errors.Is(err, ErrNoLink) {
+		t.Errorf("Partition of unlinked hosts: %v, want ErrNoLink", err)
+	}
+	if err := tp.net.SetLink(tp.client, tp.server, LinkConfig{Loss: 1.5}); err == nil {
+		t.Error("SetLink accepted a loss of 1.5")
+	}
+	if _, err := tp.net.AddHost("dup", tp.client.Addr()); err == nil {
+		t.Error("AddHost accepted a duplicate address")
+	}
+	if _, err := tp.net.AddHost("client", netip.MustParseAddr("10.0.0.4")); err == nil {
+		t.Error("AddHost accepted a duplicate name")
+	}
+	if _, err := tp.net.AddHost("v6", netip.MustParseAddr("fd00::1")); err == nil {
+		t.Error("AddHost accepted an IPv6 address")
+	}
+	if tp.net.Host("server") != tp.server {
+		t.Error("Host(server) did not return the server")
+	}
+}
