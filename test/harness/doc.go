@@ -1,0 +1,21 @@
+// Package harness runs hafe's integration tests on real containers:
+// PostgreSQL from HAFE_PG_IMAGE and hafe front-ends from HAFE_IMAGE, on a
+// Docker network that each test creates for itself, with testcontainers-go.
+//
+// A test starts with RequireDocker, then NewNetwork, StartPostgres and
+// StartHafe (or StartHafes); each returns URLs for the host side (the test
+// process) and for the network (one container talking to another), and a
+// Container handle that can kill, pause, cut off and restart the container —
+// the faults the tests inject.
+//
+// Images are built locally, never pulled: the first use of an image in a test
+// process runs test/images/build-postgres.sh or build-hafe.sh (cheap when
+// nothing changed). Set HAFE_PG_IMAGE_BUILD=0 or HAFE_IMAGE_BUILD=0 to use an
+// image as it is.
+//
+// The invariant: everything a test creates is removed by t.Cleanup — Ryuk,
+// testcontainers' reaper, is disabled because it cannot be pulled here — and
+// TESTCONTAINERS_HOST_OVERRIDE=localhost is set before testcontainers-go
+// reads its configuration (this machine has a /.dockerenv, so testcontainers
+// would otherwise dial the default gateway instead of the published ports).
+package harness
