@@ -29,9 +29,13 @@ type topology struct {
 	client, server *Host
 }
 
-func newTopology(t *testing.T, cfg LinkConfig) topology {
+func newTopology(t testing.TB, cfg LinkConfig) topology {
 	t.Helper()
-	n := New(Config{Seed: 1, Logger: slog.New(slog.NewTextHandler(tWriter{t}, nil))})
+	var log *slog.Logger
+	if _, ok := t.(*testing.T); ok {
+		log = slog.New(slog.NewTextHandler(tWriter{t}, nil))
+	}
+	n := New(Config{Seed: 1, Logger: log})
 	t.Cleanup(func() { n.Close() })
 	c, err := n.AddHost("client", netip.MustParseAddr("10.0.0.1"))
 	if err != nil {
@@ -47,7 +51,7 @@ func newTopology(t *testing.T, cfg LinkConfig) topology {
 	return topology{net: n, client: c, server: s}
 }
 
-type tWriter struct{ t *testing.T }
+type tWriter struct{ t testing.TB }
 
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(bytes.TrimSuffix(p, []byte("\n"))))
@@ -55,7 +59,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 }
 
 // connPair returns both ends of a connection from client to server.
-func (tp topology) connPair(t *testing.T) (client, server net.Conn) {
+func (tp topology) connPair(t testing.TB) (client, server net.Conn) {
 	t.Helper()
 	ln, err := tp.server.Listen("tcp", ":0")
 	if err != nil {
