@@ -3,8 +3,11 @@ package harness
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +15,6 @@ import (
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 	"github.com/testcontainers/testcontainers-go"
-	tcnetwork "github.com/testcontainers/testcontainers-go/network"
 )
 
 // Network is a Docker network created for one test; containers on it reach
@@ -24,23 +26,56 @@ type Network struct {
 
 // NewNetwork creates a bridge network for the test and removes it in
 // t.Cleanup, after the containers started later are gone.
+//
+// Its name starts with "hafe-" on purpose: a container on several networks
+// publishes its ports through the one whose name sorts first, and that must
+// be Docker's "bridge" (the client network), not the test network, so that
+// Disconnect leaves the test process's path alone.
 func NewNetwork(t testing.TB) *Network {
 	t.Helper()
 	RequireDocker(t)
+	cli, err := dockerClient()
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	nw, err := tcnetwork.New(ctx, tcnetwork.WithLabels(map[string]string{"dev.hafe.test": t.Name()}))
+	name := networkName(t.Name())
+	labels := testcontainers.GenericLabels()
+	labels["dev.hafe.test"] = t.Name()
+	res, err := cli.NetworkCreate(ctx, name, client.NetworkCreateOptions{Driver: "bridge", Labels: labels})
 	if err != nil {
-		t.Fatalf("create docker network: %v", err)
+		t.Fatalf("create docker network %s: %v", name, err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := cleanupContext()
 		defer cancel()
-		if err := nw.Remove(ctx); err != nil {
-			t.Errorf("remove docker network %s: %v", nw.Name, err)
+		if _, err := cli.NetworkRemove(ctx, res.ID, client.NetworkRemoveOptions{}); err != nil {
+			t.Errorf("remove docker network %s: %v", name, err)
 		}
 	})
-	return &Network{Name: nw.Name, ID: nw.ID}
+	return &Network{Name: name, ID: res.ID}
+}
+
+// networkName is "hafe-" + the test's name in characters Docker accepts +
+// a random suffix, 60 characters at most.
+func networkName(test string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(test) {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':
+			b.WriteRune(r)
+		default:
+			b.WriteByte('-')
+		}
+	}
+	slug := b.String()
+	if len(slug) > 40 {
+		slug = slug[:40]
+	}
+	var suffix [4]byte
+	rand.Read(suffix[:])
+	return fmt.Sprintf("hafe-%s-%x", slug, suffix)
 }
 
 // Container is a handle on a running test container for injecting faults.
@@ -52,7 +87,15 @@ type Container struct {
 
 	tc  testcontainers.Container
 	net *Network
+	// portsChanged re-reads the owner's host URLs: published ports can change
+	// when the container starts again or rejoins the client network.
+	portsChanged func(context.Context) error
 }
+
+// clientNetwork carries the published ports the test process uses. Every
+// container is on it besides the test network, so that cutting a container
+// off the test network (Disconnect) leaves the test's own path to it alone.
+const clientNetwork = "bridge"
 
 // Testcontainer is the underlying testcontainers-go container.
 func (c *Container) Testcontainer() testcontainers.Container { return c.tc }
@@ -87,7 +130,19 @@ func (c *Container) Stop(ctx context.Context, timeout time.Duration) error {
 // Start starts a stopped (or killed) container again and waits until it is
 // ready as on first start. Published host ports may change: ask the owner
 // (Postgres, Hafe) for URLs afterwards.
-func (c *Container) Start(ctx context.Context) error { return c.tc.Start(ctx) }
+func (c *Container) Start(ctx context.Context) error {
+	if err := c.tc.Start(ctx); err != nil {
+		return err
+	}
+	return c.refreshPorts(ctx)
+}
+
+func (c *Container) refreshPorts(ctx context.Context) error {
+	if c.portsChanged == nil {
+		return nil
+	}
+	return c.portsChanged(ctx)
+}
 
 // Pause freezes every process in the container (cgroup freezer): connections
 // stay open but nothing answers, like a stuck machine or a long GC pause.
@@ -111,33 +166,63 @@ func (c *Container) Unpause(ctx context.Context) error {
 }
 
 // Disconnect cuts the container off the test network: it can no longer reach
-// the other containers nor they it. Its host-side published port goes through
-// the same network, so the test process loses it too. Reconnect undoes it.
+// the other containers nor they it (its alias stops resolving). The test
+// process still reaches it on its URL. Reconnect undoes it.
 func (c *Container) Disconnect(ctx context.Context) error {
-	cli, err := dockerClient()
-	if err != nil {
-		return err
+	if c.net == nil {
+		return fmt.Errorf("container %s was started without a test network", c.Alias)
 	}
-	_, err = cli.NetworkDisconnect(ctx, c.net.ID, client.NetworkDisconnectOptions{Container: c.ID(), Force: true})
-	if err != nil {
-		return fmt.Errorf("disconnect %s from network %s: %w", c.Alias, c.net.Name, err)
-	}
-	return nil
+	return c.disconnect(ctx, c.net.ID, c.net.Name)
 }
 
 // Reconnect attaches the container to the test network again, under its
 // alias.
 func (c *Container) Reconnect(ctx context.Context) error {
+	if c.net == nil {
+		return fmt.Errorf("container %s was started without a test network", c.Alias)
+	}
+	return c.connect(ctx, c.net.ID, c.net.Name, []string{c.Alias})
+}
+
+// DisconnectClients cuts the test process's path to the container (its
+// published ports) while it stays on the test network.
+func (c *Container) DisconnectClients(ctx context.Context) error {
+	return c.disconnect(ctx, clientNetwork, clientNetwork)
+}
+
+// ReconnectClients restores the test process's path to the container. Docker
+// publishes the ports anew, usually on other host ports: the owner's URL is
+// updated.
+func (c *Container) ReconnectClients(ctx context.Context) error {
+	if err := c.connect(ctx, clientNetwork, clientNetwork, nil); err != nil {
+		return err
+	}
+	return c.refreshPorts(ctx)
+}
+
+func (c *Container) disconnect(ctx context.Context, networkID, name string) error {
 	cli, err := dockerClient()
 	if err != nil {
 		return err
 	}
-	_, err = cli.NetworkConnect(ctx, c.net.ID, client.NetworkConnectOptions{
+	_, err = cli.NetworkDisconnect(ctx, networkID, client.NetworkDisconnectOptions{Container: c.ID(), Force: true})
+	if err != nil {
+		return fmt.Errorf("disconnect %s from network %s: %w", c.Alias, name, err)
+	}
+	return nil
+}
+
+func (c *Container) connect(ctx context.Context, networkID, name string, aliases []string) error {
+	cli, err := dockerClient()
+	if err != nil {
+		return err
+	}
+	_, err = cli.NetworkConnect(ctx, networkID, client.NetworkConnectOptions{
 		Container:      c.ID(),
-		EndpointConfig: &network.EndpointSettings{Aliases: []string{c.Alias}},
+		EndpointConfig: &network.EndpointSettings{Aliases: aliases},
 	})
 	if err != nil {
-		return fmt.Errorf("reconnect %s to network %s: %w", c.Alias, c.net.Name, err)
+		return fmt.Errorf("connect %s to network %s: %w", c.Alias, name, err)
 	}
 	return nil
 }
@@ -186,4 +271,17 @@ func tail(s string, lines int) string {
 		all = all[len(all)-lines:]
 	}
 	return strings.Join(all, "\n")
+}
+
+// loopback rewrites host "localhost" in u to 127.0.0.1: Docker may publish
+// a container port on different host ports for IPv4 and IPv6, and the port
+// testcontainers reports is the IPv4 one, so a resolver answering ::1 first
+// could reach another container.
+func loopback(u string) string {
+	pu, err := url.Parse(u)
+	if err != nil || pu.Hostname() != "localhost" {
+		return u
+	}
+	pu.Host = net.JoinHostPort("127.0.0.1", pu.Port())
+	return pu.String()
 }

@@ -44,7 +44,7 @@ type Hafe struct {
 	*Container
 	Config HafeConfig
 	// URL reaches it from the test process, e.g. http://localhost:32772.
-	// Start (after Kill or Stop) updates it.
+	// Start and ReconnectClients update it: the published port may change.
 	URL string
 	// NetworkURL reaches it from other containers, e.g. http://fe1:8080.
 	NetworkURL string
@@ -117,7 +117,8 @@ func startHafe(t testing.TB, nw *Network, cfg HafeConfig) (*Hafe, error) {
 		testcontainers.WithWaitStrategyAndDeadline(cfg.StartupTimeout, ready),
 	}
 	if nw != nil {
-		opts = append(opts, tcnetwork.WithNetwork([]string{cfg.Alias}, &testcontainers.DockerNetwork{Name: nw.Name, ID: nw.ID}))
+		opts = append(opts, tcnetwork.WithNetwork([]string{cfg.Alias}, &testcontainers.DockerNetwork{Name: nw.Name, ID: nw.ID}),
+			tcnetwork.WithBridgeNetwork())
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.StartupTimeout+time.Minute)
@@ -126,7 +127,7 @@ func startHafe(t testing.TB, nw *Network, cfg HafeConfig) (*Hafe, error) {
 	ctr, err := testcontainers.Run(ctx, cfg.Image, opts...)
 	h := &Hafe{Config: cfg, NetworkURL: "http://" + cfg.Alias + ":8080"}
 	if ctr != nil {
-		h.Container = &Container{Alias: cfg.Alias, tc: ctr, net: nw}
+		h.Container = &Container{Alias: cfg.Alias, tc: ctr, net: nw, portsChanged: h.refreshURL}
 		terminateOnCleanup(t, h.Container)
 	}
 	if err != nil {
@@ -144,15 +145,48 @@ func (h *Hafe) refreshURL(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	h.URL = u
+	h.URL = loopback(u)
 	return nil
 }
 
-// Start starts the container again after Kill or Stop, waits for it to be
-// ready and updates URL.
-func (h *Hafe) Start(ctx context.Context) error {
-	if err := h.Container.Start(ctx); err != nil {
-		return err
+// RunHafe runs a one-shot hafe command (e.g. "db", "install", "--db",
+// pg.NetworkURL) in a container on nw and returns its exit code and output.
+// The container is removed before it returns.
+func RunHafe(t testing.TB, nw *Network, timeout time.Duration, args ...string) (int, string) {
+	t.Helper()
+	RequireDocker(t)
+	ensureImage(t, HafeImage(), "build-hafe.sh", "HAFE_IMAGE_BUILD")
+	opts := []testcontainers.ContainerCustomizer{
+		testcontainers.WithCmd(args...),
+		testcontainers.WithLabels(map[string]string{"dev.hafe.test": t.Name()}),
+		testcontainers.WithWaitStrategyAndDeadline(timeout, wait.ForExit().WithExitTimeout(timeout)),
 	}
-	return h.refreshURL(ctx)
+	if nw != nil {
+		opts = append(opts, tcnetwork.WithNetwork(nil, &testcontainers.DockerNetwork{Name: nw.Name, ID: nw.ID}))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout+time.Minute)
+	defer cancel()
+	ctr, err := testcontainers.Run(ctx, HafeImage(), opts...)
+	defer func() {
+		if ctr != nil {
+			ctx, cancel := cleanupContext()
+			defer cancel()
+			if err := ctr.Terminate(ctx, testcontainers.StopTimeout(0)); err != nil {
+				t.Errorf("remove container of hafe %v: %v", args, err)
+			}
+		}
+	}()
+	if err != nil {
+		t.Fatalf("run hafe %v: %v", args, err)
+	}
+	c := &Container{Alias: "hafe-run", tc: ctr}
+	out, err := c.Logs(ctx)
+	if err != nil {
+		t.Fatalf("logs of hafe %v: %v", args, err)
+	}
+	st, err := ctr.State(ctx)
+	if err != nil {
+		t.Fatalf("state of hafe %v: %v", args, err)
+	}
+	return st.ExitCode, out
 }

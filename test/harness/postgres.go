@@ -56,7 +56,8 @@ type Postgres struct {
 	Config PostgresConfig
 	// URL reaches the database from the test process (published port on
 	// localhost), e.g. postgres://postgres:hafe-test@localhost:32771/hafe?sslmode=disable.
-	// Restart updates it.
+	// Restart, Start and ReconnectClients update it: the published port may
+	// change.
 	URL string
 	// NetworkURL reaches it from other containers on the test network,
 	// e.g. postgres://postgres:hafe-test@pg:5432/hafe?sslmode=disable.
@@ -86,7 +87,8 @@ func StartPostgres(t testing.TB, nw *Network, cfg PostgresConfig) *Postgres {
 		testcontainers.WithLabels(map[string]string{"dev.hafe.test": t.Name()}),
 	}
 	if nw != nil {
-		opts = append(opts, tcnetwork.WithNetwork([]string{cfg.Alias}, &testcontainers.DockerNetwork{Name: nw.Name, ID: nw.ID}))
+		opts = append(opts, tcnetwork.WithNetwork([]string{cfg.Alias}, &testcontainers.DockerNetwork{Name: nw.Name, ID: nw.ID}),
+			tcnetwork.WithBridgeNetwork())
 	}
 	if len(cfg.InitScripts) > 0 {
 		opts = append(opts, tcpostgres.WithOrderedInitScripts(cfg.InitScripts...))
@@ -104,7 +106,7 @@ func StartPostgres(t testing.TB, nw *Network, cfg PostgresConfig) *Postgres {
 	pg, err := tcpostgres.Run(ctx, cfg.Image, opts...)
 	p := &Postgres{Config: cfg, pg: pg}
 	if pg != nil {
-		p.Container = &Container{Alias: cfg.Alias, tc: pg, net: nw}
+		p.Container = &Container{Alias: cfg.Alias, tc: pg, net: nw, portsChanged: p.refreshURL}
 		terminateOnCleanup(t, p.Container)
 	}
 	if err != nil {
@@ -127,7 +129,7 @@ func (p *Postgres) refreshURL(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("postgres connection string: %w", err)
 	}
-	p.URL = u
+	p.URL = loopback(u)
 	return nil
 }
 
@@ -199,9 +201,6 @@ func (p *Postgres) Restart(ctx context.Context, grace time.Duration) error {
 	}
 	if err := p.Start(ctx); err != nil {
 		return fmt.Errorf("start postgres again: %w", err)
-	}
-	if err := p.refreshURL(ctx); err != nil {
-		return err
 	}
 	return p.WaitReady(ctx)
 }
