@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"strconv"
@@ -483,5 +484,41 @@ func TestTopologyErrors(t *testing.T) {
 	}
 	if tp.net.Host("server") != tp.server {
 		t.Error("Host(server) did not return the server")
+	}
+}
+
+func TestHTTPOverSimnet(t *testing.T) {
+	checkNoLeaks(t)
+	tp := newTopology(t, LinkConfig{Delay: time.Millisecond, Loss: 0.01})
+	ln, err := tp.server.Listen("tcp", ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := randomBytes(7, 100<<10)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(body)
+	})}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	defer func() {
+		srv.Close()
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+
+	tr := &http.Transport{DialContext: tp.client.DialContext}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: patience}
+	for range 3 { // the second and third reuse the connection
+		resp, err := hc.Get("http://server/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || !bytes.Equal(got, body) {
+			t.Fatalf("GET: %d bytes, %v; want the %d served", len(got), err, len(body))
+		}
 	}
 }
