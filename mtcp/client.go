@@ -1,0 +1,626 @@
+package mtcp
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"hafe.dev/hafe/mtcp/internal/wire"
+)
+
+// Dialer opens client ends of MTCP connections. Its DialContext plugs into
+// http.Transport.DialContext. The zero Dialer dials TCP with defaults.
+type Dialer struct {
+	// Servers is the seed list of server addresses; servers send updates.
+	// DialContext tries its addr first, then these.
+	Servers []string
+	// DialPath opens a transport connection. Default: TCP.
+	DialPath func(ctx context.Context, addr string) (net.Conn, error)
+	// TLSConfig, when set, wraps every path in TLS. An empty ServerName is
+	// taken from the address dialled.
+	TLSConfig *tls.Config
+	Logger    *slog.Logger
+	Limits    Limits
+	Triggers  Triggers
+	// Standby keeps a warm path to the next server so that a migration
+	// needs no transport handshake (make-before-break).
+	Standby bool
+	// HandshakeTimeout bounds a connect or one migration attempt. Default 10s.
+	HandshakeTimeout time.Duration
+	// RecoverTimeout is how long a client whose path failed keeps trying
+	// servers before the connection fails with ErrLost. Default 30s.
+	RecoverTimeout time.Duration
+	// OnMigration, if set, is called after every migration attempt.
+	OnMigration func(MigrationStats)
+}
+
+func (d Dialer) filled() *Dialer {
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.DialPath == nil {
+		d.DialPath = func(ctx context.Context, addr string) (net.Conn, error) {
+			var nd net.Dialer
+			return nd.DialContext(ctx, "tcp", addr)
+		}
+	}
+	d.Limits = d.Limits.withDefaults()
+	d.Triggers.fill()
+	setDefault(&d.HandshakeTimeout, 10*time.Second)
+	setDefault(&d.RecoverTimeout, 30*time.Second)
+	d.Servers = append([]string(nil), d.Servers...)
+	return &d
+}
+
+// Dial is DialContext with a background context.
+func (d *Dialer) Dial(network, addr string) (net.Conn, error) {
+	return d.DialContext(context.Background(), network, addr)
+}
+
+// DialContext opens a connection to addr (or, failing that, a seed server).
+// network is accepted for http.Transport's sake; paths are always streams.
+func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	return d.DialMTCP(ctx, addr)
+}
+
+// DialMTCP is DialContext with the concrete type.
+func (d *Dialer) DialMTCP(ctx context.Context, addr string) (*Conn, error) {
+	cfg := d.filled()
+	cands := mergeServers(nil, append([]string{addr}, cfg.Servers...))
+	var last error
+	for _, a := range cands {
+		c, err := dialOne(ctx, cfg, a)
+		if err == nil {
+			return c, nil
+		}
+		last = err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if last == nil {
+		last = errors.New("mtcp: no server to dial")
+	}
+	return nil, &net.OpError{Op: "dial", Net: "mtcp", Err: last}
+}
+
+// openPath dials a transport connection to addr, with TLS when configured.
+func openPath(ctx context.Context, cfg *Dialer, addr string) (net.Conn, error) {
+	nc, err := cfg.DialPath(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.TLSConfig == nil {
+		return nc, nil
+	}
+	tc := cfg.TLSConfig
+	if tc.ServerName == "" && !tc.InsecureSkipVerify {
+		tc = tc.Clone()
+		if host, _, err := net.SplitHostPort(addr); err == nil {
+			tc.ServerName = host
+		}
+	}
+	t := tls.Client(nc, tc)
+	if err := t.HandshakeContext(ctx); err != nil {
+		_ = nc.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// exchange writes one frame and reads the answer, bounded by ctx and timeout.
+func exchange(ctx context.Context, nc net.Conn, br *bufio.Reader, frame []byte, timeout time.Duration) (wire.Type, []byte, error) {
+	dl := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+		dl = d
+	}
+	_ = nc.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if _, err := nc.Write(frame); err != nil {
+		return 0, nil, err
+	}
+	var hdr [wire.HeaderLen]byte
+	t, payload, err := wire.ReadFrame(br, &hdr, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	if !stop() {
+		return 0, nil, ctx.Err()
+	}
+	_ = nc.SetDeadline(time.Time{})
+	return t, payload, nil
+}
+
+func refusalFrom(payload []byte, addr string) error {
+	r, err := wire.ParseRefuse(payload)
+	if err != nil {
+		return err
+	}
+	return &RefusalError{Code: RefusalCode(r.Code), Reason: r.Reason, Addr: addr}
+}
+
+func dialOne(ctx context.Context, cfg *Dialer, addr string) (*Conn, error) {
+	nc, err := openPath(ctx, cfg, addr)
+	if err != nil {
+		return nil, err
+	}
+	br := bufio.NewReaderSize(nc, pathReadBuffer)
+	t, payload, err := exchange(ctx, nc, br, wire.AppendHello(nil, wire.Hello{Version: wire.Version}), cfg.HandshakeTimeout)
+	if err == nil && t == wire.TypeRefuse {
+		err = refusalFrom(payload, addr)
+	} else if err == nil && t != wire.TypeWelcome {
+		err = errUnexpected(t)
+	}
+	var w wire.Welcome
+	if err == nil {
+		w, err = wire.ParseWelcome(payload)
+	}
+	if err != nil {
+		_ = nc.Close()
+		return nil, err
+	}
+	c := newConn(ConnID(w.ConnID), w.Secret, cfg.Logger.With("component", "mtcp-client"), cfg.Limits)
+	cl := &clientSide{
+		d:       cfg,
+		cur:     addr,
+		self:    w.Self,
+		servers: mergeServers(append([]string(nil), cfg.Servers...), append(w.Servers, addr)),
+		kick:    make(chan struct{}, 1),
+		mig:     make(chan struct{}, 1),
+	}
+	if len(w.Servers) > 0 {
+		cl.servers = mergeServers(append([]string(nil), w.Servers...), []string{addr})
+	}
+	cl.ctx, cl.cancel = context.WithCancel(context.Background())
+	c.cl = cl
+	c.mu.Lock()
+	err = c.attachLocked(newPath(c, nc, br), 0)
+	cl.resetPolicyLocked(time.Now())
+	c.mu.Unlock()
+	if err != nil {
+		_ = nc.Close()
+		return nil, err
+	}
+	cl.wg.Add(1)
+	go cl.run(c)
+	cl.armStandby(c)
+	return c, nil
+}
+
+// clientSide is the client half of a Conn.
+type clientSide struct {
+	d      *Dialer
+	ctx    context.Context // ends with the connection
+	cancel context.CancelFunc
+	kick   chan struct{}
+	mig    chan struct{} // one migration at a time
+	wg     sync.WaitGroup
+
+	// Guarded by the Conn's mu.
+	counter   uint64
+	cur       string // address of the current server as dialled
+	self      string // the current server's own name (origin in MIGRATE)
+	servers   []string
+	received  uint64 // bytes received on the current server
+	redirect  string
+	want      string // a trigger's reason to migrate
+	standby   *standbyPath
+	last      MigrationStats
+	rate      rateEstimator
+	lastFrame uint64    // progress check: frame count seen last tick
+	lastMove  time.Time // and when it last changed
+	lastRate  time.Time
+}
+
+type standbyPath struct {
+	addr string
+	nc   net.Conn
+	br   *bufio.Reader
+}
+
+func (cl *clientSide) poke() {
+	select {
+	case cl.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (cl *clientSide) handleFrameLocked(c *Conn, t wire.Type, payload []byte) error {
+	switch t {
+	case wire.TypeRedirect:
+		r, err := wire.ParseRedirect(payload)
+		if err != nil {
+			return err
+		}
+		if !cl.d.Triggers.IgnoreRedirects && r.Addr != "" {
+			cl.redirect = r.Addr
+			cl.servers = mergeServers(cl.servers, []string{r.Addr})
+			cl.poke()
+		}
+	case wire.TypeServers:
+		s, err := wire.ParseServers(payload)
+		if err != nil {
+			return err
+		}
+		if len(s.Addrs) > 0 {
+			cl.servers = mergeServers(s.Addrs, []string{cl.cur})
+		}
+	}
+	return nil
+}
+
+func (cl *clientSide) pathDownLocked(c *Conn) { cl.poke() }
+
+func (cl *clientSide) peerClosedLocked(c *Conn) {
+	cl.cancel()
+	cl.dropStandbyLocked()
+}
+
+func (cl *clientSide) closed(c *Conn) {
+	cl.cancel()
+	c.mu.Lock()
+	cl.dropStandbyLocked()
+	c.mu.Unlock()
+}
+
+func (cl *clientSide) dropStandbyLocked() {
+	if cl.standby != nil {
+		_ = cl.standby.nc.Close()
+		cl.standby = nil
+	}
+}
+
+func (cl *clientSide) resetPolicyLocked(now time.Time) {
+	cl.received = 0
+	cl.lastMove, cl.lastFrame = now, 0
+	cl.lastRate = now
+	if r := cl.d.Triggers.Rate; r != nil {
+		cl.rate = newRateEstimator(*r, now, 0)
+	}
+}
+
+// Servers returns the servers the client currently knows.
+func (c *Conn) Servers() []string {
+	if c.cl == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.cl.servers...)
+}
+
+// Server returns the address of the server the client is attached to.
+func (c *Conn) Server() string {
+	if c.cl == nil {
+		return ""
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cl.cur
+}
+
+// LastMigration returns the client's view of its latest migration.
+func (c *Conn) LastMigration() MigrationStats {
+	if c.cl == nil {
+		return MigrationStats{}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cl.last
+}
+
+// Migrate moves the connection to the server at addr now (for tools and
+// tests; the triggers call the same mechanism).
+func (c *Conn) Migrate(ctx context.Context, addr string) error {
+	if c.cl == nil {
+		return ErrNotClient
+	}
+	return c.cl.migrate(ctx, c, addr)
+}
+
+// run is the client's trigger loop: it turns path failures, silence, the
+// rate policy and redirects into migrations.
+func (cl *clientSide) run(c *Conn) {
+	defer cl.wg.Done()
+	tick := cl.d.Triggers.KeepAlive / 2
+	if r := cl.d.Triggers.Rate; r != nil && r.Interval < tick {
+		tick = r.Interval
+	}
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-cl.ctx.Done():
+			return
+		case <-cl.kick:
+		case now := <-t.C:
+			c.mu.Lock()
+			cl.onKeepAliveTimer(c, now)
+			cl.onRateTimer(c, now)
+			c.mu.Unlock()
+		}
+		cl.act(c)
+	}
+}
+
+// onKeepAliveTimer pings a quiet path and declares a silent one failed.
+func (cl *clientSide) onKeepAliveTimer(c *Conn, now time.Time) {
+	p := c.path
+	if p == nil {
+		return
+	}
+	if n := p.frames.Load(); n != cl.lastFrame {
+		cl.lastFrame, cl.lastMove = n, now
+		return
+	}
+	silent := now.Sub(cl.lastMove)
+	if silent >= cl.d.Triggers.PathTimeout {
+		cl.want = "no progress"
+		return
+	}
+	if silent >= cl.d.Triggers.KeepAlive {
+		p.queue(wire.AppendOffset(nil, wire.TypePing, uint64(now.UnixNano())))
+	}
+}
+
+// onRateTimer feeds the rate policy a sample.
+func (cl *clientSide) onRateTimer(c *Conn, now time.Time) {
+	r := cl.d.Triggers.Rate
+	if r == nil || c.path == nil || now.Sub(cl.lastRate) < r.Interval {
+		return
+	}
+	cl.lastRate = now
+	blocked := c.in.unread() >= c.lim.MaxRecvBuffer/2
+	if cl.rate.observe(now, cl.received, blocked) {
+		cl.want = "rate"
+	}
+}
+
+// act carries out what the triggers asked for.
+func (cl *clientSide) act(c *Conn) {
+	c.mu.Lock()
+	if c.state.terminal() || c.state == statePeerClosed {
+		c.mu.Unlock()
+		return
+	}
+	redirect, want := cl.redirect, cl.want
+	cl.redirect, cl.want = "", ""
+	target := ""
+	if cl.standby != nil {
+		target = cl.standby.addr
+	} else {
+		target = pickServer(cl.servers, cl.cur, 0)
+	}
+	p := c.path
+	c.mu.Unlock()
+	ctx := cl.ctx
+	switch {
+	case redirect != "":
+		if err := cl.migrateOnce(ctx, c, redirect); err != nil {
+			c.log.Info("redirect not followed", "to", redirect, "err", err)
+		}
+	case want == "no progress" && p != nil:
+		c.log.Info("path made no progress; migrating")
+		c.pathFailed(p, errors.New("no progress"))
+	case want != "" && target != cl.cur:
+		c.log.Info("migrating", "reason", want, "to", target)
+		if err := cl.migrateOnce(ctx, c, target); err != nil {
+			c.log.Info("migration failed", "to", target, "err", err)
+			c.mu.Lock()
+			cl.resetPolicyLocked(time.Now())
+			c.mu.Unlock()
+		}
+	}
+	c.mu.Lock()
+	down := c.path == nil && !c.state.terminal() && c.state != statePeerClosed
+	c.mu.Unlock()
+	if down {
+		cl.recover(c)
+	}
+}
+
+func (cl *clientSide) migrateOnce(ctx context.Context, c *Conn, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, cl.d.HandshakeTimeout)
+	defer cancel()
+	return cl.migrate(ctx, c, addr)
+}
+
+// recover finds a new path after the current one failed, trying servers in
+// turn with backoff until RecoverTimeout.
+func (cl *clientSide) recover(c *Conn) {
+	ctx, cancel := context.WithTimeout(cl.ctx, cl.d.RecoverTimeout)
+	defer cancel()
+	backoff := 20 * time.Millisecond
+	var last error
+	for attempt := 0; attempt < 10000; attempt++ {
+		c.mu.Lock()
+		if c.path != nil || c.state.terminal() || c.state == statePeerClosed {
+			c.mu.Unlock()
+			return
+		}
+		target := pickServer(cl.servers, cl.cur, attempt)
+		if attempt == 0 && cl.standby != nil {
+			target = cl.standby.addr
+		}
+		n := len(cl.servers)
+		c.mu.Unlock()
+		err := cl.migrateOnce(ctx, c, target)
+		if err == nil {
+			return
+		}
+		last = err
+		c.log.Debug("recover attempt failed", "to", target, "err", err)
+		if (attempt+1)%max(n, 1) == 0 {
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+			}
+			backoff = min(backoff*2, time.Second)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	c.mu.Lock()
+	if c.path == nil && !c.state.terminal() && cl.ctx.Err() == nil {
+		c.log.Warn("connection lost", "err", last)
+		c.setStateLocked(stateFailed, fmt.Errorf("%w: %v", ErrLost, last))
+	}
+	c.mu.Unlock()
+}
+
+// migrate runs one client-initiated migration to addr: initiate (open a
+// path and send MIGRATE), wait (for ACCEPTED or REFUSE), complete
+// (reattach and resend input from the server's offset).
+func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string) error {
+	select {
+	case cl.mig <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-cl.mig }()
+	t0 := time.Now()
+	c.mu.Lock()
+	if c.state.terminal() || c.state == statePeerClosed {
+		err := c.stateErrOrLost()
+		c.mu.Unlock()
+		return c.opErr("migrate", err)
+	}
+	cl.counter++
+	m := wire.Migrate{ConnID: c.id, Counter: cl.counter, RecvOff: c.in.end(), Origin: cl.self}
+	m.MAC = migrateMAC(c.secret, m)
+	stats := MigrationStats{ConnID: c.id, Role: RoleClient, From: cl.self, To: addr}
+	var sb *standbyPath
+	if cl.standby != nil && cl.standby.addr == addr {
+		sb, cl.standby = cl.standby, nil
+	}
+	c.mu.Unlock()
+
+	frame := wire.AppendMigrate(nil, m)
+	var (
+		nc      net.Conn
+		br      *bufio.Reader
+		t       wire.Type
+		payload []byte
+		err     error
+		t1      time.Time
+	)
+	if sb != nil {
+		nc, br = sb.nc, sb.br
+		t1 = time.Now()
+		t, payload, err = exchange(ctx, nc, br, frame, cl.d.HandshakeTimeout)
+		if err != nil { // the warm path went cold: fall back to a new one
+			_ = nc.Close()
+			sb = nil
+		}
+	}
+	if sb == nil {
+		nc, err = openPath(ctx, cl.d, addr)
+		if err != nil {
+			stats.Err = err
+			cl.report(c, stats)
+			return err
+		}
+		br = bufio.NewReaderSize(nc, pathReadBuffer)
+		t1 = time.Now()
+		t, payload, err = exchange(ctx, nc, br, frame, cl.d.HandshakeTimeout)
+	}
+	stats.Initiate = t1.Sub(t0) // dial and write; the write itself is in the wait
+	t2 := time.Now()
+	stats.Wait = t2.Sub(t1)
+	if err == nil {
+		switch t {
+		case wire.TypeRefuse:
+			err = refusalFrom(payload, addr)
+		case wire.TypeAccepted:
+		default:
+			err = errUnexpected(t)
+		}
+	}
+	var acc wire.Accepted
+	if err == nil {
+		acc, err = wire.ParseAccepted(payload)
+	}
+	if err != nil {
+		_ = nc.Close()
+		stats.Err = err
+		cl.report(c, stats)
+		return err
+	}
+	c.mu.Lock()
+	if c.state.terminal() {
+		c.mu.Unlock()
+		_ = nc.Close()
+		return c.opErr("migrate", net.ErrClosed)
+	}
+	if err := c.attachLocked(newPath(c, nc, br), acc.RecvOff); err != nil {
+		// The server lacks input we already discarded: unrecoverable.
+		_ = nc.Close()
+		c.setStateLocked(stateFailed, fmt.Errorf("%w: %v", ErrLost, err))
+		c.mu.Unlock()
+		return err
+	}
+	cl.cur, cl.self = addr, acc.Self
+	if len(acc.Servers) > 0 {
+		cl.servers = mergeServers(append([]string(nil), acc.Servers...), []string{addr})
+	}
+	cl.resetPolicyLocked(time.Now())
+	c.mu.Unlock()
+	stats.Complete = time.Since(t2)
+	cl.report(c, stats)
+	cl.armStandby(c)
+	return nil
+}
+
+func (cl *clientSide) report(c *Conn, s MigrationStats) {
+	c.mu.Lock()
+	cl.last = s
+	c.mu.Unlock()
+	if f := cl.d.OnMigration; f != nil {
+		f(s)
+	}
+}
+
+// armStandby opens a warm path to the next server in the background.
+func (cl *clientSide) armStandby(c *Conn) {
+	if !cl.d.Standby {
+		return
+	}
+	c.mu.Lock()
+	target := pickServer(cl.servers, cl.cur, 0)
+	if target == cl.cur || (cl.standby != nil && cl.standby.addr == target) {
+		c.mu.Unlock()
+		return
+	}
+	cl.dropStandbyLocked()
+	c.mu.Unlock()
+	cl.wg.Add(1)
+	go func() {
+		defer cl.wg.Done()
+		ctx, cancel := context.WithTimeout(cl.ctx, cl.d.HandshakeTimeout)
+		defer cancel()
+		nc, err := openPath(ctx, cl.d, target)
+		if err != nil {
+			c.log.Debug("standby path", "to", target, "err", err)
+			return
+		}
+		if _, err := nc.Write(wire.AppendStandby(nil, wire.Standby{ConnID: c.id})); err != nil {
+			_ = nc.Close()
+			return
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if cl.ctx.Err() != nil || cl.standby != nil {
+			_ = nc.Close()
+			return
+		}
+		cl.standby = &standbyPath{addr: target, nc: nc, br: bufio.NewReaderSize(nc, pathReadBuffer)}
+	}()
+}

@@ -1,0 +1,500 @@
+package mtcp
+
+import (
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"hafe.dev/hafe/mtcp/internal/wire"
+)
+
+// ConnID names a connection for its whole life, across migrations.
+type ConnID [16]byte
+
+func (id ConnID) String() string { return hex.EncodeToString(id[:]) }
+
+// Limits bound a connection's buffers. Zero fields take the defaults.
+type Limits struct {
+	// MaxSendBuffer is how many written bytes may wait for the peer's
+	// acknowledgement before Write blocks. Default 4 MiB.
+	MaxSendBuffer int
+	// MaxRecvBuffer is how many received bytes may wait for Read before the
+	// path stops reading (back-pressure). Default 1 MiB.
+	MaxRecvBuffer int
+	// MaxInputLog is how many input bytes a server keeps since the last
+	// snapshot; past it the connection cannot migrate until the next
+	// snapshot. Default 8 MiB.
+	MaxInputLog int
+	// MaxState bounds ExportState's argument. Default 1 MiB.
+	MaxState int
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxSendBuffer <= 0 {
+		l.MaxSendBuffer = 4 << 20
+	}
+	if l.MaxRecvBuffer <= 0 {
+		l.MaxRecvBuffer = 1 << 20
+	}
+	if l.MaxInputLog <= 0 {
+		l.MaxInputLog = 8 << 20
+	}
+	if l.MaxState <= 0 {
+		l.MaxState = 1 << 20
+	}
+	return l
+}
+
+// connState is where a connection is in its life; transitions happen in
+// setStateLocked.
+type connState uint8
+
+const (
+	stateActive    connState = iota // a path carries the stream
+	stateDetached                   // no path; waiting for one (server) or migrating (client)
+	statePeerClosed                 // the peer closed; unread bytes remain readable
+	stateMigrated                   // origin: handed over to another server
+	stateClosed                     // closed by the local application
+	stateFailed                     // ended by an error (termErr)
+)
+
+func (s connState) String() string {
+	switch s {
+	case stateActive:
+		return "active"
+	case stateDetached:
+		return "detached"
+	case statePeerClosed:
+		return "peer-closed"
+	case stateMigrated:
+		return "migrated"
+	case stateClosed:
+		return "closed"
+	case stateFailed:
+		return "failed"
+	}
+	return "connState(?)"
+}
+
+func (s connState) terminal() bool { return s >= stateMigrated }
+
+// ackEvery is how many received bytes may go unacknowledged while more are
+// still arriving; when a path's read buffer runs dry everything is acked.
+const ackEvery = 64 << 10
+
+// Conn is one end of an MTCP connection: a net.Conn whose server end can
+// move between servers. Accept returns server ends; Dialer.DialContext
+// returns client ends. Methods of the other role return ErrNotServer or
+// ErrNotClient.
+type Conn struct {
+	id     ConnID
+	secret []byte
+	log    *slog.Logger
+	lim    Limits
+	cl     *clientSide
+	sv     *serverSide
+
+	mu         sync.Mutex
+	state      connState
+	termErr    error
+	in         recvStream // bytes from the peer
+	out        sendStream // bytes to the peer
+	path       *path
+	ackedIn    uint64 // highest ACK sent for in
+	peerClosed bool
+	rwait      chan struct{} // closed when Read may make progress
+	wwait      chan struct{} // closed when Write may make progress
+	dwait      chan struct{} // closed when the receive buffer drains
+
+	readDL, writeDL deadline
+	done            chan struct{} // closed when the connection ends locally
+	laddr, raddr    atomic.Pointer[net.Addr]
+}
+
+func newConn(id ConnID, secret []byte, log *slog.Logger, lim Limits) *Conn {
+	c := &Conn{
+		id:      id,
+		secret:  secret,
+		log:     log.With("conn", id.String()[:8]),
+		lim:     lim.withDefaults(),
+		readDL:  makeDeadline(),
+		writeDL: makeDeadline(),
+		done:    make(chan struct{}),
+	}
+	return c
+}
+
+// ID returns the connection's id.
+func (c *Conn) ID() ConnID { return c.id }
+
+// setStateLocked is the one place a connection changes state.
+func (c *Conn) setStateLocked(s connState, err error) {
+	if c.state.terminal() {
+		return
+	}
+	c.log.Debug("state", "from", c.state, "to", s)
+	c.state = s
+	if s.terminal() {
+		if c.cl != nil {
+			c.cl.cancel()
+		}
+		c.termErr = err
+		close(c.done)
+		c.readDL.stop()
+		c.writeDL.stop()
+	}
+	c.notifyReadLocked()
+	c.notifyWriteLocked()
+	c.notifyDrainLocked()
+}
+
+func (c *Conn) notifyReadLocked() {
+	if c.rwait != nil {
+		close(c.rwait)
+		c.rwait = nil
+	}
+}
+
+func (c *Conn) notifyWriteLocked() {
+	if c.wwait != nil {
+		close(c.wwait)
+		c.wwait = nil
+	}
+}
+
+func (c *Conn) notifyDrainLocked() {
+	if c.dwait != nil {
+		close(c.dwait)
+		c.dwait = nil
+	}
+}
+
+func waitChan(p *chan struct{}) chan struct{} {
+	if *p == nil {
+		*p = make(chan struct{})
+	}
+	return *p
+}
+
+// Read reads input (server) or output (client) bytes.
+func (c *Conn) Read(b []byte) (int, error) {
+	for {
+		c.mu.Lock()
+		if c.state.terminal() {
+			err := c.stateErrLocked()
+			c.mu.Unlock()
+			return 0, c.opErr("read", err)
+		}
+		if c.in.unread() > 0 {
+			if len(b) == 0 {
+				c.mu.Unlock()
+				return 0, nil
+			}
+			wasFull := c.in.unread() >= c.lim.MaxRecvBuffer
+			n := c.in.readInto(b)
+			if wasFull || c.in.unread() < c.lim.MaxRecvBuffer/2 {
+				c.notifyDrainLocked()
+			}
+			c.mu.Unlock()
+			return n, nil
+		}
+		if c.in.eof() || c.peerClosed {
+			c.mu.Unlock()
+			return 0, io.EOF
+		}
+		ch := waitChan(&c.rwait)
+		c.mu.Unlock()
+		dl := c.readDL.wait()
+		if isClosedChan(dl) {
+			return 0, timeoutErr(c, "read")
+		}
+		select {
+		case <-ch:
+		case <-dl:
+			return 0, timeoutErr(c, "read")
+		}
+	}
+}
+
+// stateErrLocked is the error of a connection in a terminal state.
+func (c *Conn) stateErrLocked() error {
+	switch c.state {
+	case stateClosed:
+		return net.ErrClosed
+	case stateMigrated:
+		return ErrMigrated
+	}
+	if c.termErr != nil {
+		return c.termErr
+	}
+	return ErrLost
+}
+
+// Write writes output (server) or input (client) bytes. It blocks while
+// MaxSendBuffer bytes wait for the peer's acknowledgement.
+func (c *Conn) Write(b []byte) (int, error) {
+	n := 0
+	for {
+		c.mu.Lock()
+		var err error
+		switch {
+		case c.state.terminal():
+			err = c.stateErrLocked()
+		case c.out.appFin:
+			err = ErrWriteClosed
+		case c.peerClosed:
+			err = ErrPeerClosed
+		}
+		if err != nil {
+			c.mu.Unlock()
+			return n, c.opErr("write", err)
+		}
+		if len(b) == 0 {
+			c.mu.Unlock()
+			return n, nil
+		}
+		// Regenerated output the stream already holds costs no buffer space.
+		k := len(b)
+		if dup := c.out.end() - c.out.app; dup < uint64(k) {
+			space := c.lim.MaxSendBuffer - c.out.unacked()
+			k = min(k, int(dup)+max(space, 0))
+		}
+		if k > 0 {
+			c.out.write(b[:k])
+			n += k
+			b = b[k:]
+			if p := c.path; p != nil {
+				p.wakeWriter()
+			}
+			c.mu.Unlock()
+			continue
+		}
+		ch := waitChan(&c.wwait)
+		c.mu.Unlock()
+		dl := c.writeDL.wait()
+		if isClosedChan(dl) {
+			return n, timeoutErr(c, "write")
+		}
+		select {
+		case <-ch:
+		case <-dl:
+			return n, timeoutErr(c, "write")
+		}
+	}
+}
+
+// CloseWrite half-closes the connection: the peer reads EOF after the bytes
+// written so far. The half-close survives migrations.
+func (c *Conn) CloseWrite() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state.terminal() {
+		return c.opErr("close", c.stateErrLocked())
+	}
+	if !c.out.appFin {
+		c.out.appFin = true
+		// During a migrated server's replay the stream already holds the
+		// FIN, if the origin had sent one; only a caught-up writer adds it.
+		if c.out.app == c.out.end() {
+			c.out.fin = true
+		}
+		if p := c.path; p != nil {
+			p.wakeWriter()
+		}
+	}
+	return nil
+}
+
+// Close closes the connection for good: bytes written so far are still
+// sent on the current path (for at most the linger time), then the peer
+// reads EOF.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	if c.state.terminal() {
+		err := c.stateErrLocked()
+		c.mu.Unlock()
+		if err == ErrMigrated {
+			return nil
+		}
+		return c.opErr("close", net.ErrClosed)
+	}
+	c.out.fin = true
+	p := c.path
+	c.setStateLocked(stateClosed, net.ErrClosed)
+	if p != nil {
+		p.closing = true
+		p.wakeWriter()
+		_ = p.nc.SetDeadline(time.Now().Add(closeLinger))
+	}
+	c.mu.Unlock()
+	if c.sv != nil {
+		c.sv.closed(c)
+	}
+	if c.cl != nil {
+		c.cl.closed(c)
+	}
+	return nil
+}
+
+// closeLinger bounds how long a closed connection keeps flushing.
+const closeLinger = 5 * time.Second
+
+func (c *Conn) LocalAddr() net.Addr  { return loadAddr(&c.laddr) }
+func (c *Conn) RemoteAddr() net.Addr { return loadAddr(&c.raddr) }
+
+func loadAddr(p *atomic.Pointer[net.Addr]) net.Addr {
+	if a := p.Load(); a != nil {
+		return *a
+	}
+	return nil
+}
+
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.readDL.set(t)
+	c.writeDL.set(t)
+	return nil
+}
+func (c *Conn) SetReadDeadline(t time.Time) error  { c.readDL.set(t); return nil }
+func (c *Conn) SetWriteDeadline(t time.Time) error { c.writeDL.set(t); return nil }
+
+// handleFrameLocked applies one frame that arrived on path p.
+func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
+	if c.state.terminal() {
+		return nil // draining a closing path
+	}
+	switch t {
+	case wire.TypeData:
+		off, data, err := wire.ParseData(payload)
+		if err != nil {
+			return err
+		}
+		n, err := c.in.push(off, data)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			c.notifyReadLocked()
+		}
+		if c.cl != nil {
+			c.cl.received += uint64(n)
+		}
+		if c.sv != nil {
+			c.sv.checkLogLocked(c)
+		}
+		c.maybeAckLocked(p, p.br.Buffered() == 0)
+	case wire.TypeAck:
+		off, err := wire.ParseOffset(payload)
+		if err != nil {
+			return err
+		}
+		if err := c.out.ack(off, c.sv != nil); err != nil {
+			return err
+		}
+		c.notifyWriteLocked()
+	case wire.TypeFin:
+		off, err := wire.ParseOffset(payload)
+		if err != nil {
+			return err
+		}
+		if err := c.in.setFin(off); err != nil {
+			return err
+		}
+		c.notifyReadLocked()
+		c.maybeAckLocked(p, true)
+	case wire.TypeClose:
+		c.peerClosed = true
+		c.notifyReadLocked()
+		c.notifyWriteLocked()
+		return errPeerClosedPath
+	case wire.TypePing:
+		v, err := wire.ParseOffset(payload)
+		if err != nil {
+			return err
+		}
+		p.queue(wire.AppendOffset(nil, wire.TypePong, v))
+	case wire.TypePong:
+	case wire.TypeRedirect, wire.TypeServers:
+		if c.cl == nil {
+			return errUnexpected(t)
+		}
+		return c.cl.handleFrameLocked(c, t, payload)
+	default:
+		return errUnexpected(t)
+	}
+	return nil
+}
+
+// maybeAckLocked queues an ACK when enough is unacknowledged, or when idle
+// (the path's read buffer ran dry) and anything is.
+func (c *Conn) maybeAckLocked(p *path, idle bool) {
+	v := c.in.end()
+	if c.sv != nil {
+		v = c.sv.ackableLocked(c)
+	}
+	if v <= c.ackedIn {
+		return
+	}
+	if idle || v-c.ackedIn >= ackEvery {
+		c.ackedIn = v
+		p.queue(wire.AppendOffset(nil, wire.TypeAck, v))
+	}
+}
+
+// pathFailed detaches p after an I/O or protocol error.
+func (c *Conn) pathFailed(p *path, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p.close()
+	if c.path != p {
+		return
+	}
+	c.path = nil
+	if c.state.terminal() {
+		return
+	}
+	if c.peerClosed {
+		c.setStateLocked(statePeerClosed, nil)
+		if c.sv != nil {
+			c.sv.peerClosedLocked(c)
+		}
+		if c.cl != nil {
+			c.cl.peerClosedLocked(c)
+		}
+		return
+	}
+	c.log.Debug("path failed", "err", err)
+	c.setStateLocked(stateDetached, nil)
+	if c.sv != nil {
+		c.sv.detachedLocked(c)
+	}
+	if c.cl != nil {
+		c.cl.pathDownLocked(c)
+	}
+}
+
+// attachLocked makes p the connection's path, resuming output at resume.
+func (c *Conn) attachLocked(p *path, resume uint64) error {
+	if err := c.out.rewind(resume); err != nil {
+		return err
+	}
+	if old := c.path; old != nil && old != p {
+		old.close()
+	}
+	c.path = p
+	c.ackedIn = 0
+	if c.sv != nil {
+		c.sv.attachedLocked()
+	}
+	a, b := p.nc.LocalAddr(), p.nc.RemoteAddr()
+	c.laddr.Store(&a)
+	c.raddr.Store(&b)
+	c.setStateLocked(stateActive, nil)
+	c.maybeAckLocked(p, true)
+	p.start()
+	p.wakeWriter()
+	return nil
+}

@@ -1,0 +1,177 @@
+package mtcp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// testCluster is n servers on loopback that know each other.
+type testCluster struct {
+	t     *testing.T
+	lns   []*Listener
+	addrs []string
+	store SnapshotStore
+}
+
+var testKey = []byte("cluster key for tests, 32 bytes!")
+
+func newCluster(t *testing.T, n int, store SnapshotStore, mod func(*ListenConfig)) *testCluster {
+	t.Helper()
+	tc := &testCluster{t: t, store: store}
+	var raws []net.Listener
+	for i := 0; i < n; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		raws = append(raws, ln)
+		tc.addrs = append(tc.addrs, ln.Addr().String())
+	}
+	for _, ln := range raws {
+		cfg := ListenConfig{Servers: tc.addrs, ClusterKey: testKey, Store: store}
+		if mod != nil {
+			mod(&cfg)
+		}
+		l := NewListener(ln, cfg)
+		tc.lns = append(tc.lns, l)
+		t.Cleanup(func() { _ = l.Close() })
+	}
+	return tc
+}
+
+// echo serves every accepted connection by copying input to output.
+func (tc *testCluster) echo() {
+	for _, l := range tc.lns {
+		go func() {
+			for {
+				c, err := l.AcceptMTCP()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					_, _ = io.Copy(c, c)
+				}()
+			}
+		}()
+	}
+}
+
+func testDialer(tc *testCluster) *Dialer {
+	return &Dialer{Servers: tc.addrs, Triggers: Triggers{KeepAlive: 200 * time.Millisecond, PathTimeout: 2 * time.Second}}
+}
+
+func TestEchoOverOnePath(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 1, nil, nil)
+	tc.echo()
+	c, err := testDialer(tc).DialContext(context.Background(), "tcp", tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg := bytes.Repeat([]byte("hello mtcp "), 100000) // > buffers, several frames
+	go func() { _, _ = c.Write(msg) }()
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatal("echo differs")
+	}
+}
+
+func TestReadDeadlineTimesOut(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 1, nil, nil)
+	tc.echo()
+	c, err := testDialer(tc).DialContext(context.Background(), "tcp", tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	_, err = c.Read(make([]byte, 1))
+	var ne net.Error
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("want a timeout, got %v", err)
+	}
+	// Clearing the deadline makes the connection usable again.
+	_ = c.SetReadDeadline(time.Time{})
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(c, b); err != nil || b[0] != 'x' {
+		t.Fatalf("read after deadline reset: %v", err)
+	}
+}
+
+func TestCloseWriteDeliversEOFAndKeepsOtherDirection(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 1, nil, nil)
+	done := make(chan error, 1)
+	go func() {
+		c, err := tc.lns[0].AcceptMTCP()
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		b, err := io.ReadAll(c) // until the client's half-close
+		if err != nil {
+			done <- err
+			return
+		}
+		_, err = c.Write(append([]byte("got:"), b...))
+		done <- err
+	}()
+	c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = c.Write([]byte("abc"))
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("x")); !errors.Is(err, ErrWriteClosed) {
+		t.Fatalf("write after CloseWrite: %v", err)
+	}
+	b, err := io.ReadAll(c)
+	if err != nil || string(b) != "got:abc" {
+		t.Fatalf("read %q, %v", b, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCloseUnblocksAndReportsErrClosed(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 1, nil, nil)
+	tc.echo()
+	c, err := testDialer(tc).DialContext(context.Background(), "tcp", tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 1))
+		errc <- err
+	}()
+	time.Sleep(10 * time.Millisecond)
+	_ = c.Close()
+	if err := <-errc; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("blocked Read after Close: %v", err)
+	}
+	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Write after Close: %v", err)
+	}
+}

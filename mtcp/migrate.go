@@ -1,0 +1,305 @@
+package mtcp
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"time"
+
+	"hafe.dev/hafe/mtcp/internal/wire"
+)
+
+// migratedConn is what an origin keeps of a connection it handed over, so
+// the state can be fetched again if the new server fails before replying.
+type migratedConn struct {
+	secret  []byte
+	counter uint64
+	state   wire.ConnState // Output from the acknowledged offset on
+	timer   *time.Timer
+}
+
+// acceptMigrate takes over a connection for a MIGRATE: from this server's
+// own table (the client reconnected), from the origin (lazy) or from the
+// snapshot store (eager).
+func (l *Listener) acceptMigrate(nc net.Conn, br *bufio.Reader, payload []byte) bool {
+	t0 := time.Now()
+	m, err := wire.ParseMigrate(payload)
+	if err != nil {
+		refuse(nc, refusal(RefuseBadRequest, "malformed MIGRATE"))
+		return false
+	}
+	stats := MigrationStats{ConnID: ConnID(m.ConnID), Role: RoleNewServer, From: m.Origin, To: l.cfg.Self}
+	if c, _ := l.lookup(m.ConnID); c != nil {
+		stats.Mode = ModeLocal
+		stats.PrepareRequest = time.Since(t0)
+		ok, rerr := l.reattach(c, m, nc, br)
+		stats.Reinstate = time.Since(t0) - stats.PrepareRequest
+		stats.Err = rerr
+		l.report(stats)
+		if rerr != nil {
+			refuse(nc, rerr)
+		}
+		return ok
+	}
+	l.mu.Lock()
+	draining := l.draining
+	l.mu.Unlock()
+	if draining {
+		refuse(nc, refusal(RefuseDraining, "draining"))
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandshakeTimeout)
+	defer cancel()
+	st, mode, tWait, rerr := l.fetchState(ctx, m, t0, &stats)
+	stats.Mode = mode
+	stats.WaitReply = tWait
+	t2 := time.Now()
+	var c *Conn
+	if rerr == nil {
+		c, rerr = l.reinstate(ctx, m, st, mode)
+	}
+	if rerr != nil {
+		stats.Err = rerr
+		stats.Reinstate = time.Since(t2)
+		l.report(stats)
+		l.log.Info("migration refused", "conn", ConnID(m.ConnID).String()[:8], "code", rerr.Code, "reason", rerr.Reason)
+		refuse(nc, rerr)
+		return false
+	}
+	stats.StateBytes = len(st.State) + len(st.Input) + len(st.Output)
+	acc := wire.AppendAccepted(nil, wire.Accepted{RecvOff: c.in.end(), Self: l.cfg.Self, Servers: l.serverList()})
+	if _, err := nc.Write(acc); err != nil {
+		// The client will try again elsewhere; this copy waits detached.
+		c.mu.Lock()
+		c.setStateLocked(stateDetached, nil)
+		c.sv.detachedLocked(c)
+		c.mu.Unlock()
+		l.mu.Lock()
+		l.conns[c.id] = c
+		l.mu.Unlock()
+		return false
+	}
+	ok := l.register(c, nc, br, m.RecvOff)
+	stats.Reinstate = time.Since(t2)
+	l.report(stats)
+	return ok
+}
+
+// reattach moves a connection this server owns onto a new path.
+func (l *Listener) reattach(c *Conn, m wire.Migrate, nc net.Conn, br *bufio.Reader) (bool, *RefusalError) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state.terminal() || c.state == statePeerClosed {
+		return false, refusal(RefuseUnknownConn, "connection ended")
+	}
+	if code := checkMigrate(c.secret, c.sv.counter, m); code != 0 {
+		return false, refusal(code, "%s", code)
+	}
+	if m.RecvOff < c.out.base {
+		return false, refusal(RefuseBadRequest, "received offset %d outside [%d,%d]", m.RecvOff, c.out.base, c.out.end())
+	}
+	c.sv.counter = m.Counter
+	_ = c.out.ack(m.RecvOff, true)
+	acc := wire.AppendAccepted(nil, wire.Accepted{RecvOff: c.in.end(), Self: l.cfg.Self, Servers: l.serverList()})
+	if _, err := nc.Write(acc); err != nil {
+		return false, nil
+	}
+	_ = nc.SetDeadline(time.Time{})
+	if err := c.attachLocked(newPath(c, nc, br), m.RecvOff); err != nil {
+		return false, nil
+	}
+	return true, nil
+}
+
+// fetchState gets a connection's state: lazily from its origin, eagerly from
+// the store when the origin cannot answer.
+func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time, stats *MigrationStats) (wire.ConnState, Mode, time.Duration, *RefusalError) {
+	var lazyErr error
+	if m.Origin != "" && m.Origin != l.cfg.Self && len(l.cfg.ClusterKey) > 0 {
+		pctx, cancel := context.WithTimeout(ctx, l.cfg.PeerTimeout)
+		t1 := time.Now()
+		stats.PrepareRequest = t1.Sub(t0)
+		tr, err := l.peers.fetch(pctx, m.Origin, m)
+		cancel()
+		wait := time.Since(t1)
+		if err == nil && tr.Code == 0 {
+			return tr.State, ModeLazy, wait, nil
+		}
+		if err == nil {
+			code := RefusalCode(tr.Code)
+			if code != RefuseUnknownConn || l.cfg.Store == nil {
+				return wire.ConnState{}, ModeLazy, wait, &RefusalError{Code: code, Reason: tr.Reason, Addr: m.Origin}
+			}
+		}
+		lazyErr = err
+		l.log.Info("lazy fetch failed; trying the snapshot store", "origin", m.Origin, "err", err, "code", tr.Code)
+	}
+	if l.cfg.Store == nil {
+		stats.PrepareRequest = time.Since(t0)
+		if lazyErr != nil {
+			return wire.ConnState{}, ModeLazy, 0, refusal(RefuseStateUnavailable, "origin unreachable: %v", lazyErr)
+		}
+		return wire.ConnState{}, ModeLazy, 0, refusal(RefuseUnknownConn, "unknown connection")
+	}
+	t1 := time.Now()
+	if stats.PrepareRequest == 0 {
+		stats.PrepareRequest = t1.Sub(t0)
+	}
+	rec, err := l.cfg.Store.Load(ctx, ConnID(m.ConnID))
+	wait := time.Since(t1)
+	if errors.Is(err, ErrNoSnapshot) {
+		return wire.ConnState{}, ModeEager, wait, refusal(RefuseUnknownConn, "unknown connection")
+	}
+	if err != nil {
+		return wire.ConnState{}, ModeEager, wait, refusal(RefuseStateUnavailable, "snapshot store: %v", err)
+	}
+	return wire.ConnState{
+		ConnID: m.ConnID, Secret: rec.Secret, Counter: rec.Counter, Seq: rec.Seq,
+		SnapIn: rec.InOffset, SnapOut: rec.OutOffset, State: rec.State,
+		OutOff: rec.OutOffset - uint64(len(rec.OutTail)), Output: rec.OutTail,
+	}, ModeEager, wait, nil
+}
+
+// reinstate verifies a MIGRATE against fetched state and rebuilds the
+// connection: the application restarts from the snapshot, re-reads the
+// input log, and its regenerated output below what the stream already holds
+// is dropped; transferred output fills the gap up to the client.
+func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnState, mode Mode) (*Conn, *RefusalError) {
+	if code := checkMigrate(st.Secret, st.Counter, m); code != 0 {
+		return nil, refusal(code, "%s", code)
+	}
+	known := st.OutOff + uint64(len(st.Output))
+	if m.RecvOff < st.OutOff {
+		return nil, refusal(RefuseStateUnavailable, "output from %d lost (client has %d)", st.OutOff, m.RecvOff)
+	}
+	base := m.RecvOff
+	var out []byte
+	if base < known {
+		out = append(out, st.Output[base-st.OutOff:]...)
+	}
+	end := max(base, known)
+	if st.SnapOut > end {
+		return nil, refusal(RefuseStateUnavailable, "output [%d,%d) lost", end, st.SnapOut)
+	}
+	c := l.newServerConn(ConnID(m.ConnID), append([]byte(nil), st.Secret...))
+	s := c.sv
+	s.counter = m.Counter
+	s.snap = snapshot{state: append([]byte(nil), st.State...), in: st.SnapIn, out: st.SnapOut, seq: 0}
+	s.imported, s.hasImported = s.snap.state, true
+	c.in = recvStream{base: st.SnapIn, read: st.SnapIn, buf: append([]byte(nil), st.Input...), keepLog: true}
+	if st.InFin {
+		c.in.fin, c.in.finOff = true, c.in.end()
+	}
+	c.out = sendStream{base: base, buf: out, sent: base, app: st.SnapOut, fin: st.OutFin && base <= known}
+	if store := l.cfg.Store; store != nil {
+		var tail []byte
+		if st.SnapOut > base {
+			tail = out[:st.SnapOut-base]
+		}
+		rec := &SnapshotRecord{ConnID: c.id, Secret: c.secret, Counter: m.Counter, InOffset: st.SnapIn,
+			OutOffset: st.SnapOut, State: s.snap.state, OutTail: tail}
+		if err := store.Save(ctx, rec); errors.Is(err, ErrStale) {
+			return nil, refusal(RefuseReplayedCounter, "another server claimed this counter")
+		} else if err != nil {
+			return nil, refusal(RefuseStateUnavailable, "snapshot store: %v", err)
+		}
+		s.durableIn = st.SnapIn
+	}
+	return c, nil
+}
+
+// freeze hands a connection over to a new server (the origin's side of a
+// lazy migration): it checks the forwarded MIGRATE, stops the connection so
+// the application's next Read or Write fails with ErrMigrated, and returns
+// its state.
+func (l *Listener) freeze(m wire.Migrate) (wire.ConnState, *RefusalError) {
+	t0 := time.Now()
+	stats := MigrationStats{ConnID: ConnID(m.ConnID), Role: RoleOrigin, Mode: ModeLazy, From: l.cfg.Self}
+	st, rerr := l.freezeState(m)
+	stats.PrepareReply = time.Since(t0)
+	if rerr != nil {
+		stats.Err = rerr
+	} else {
+		stats.StateBytes = len(st.State) + len(st.Input) + len(st.Output)
+	}
+	l.report(stats)
+	return st, rerr
+}
+
+func (l *Listener) freezeState(m wire.Migrate) (wire.ConnState, *RefusalError) {
+	c, mc := l.lookup(m.ConnID)
+	if c == nil {
+		if mc == nil {
+			return wire.ConnState{}, refusal(RefuseUnknownConn, "unknown connection")
+		}
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if code := checkMigrate(mc.secret, mc.counter, m); code != 0 {
+			return wire.ConnState{}, refusal(code, "%s", code)
+		}
+		st := mc.state
+		if m.RecvOff < st.OutOff || m.RecvOff > st.OutOff+uint64(len(st.Output)) {
+			return wire.ConnState{}, refusal(RefuseBadRequest, "received offset out of range")
+		}
+		st.Counter = mc.counter
+		st.Output = st.Output[m.RecvOff-st.OutOff:]
+		st.OutOff = m.RecvOff
+		mc.counter = m.Counter
+		return st, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.sv
+	if c.state.terminal() || c.state == statePeerClosed {
+		return wire.ConnState{}, refusal(RefuseUnknownConn, "connection ended")
+	}
+	if code := checkMigrate(c.secret, s.counter, m); code != 0 {
+		return wire.ConnState{}, refusal(code, "%s", code)
+	}
+	if s.logLost {
+		return wire.ConnState{}, refusal(RefuseStateUnavailable, "input log overflowed since the last snapshot")
+	}
+	if m.RecvOff < c.out.base || m.RecvOff > c.out.end() {
+		return wire.ConnState{}, refusal(RefuseBadRequest, "received offset %d outside [%d,%d]", m.RecvOff, c.out.base, c.out.end())
+	}
+	full := wire.ConnState{
+		ConnID: m.ConnID, Secret: c.secret, Counter: s.counter, Seq: s.snap.seq,
+		SnapIn: s.snap.in, SnapOut: s.snap.out, State: s.snap.state,
+		Input:  append([]byte(nil), c.in.buf[s.snap.in-c.in.base:]...),
+		InFin:  c.in.fin && c.in.finOff == c.in.end(),
+		OutOff: c.out.base, Output: append([]byte(nil), c.out.buf...),
+		OutFin: c.out.fin && c.out.app == c.out.end(),
+	}
+	s.counter = m.Counter
+	if p := c.path; p != nil {
+		p.close()
+		c.path = nil
+	}
+	c.setStateLocked(stateMigrated, ErrMigrated)
+	if s.detached != nil {
+		s.detached.Stop()
+	}
+	mc = &migratedConn{secret: c.secret, counter: m.Counter, state: full}
+	l.mu.Lock()
+	delete(l.conns, c.id)
+	if !l.closing {
+		l.migrated[c.id] = mc
+		id := c.id
+		mc.timer = time.AfterFunc(l.cfg.MigratedRetention, func() { l.expireMigrated(id, mc) })
+	}
+	l.mu.Unlock()
+	st := full
+	st.Output = st.Output[m.RecvOff-st.OutOff:]
+	st.OutOff = m.RecvOff
+	return st, nil
+}
+
+// expireMigrated forgets a handed-over connection's state.
+func (l *Listener) expireMigrated(id ConnID, mc *migratedConn) {
+	l.mu.Lock()
+	if l.migrated[id] == mc {
+		delete(l.migrated, id)
+	}
+	l.mu.Unlock()
+}

@@ -1,0 +1,200 @@
+package mtcp
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"hafe.dev/hafe/mtcp/internal/wire"
+)
+
+var errPeerClosedPath = errors.New("mtcp: peer closed the connection")
+
+func errUnexpected(t wire.Type) error {
+	return fmt.Errorf("%w: unexpected %s frame", errProtocol, t)
+}
+
+// path is one transport connection currently carrying a Conn's stream. It
+// runs two goroutines: a reader applying frames to the Conn and a writer
+// sending queued control frames and unsent data.
+type path struct {
+	c    *Conn
+	nc   net.Conn
+	br   *bufio.Reader
+	wake chan struct{}
+	quit chan struct{}
+	once sync.Once
+	wg   sync.WaitGroup
+
+	// Guarded by c.mu.
+	ctrl    []byte // queued control frames
+	closing bool   // send remaining data, FIN and CLOSE, then shut down
+	started bool
+
+	frames atomic.Uint64 // frames received, for the client's progress check
+}
+
+// pathReadBuffer is small on purpose: an idle connection holds it.
+const pathReadBuffer = 4 << 10
+
+func newPath(c *Conn, nc net.Conn, br *bufio.Reader) *path {
+	if br == nil {
+		br = bufio.NewReaderSize(nc, pathReadBuffer)
+	}
+	return &path{c: c, nc: nc, br: br, wake: make(chan struct{}, 1), quit: make(chan struct{})}
+}
+
+// queue adds an encoded control frame; called with c.mu held.
+func (p *path) queue(frame []byte) {
+	p.ctrl = append(p.ctrl, frame...)
+	p.wakeWriter()
+}
+
+func (p *path) wakeWriter() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// start launches the goroutines; called with c.mu held.
+func (p *path) start() {
+	if p.started {
+		return
+	}
+	p.started = true
+	p.wg.Add(2)
+	go p.readLoop()
+	go p.writeLoop()
+}
+
+func (p *path) close() {
+	p.once.Do(func() {
+		close(p.quit)
+		_ = p.nc.Close()
+	})
+}
+
+func (p *path) readLoop() {
+	defer p.wg.Done()
+	c := p.c
+	var hdr [wire.HeaderLen]byte
+	buf := make([]byte, 0, 512)
+	for {
+		if err := p.waitRecvSpace(); err != nil {
+			c.pathFailed(p, err)
+			return
+		}
+		t, payload, err := wire.ReadFrame(p.br, &hdr, buf)
+		if err != nil {
+			c.pathFailed(p, err)
+			return
+		}
+		if cap(payload) > cap(buf) && cap(payload) <= wire.MaxData+64 {
+			buf = payload[:0]
+		}
+		p.frames.Add(1)
+		c.mu.Lock()
+		err = c.handleFrameLocked(p, t, payload)
+		c.mu.Unlock()
+		if err != nil {
+			c.pathFailed(p, err)
+			return
+		}
+		if cap(buf) > pathReadBuffer && p.br.Buffered() == 0 {
+			buf = make([]byte, 0, 512) // let an idle path shrink
+		}
+	}
+}
+
+// waitRecvSpace blocks while the application has MaxRecvBuffer unread bytes.
+func (p *path) waitRecvSpace() error {
+	c := p.c
+	for {
+		c.mu.Lock()
+		if c.in.unread() < c.lim.MaxRecvBuffer || c.state.terminal() || c.path != p {
+			c.mu.Unlock()
+			return nil
+		}
+		ch := waitChan(&c.dwait)
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-p.quit:
+			return net.ErrClosed
+		}
+	}
+}
+
+// maxBatch bounds the bytes one writev carries.
+const maxBatch = 256 << 10
+
+func (p *path) writeLoop() {
+	defer p.wg.Done()
+	c := p.c
+	hdrs := make([]byte, 0, (maxBatch/wire.MaxData+2)*(wire.HeaderLen+8))
+	for {
+		select {
+		case <-p.wake:
+		case <-p.quit:
+			return
+		}
+		for {
+			c.mu.Lock()
+			if c.path != p {
+				c.mu.Unlock()
+				return
+			}
+			var bufs net.Buffers
+			if len(p.ctrl) > 0 {
+				bufs = append(bufs, p.ctrl)
+				p.ctrl = nil
+			}
+			hdrs = hdrs[:0]
+			total := 0
+			for total < maxBatch {
+				off, b := c.out.next(wire.MaxData)
+				if len(b) == 0 {
+					break
+				}
+				h := len(hdrs)
+				hdrs = wire.AppendDataHeader(hdrs, off, len(b))
+				bufs = append(bufs, hdrs[h:], b)
+				total += len(b)
+			}
+			if c.out.needFin() {
+				c.out.finSent = true
+				bufs = append(bufs, wire.AppendOffset(nil, wire.TypeFin, c.out.end()))
+			}
+			closing := p.closing && c.out.sent == c.out.end() && len(bufs) == 0
+			c.mu.Unlock()
+			if closing {
+				p.finishClose()
+				return
+			}
+			if len(bufs) == 0 {
+				break
+			}
+			if _, err := bufs.WriteTo(p.nc); err != nil {
+				c.pathFailed(p, err)
+				return
+			}
+		}
+	}
+}
+
+// finishClose sends CLOSE and half-closes the transport; the reader then
+// drains until the peer closes its side, so no RST destroys our last bytes.
+func (p *path) finishClose() {
+	_, _ = p.nc.Write(wire.AppendClose(nil))
+	if cw, ok := p.nc.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+		_ = p.nc.SetReadDeadline(time.Now().Add(closeLinger))
+		return
+	}
+	p.close()
+}

@@ -1,0 +1,624 @@
+package mtcp
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"hafe.dev/hafe/mtcp/internal/wire"
+)
+
+// ListenConfig configures a Listener. Zero fields take the defaults noted.
+type ListenConfig struct {
+	Logger *slog.Logger // default: discard
+	// TLSConfig, when set, wraps every accepted transport connection in TLS.
+	TLSConfig *tls.Config
+	// Self is the address peers and clients reach this server at; it is
+	// the origin a client names in MIGRATE. Default: the listener's address.
+	Self string
+	// Servers is the list of server addresses sent to clients. Update it
+	// later with SetServers.
+	Servers []string
+	// ClusterKey authenticates the peer channel between servers (HMAC
+	// challenge both ways). Empty disables lazy transfer.
+	ClusterKey []byte
+	// PeerDial opens a transport connection to a peer. Default: TCP.
+	PeerDial func(ctx context.Context, addr string) (net.Conn, error)
+	// PeerTLSConfig, when set, wraps peer connections in TLS (needed when
+	// the peers' listeners use TLS; with client certificates it is mTLS).
+	PeerTLSConfig *tls.Config
+	// Store enables eager mode: every ExportState is saved before it
+	// returns, input is acknowledged only up to the last saved snapshot,
+	// and a MIGRATE whose origin cannot be reached is served from it.
+	Store SnapshotStore
+	Limits Limits
+	// HandshakeTimeout bounds the first frame and a migration. Default 10s.
+	HandshakeTimeout time.Duration
+	// PeerTimeout bounds a lazy fetch from the origin. Default 3s.
+	PeerTimeout time.Duration
+	// DetachedTimeout is how long a connection without a path waits for
+	// its client to come back before it fails with ErrLost. Default 60s.
+	DetachedTimeout time.Duration
+	// StandbyTimeout is how long a warm standby path may idle. Default 5m.
+	StandbyTimeout time.Duration
+	// MigratedRetention is how long a migrated-away connection's state can
+	// still be fetched (in case the new server fails before replying).
+	// Default 30s.
+	MigratedRetention time.Duration
+	// OnMigration, if set, is called after every migration this server
+	// takes part in (as new server or origin), including failed ones.
+	OnMigration func(MigrationStats)
+}
+
+func (c *ListenConfig) fill(ln net.Listener) {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Self == "" {
+		c.Self = ln.Addr().String()
+	}
+	if c.PeerDial == nil {
+		c.PeerDial = func(ctx context.Context, addr string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		}
+	}
+	c.Limits = c.Limits.withDefaults()
+	setDefault(&c.HandshakeTimeout, 10*time.Second)
+	setDefault(&c.PeerTimeout, 3*time.Second)
+	setDefault(&c.DetachedTimeout, 60*time.Second)
+	setDefault(&c.StandbyTimeout, 5*time.Minute)
+	setDefault(&c.MigratedRetention, 30*time.Second)
+}
+
+func setDefault(d *time.Duration, v time.Duration) {
+	if *d <= 0 {
+		*d = v
+	}
+}
+
+// Listener accepts MTCP connections: new ones, ones migrating in from other
+// servers, and peer channels from other servers.
+type Listener struct {
+	cfg    ListenConfig
+	ln     net.Listener
+	log    *slog.Logger
+	accept chan *Conn
+	peers  *peerPool
+	closed chan struct{}
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	conns    map[ConnID]*Conn
+	migrated map[ConnID]*migratedConn
+	raw      map[net.Conn]struct{} // transport conns not owned by a Conn
+	servers  []string
+	draining bool
+	closing  bool
+}
+
+// Listen listens on a TCP address.
+func Listen(network, addr string, cfg ListenConfig) (*Listener, error) {
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return NewListener(ln, cfg), nil
+}
+
+// NewListener serves MTCP on ln (TCP, a simulated network, …). The Listener
+// owns ln and closes it.
+func NewListener(ln net.Listener, cfg ListenConfig) *Listener {
+	cfg.fill(ln)
+	l := &Listener{
+		cfg:      cfg,
+		ln:       ln,
+		log:      cfg.Logger.With("component", "mtcp", "server", cfg.Self),
+		accept:   make(chan *Conn, 64),
+		closed:   make(chan struct{}),
+		conns:    make(map[ConnID]*Conn),
+		migrated: make(map[ConnID]*migratedConn),
+		raw:      make(map[net.Conn]struct{}),
+		servers:  append([]string(nil), cfg.Servers...),
+	}
+	l.peers = newPeerPool(l)
+	l.wg.Add(1)
+	go l.serve()
+	return l
+}
+
+// Accept returns the next new or migrated-in connection.
+func (l *Listener) Accept() (net.Conn, error) { return l.AcceptMTCP() }
+
+// AcceptMTCP is Accept with the concrete type.
+func (l *Listener) AcceptMTCP() (*Conn, error) {
+	select {
+	case c := <-l.accept:
+		return c, nil
+	case <-l.closed:
+		return nil, &net.OpError{Op: "accept", Net: "mtcp", Addr: l.ln.Addr(), Err: net.ErrClosed}
+	}
+}
+
+// Addr is the transport listener's address.
+func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+
+// Self is the address this server names itself by.
+func (l *Listener) Self() string { return l.cfg.Self }
+
+// Close stops accepting and closes peer channels. Accepted connections
+// stay open; close them, or Drain first.
+func (l *Listener) Close() error {
+	l.mu.Lock()
+	if l.closing {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closing = true
+	close(l.closed)
+	for nc := range l.raw {
+		_ = nc.Close()
+	}
+	for _, m := range l.migrated {
+		m.timer.Stop()
+	}
+	l.migrated = map[ConnID]*migratedConn{}
+	l.mu.Unlock()
+	err := l.ln.Close()
+	l.peers.close()
+	l.wg.Wait()
+	return err
+}
+
+// NumConns reports how many connections this server currently owns.
+func (l *Listener) NumConns() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns)
+}
+
+func (l *Listener) serve() {
+	defer l.wg.Done()
+	for {
+		nc, err := l.ln.Accept()
+		if err != nil {
+			select {
+			case <-l.closed:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			l.log.Warn("accept", "err", err)
+			select {
+			case <-time.After(50 * time.Millisecond):
+			case <-l.closed:
+				return
+			}
+			continue
+		}
+		if !l.trackRaw(nc) {
+			_ = nc.Close()
+			return
+		}
+		l.wg.Add(1)
+		go l.handshake(nc)
+	}
+}
+
+func (l *Listener) trackRaw(nc net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closing {
+		return false
+	}
+	l.raw[nc] = struct{}{}
+	return true
+}
+
+func (l *Listener) untrackRaw(nc net.Conn) {
+	l.mu.Lock()
+	delete(l.raw, nc)
+	l.mu.Unlock()
+}
+
+// handshake reads a transport connection's first frame and dispatches.
+func (l *Listener) handshake(raw net.Conn) {
+	defer l.wg.Done()
+	owned := false
+	defer func() {
+		l.untrackRaw(raw)
+		if !owned {
+			_ = raw.Close()
+		}
+	}()
+	nc := raw
+	_ = nc.SetDeadline(time.Now().Add(l.cfg.HandshakeTimeout))
+	if l.cfg.TLSConfig != nil {
+		nc = tls.Server(raw, l.cfg.TLSConfig)
+	}
+	br := bufio.NewReaderSize(nc, pathReadBuffer)
+	var hdr [wire.HeaderLen]byte
+	t, payload, err := wire.ReadFrame(br, &hdr, nil)
+	if err != nil {
+		l.log.Debug("handshake", "err", err)
+		return
+	}
+	if t == wire.TypeStandby {
+		if _, err := wire.ParseStandby(payload); err != nil {
+			return
+		}
+		_ = nc.SetDeadline(time.Now().Add(l.cfg.StandbyTimeout))
+		if t, payload, err = wire.ReadFrame(br, &hdr, nil); err != nil {
+			return
+		}
+		_ = nc.SetDeadline(time.Now().Add(l.cfg.HandshakeTimeout))
+	}
+	switch t {
+	case wire.TypeHello:
+		owned = l.acceptNew(nc, br, payload)
+	case wire.TypeMigrate:
+		owned = l.acceptMigrate(nc, br, payload)
+	case wire.TypePeerHello:
+		l.servePeer(nc, br, payload)
+	default:
+		refuse(nc, refusal(RefuseBadRequest, "unexpected %s", t))
+	}
+}
+
+func refuse(nc net.Conn, e *RefusalError) {
+	_, _ = nc.Write(wire.AppendRefuse(nil, wire.Refuse{Code: uint8(e.Code), Reason: e.Reason}))
+}
+
+func (l *Listener) serverList() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.servers...)
+}
+
+func (l *Listener) newServerConn(id ConnID, secret []byte) *Conn {
+	c := newConn(id, secret, l.log, l.cfg.Limits)
+	c.sv = &serverSide{ln: l}
+	c.in.keepLog = true
+	return c
+}
+
+// acceptNew creates a connection for a HELLO.
+func (l *Listener) acceptNew(nc net.Conn, br *bufio.Reader, payload []byte) bool {
+	h, err := wire.ParseHello(payload)
+	if err != nil || h.Version != wire.Version {
+		refuse(nc, refusal(RefuseBadRequest, "unsupported version"))
+		return false
+	}
+	l.mu.Lock()
+	draining := l.draining
+	l.mu.Unlock()
+	if draining {
+		refuse(nc, refusal(RefuseDraining, "draining"))
+		return false
+	}
+	c := l.newServerConn(randomID(), randomSecret())
+	if st := l.cfg.Store; st != nil {
+		// The first record holds the secret, so an eager migration can
+		// verify the client even before the application's first snapshot.
+		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandshakeTimeout)
+		err := st.Save(ctx, &SnapshotRecord{ConnID: c.id, Secret: c.secret})
+		cancel()
+		if err != nil {
+			l.log.Warn("save initial snapshot", "err", err)
+			refuse(nc, refusal(RefuseStateUnavailable, "snapshot store unavailable"))
+			return false
+		}
+	}
+	w := wire.AppendWelcome(nil, wire.Welcome{ConnID: c.id, Secret: c.secret, Self: l.cfg.Self, Servers: l.serverList()})
+	if _, err := nc.Write(w); err != nil {
+		return false
+	}
+	return l.register(c, nc, br, 0)
+}
+
+// register attaches a first path to a new or migrated-in connection and
+// hands it to Accept.
+func (l *Listener) register(c *Conn, nc net.Conn, br *bufio.Reader, resume uint64) bool {
+	_ = nc.SetDeadline(time.Time{})
+	l.mu.Lock()
+	if l.closing {
+		l.mu.Unlock()
+		return false
+	}
+	l.conns[c.id] = c
+	l.mu.Unlock()
+	c.mu.Lock()
+	if err := c.attachLocked(newPath(c, nc, br), resume); err != nil {
+		c.mu.Unlock()
+		l.remove(c)
+		return false
+	}
+	c.mu.Unlock()
+	select {
+	case l.accept <- c:
+		return true
+	case <-l.closed:
+		l.remove(c)
+		return false
+	}
+}
+
+func (l *Listener) remove(c *Conn) {
+	l.mu.Lock()
+	if l.conns[c.id] == c {
+		delete(l.conns, c.id)
+	}
+	l.mu.Unlock()
+}
+
+func (l *Listener) lookup(id ConnID) (*Conn, *migratedConn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.conns[id], l.migrated[id]
+}
+
+func (l *Listener) report(s MigrationStats) {
+	if f := l.cfg.OnMigration; f != nil {
+		f(s)
+	}
+}
+
+// serverSide is the server half of a Conn.
+type serverSide struct {
+	ln          *Listener
+	counter     uint64 // last accepted migration counter
+	snap        snapshot
+	imported    []byte
+	hasImported bool
+	durableIn   uint64 // eager: input offset of the last saved snapshot
+	durableSeq  uint64
+	logLost     bool // input log overflowed since the last snapshot
+	detached    *time.Timer
+}
+
+type snapshot struct {
+	state   []byte
+	in, out uint64
+	seq     uint64
+}
+
+// ackableLocked is how far the client may discard input: everything
+// received in lazy mode, only up to the last durable snapshot in eager mode.
+func (s *serverSide) ackableLocked(c *Conn) uint64 {
+	if s.ln.cfg.Store == nil || s.logLost {
+		return c.in.end()
+	}
+	return s.durableIn
+}
+
+// checkLogLocked gives up the input log when it outgrows its bound; the
+// connection cannot migrate until the next snapshot.
+func (s *serverSide) checkLogLocked(c *Conn) {
+	if c.in.logLen() > c.lim.MaxInputLog && !s.logLost {
+		c.log.Warn("input log overflow; not migratable until the next snapshot", "bytes", c.in.logLen())
+		s.logLost = true
+	}
+	if s.logLost {
+		c.in.trim(c.in.read)
+	}
+}
+
+func (s *serverSide) detachedLocked(c *Conn) {
+	if s.detached != nil {
+		s.detached.Stop()
+	}
+	s.detached = time.AfterFunc(s.ln.cfg.DetachedTimeout, func() { s.onDetachedTimeout(c) })
+}
+
+// onDetachedTimeout fires when a client has not come back in time.
+func (s *serverSide) onDetachedTimeout(c *Conn) {
+	c.mu.Lock()
+	if c.state != stateDetached {
+		c.mu.Unlock()
+		return
+	}
+	c.setStateLocked(stateFailed, ErrLost)
+	c.mu.Unlock()
+	s.closed(c)
+}
+
+func (s *serverSide) attachedLocked() {
+	if s.detached != nil {
+		s.detached.Stop()
+		s.detached = nil
+	}
+}
+
+func (s *serverSide) peerClosedLocked(c *Conn) {
+	if s.detached != nil {
+		s.detached.Stop()
+	}
+	go s.ln.remove(c)
+}
+
+// closed forgets a connection that ended.
+func (s *serverSide) closed(c *Conn) {
+	s.ln.remove(c)
+	c.mu.Lock()
+	if s.detached != nil {
+		s.detached.Stop()
+	}
+	migrated := c.state == stateMigrated
+	c.mu.Unlock()
+	if st := s.ln.cfg.Store; st != nil && !migrated {
+		ctx, cancel := context.WithTimeout(context.Background(), s.ln.cfg.HandshakeTimeout)
+		_ = st.Delete(ctx, c.id)
+		cancel()
+	}
+}
+
+// ExportState records a snapshot: state is the application's state after
+// everything it has read and written so far. In lazy mode it costs no
+// network round trip; in eager mode it returns once the snapshot is saved.
+func (c *Conn) ExportState(state []byte) error {
+	return c.ExportStateContext(context.Background(), state)
+}
+
+// ExportStateContext is ExportState with a context bounding the store's Save.
+func (c *Conn) ExportStateContext(ctx context.Context, state []byte) error {
+	s := c.sv
+	if s == nil {
+		return ErrNotServer
+	}
+	if len(state) > c.lim.MaxState {
+		return fmt.Errorf("%w: %d bytes over %d", ErrStateTooLarge, len(state), c.lim.MaxState)
+	}
+	st := append([]byte(nil), state...)
+	c.mu.Lock()
+	if c.state.terminal() {
+		err := c.stateErrLocked()
+		c.mu.Unlock()
+		return c.opErr("export", err)
+	}
+	s.snap = snapshot{state: st, in: c.in.read, out: c.out.app, seq: s.snap.seq + 1}
+	c.in.trim(c.in.read)
+	s.logLost = false
+	store := s.ln.cfg.Store
+	if store == nil {
+		c.mu.Unlock()
+		return nil
+	}
+	rec := &SnapshotRecord{
+		ConnID: c.id, Secret: c.secret, Counter: s.counter, Seq: s.snap.seq,
+		InOffset: s.snap.in, OutOffset: s.snap.out, State: st, OutTail: outTailLocked(c, s.snap.out),
+	}
+	c.mu.Unlock()
+	err := store.Save(ctx, rec)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if errors.Is(err, ErrStale) {
+		// Another server claimed the connection (we were unreachable).
+		if p := c.path; p != nil {
+			p.close()
+			c.path = nil
+		}
+		c.setStateLocked(stateMigrated, ErrMigrated)
+		go s.ln.remove(c)
+		return c.opErr("export", ErrMigrated)
+	}
+	if err != nil {
+		return fmt.Errorf("mtcp: save snapshot: %w", err)
+	}
+	if rec.Seq > s.durableSeq && rec.Counter == s.counter {
+		s.durableSeq, s.durableIn = rec.Seq, rec.InOffset
+		if p := c.path; p != nil {
+			c.maybeAckLocked(p, true)
+		}
+	}
+	return nil
+}
+
+// outTailLocked copies the unacknowledged output below off.
+func outTailLocked(c *Conn, off uint64) []byte {
+	if off <= c.out.base {
+		return nil
+	}
+	return append([]byte(nil), c.out.buf[:off-c.out.base]...)
+}
+
+// ImportState returns the application state of the last snapshot on a
+// migrated-in connection; ok is false on a new connection.
+func (c *Conn) ImportState() (state []byte, ok bool) {
+	if c.sv == nil {
+		return nil, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]byte(nil), c.sv.imported...), c.sv.hasImported
+}
+
+// Redirect asks the client to migrate to addr (load balancing).
+func (c *Conn) Redirect(addr string) error {
+	if c.sv == nil {
+		return ErrNotServer
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.path == nil || c.state != stateActive {
+		return c.opErr("redirect", c.stateErrOrLost())
+	}
+	c.path.queue(wire.AppendRedirect(nil, wire.Redirect{Addr: addr}))
+	return nil
+}
+
+func (c *Conn) stateErrOrLost() error {
+	if c.state.terminal() {
+		return c.stateErrLocked()
+	}
+	return io.ErrClosedPipe
+}
+
+// SetServers replaces the server list and sends it to every client.
+func (l *Listener) SetServers(addrs []string) {
+	l.mu.Lock()
+	l.servers = append([]string(nil), addrs...)
+	conns := l.connList()
+	l.mu.Unlock()
+	f := wire.AppendServers(nil, wire.Servers{Addrs: addrs})
+	for _, c := range conns {
+		c.mu.Lock()
+		if c.path != nil && c.state == stateActive {
+			c.path.queue(f)
+		}
+		c.mu.Unlock()
+	}
+}
+
+func (l *Listener) connList() []*Conn {
+	cs := make([]*Conn, 0, len(l.conns))
+	for _, c := range l.conns {
+		cs = append(cs, c)
+	}
+	return cs
+}
+
+// Drain takes no new connections and redirects every connection to the
+// other servers, returning when none is left or ctx ends.
+func (l *Listener) Drain(ctx context.Context) error {
+	l.mu.Lock()
+	l.draining = true
+	l.mu.Unlock()
+	next := 0
+	for round := 0; ; round++ {
+		l.mu.Lock()
+		conns := l.connList()
+		targets := make([]string, 0, len(l.servers))
+		for _, s := range l.servers {
+			if s != l.cfg.Self {
+				targets = append(targets, s)
+			}
+		}
+		l.mu.Unlock()
+		if len(conns) == 0 {
+			return nil
+		}
+		if len(targets) == 0 {
+			return fmt.Errorf("mtcp: drain: no other server to move %d connections to", len(conns))
+		}
+		if round%20 == 0 { // re-send every second to connections that did not move yet
+			for _, c := range conns {
+				_ = c.Redirect(targets[next%len(targets)])
+				next++
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("mtcp: drain: %d connections left: %w", len(conns), ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,158 @@
+package mtcp
+
+import (
+	"errors"
+	"fmt"
+)
+
+var errProtocol = errors.New("mtcp: protocol violation")
+
+// sendStream holds the bytes the local application wrote that the peer has
+// not acknowledged: offsets [base, end). sent is the next offset the current
+// path transmits. app is the application's own write offset, which trails
+// end while a migrated server regenerates output the stream already holds.
+//
+// The buffer only ever advances its start and appends at its end, so a path
+// writer may send a slice of it without holding the lock.
+type sendStream struct {
+	base    uint64
+	buf     []byte
+	sent    uint64
+	app     uint64
+	fin     bool // the stream ends at end()
+	appFin  bool // the application called CloseWrite
+	finSent bool // FIN sent on the current path
+}
+
+func (s *sendStream) end() uint64  { return s.base + uint64(len(s.buf)) }
+func (s *sendStream) unacked() int { return len(s.buf) }
+
+// write appends p as the application writes it; bytes below end() are
+// regenerated output the stream already holds and are dropped.
+func (s *sendStream) write(p []byte) {
+	if skip := s.end() - s.app; skip > 0 {
+		k := min(uint64(len(p)), skip)
+		p = p[k:]
+		s.app += k
+	}
+	s.buf = append(s.buf, p...)
+	s.app += uint64(len(p))
+}
+
+// ack discards everything below off. beyondOK allows off past end(): a
+// migrated server's client may already hold output the application has
+// not regenerated yet.
+func (s *sendStream) ack(off uint64, beyondOK bool) error {
+	if off > s.end() {
+		if !beyondOK {
+			return fmt.Errorf("%w: ack %d beyond end %d", errProtocol, off, s.end())
+		}
+		s.buf = nil
+		s.base, s.sent = off, off
+		return nil
+	}
+	if off <= s.base {
+		return nil
+	}
+	s.buf = s.buf[off-s.base:]
+	s.base = off
+	if len(s.buf) == 0 {
+		s.buf = nil
+	}
+	if s.sent < off {
+		s.sent = off
+	}
+	return nil
+}
+
+// rewind makes the next path transmit from off.
+func (s *sendStream) rewind(off uint64) error {
+	if off < s.base || off > s.end() {
+		return fmt.Errorf("%w: resume at %d outside [%d,%d]", errProtocol, off, s.base, s.end())
+	}
+	s.sent = off
+	s.finSent = false
+	return nil
+}
+
+// next returns up to max unsent bytes and marks them sent.
+func (s *sendStream) next(max int) (uint64, []byte) {
+	off := s.sent
+	b := s.buf[off-s.base:]
+	if len(b) > max {
+		b = b[:max]
+	}
+	s.sent += uint64(len(b))
+	return off, b[:len(b):len(b)]
+}
+
+// needFin reports whether a FIN is due on the current path.
+func (s *sendStream) needFin() bool { return s.fin && !s.finSent && s.sent == s.end() }
+
+// recvStream holds bytes received from the peer: offsets [base, end). The
+// application reads from read on. A client discards bytes as they are read;
+// a server keeps them from the last snapshot on (the input log).
+type recvStream struct {
+	base    uint64
+	buf     []byte
+	read    uint64
+	fin     bool
+	finOff  uint64
+	keepLog bool
+}
+
+func (r *recvStream) end() uint64 { return r.base + uint64(len(r.buf)) }
+func (r *recvStream) unread() int { return int(r.end() - r.read) }
+func (r *recvStream) logLen() int { return len(r.buf) }
+
+// push adds bytes that start at off, ignoring any the stream already holds.
+// It returns how many bytes were new.
+func (r *recvStream) push(off uint64, p []byte) (int, error) {
+	end := r.end()
+	if off > end {
+		return 0, fmt.Errorf("%w: data at %d leaves a gap after %d", errProtocol, off, end)
+	}
+	if dup := end - off; dup > 0 {
+		if dup >= uint64(len(p)) {
+			return 0, nil
+		}
+		p = p[dup:]
+	}
+	if r.fin && end+uint64(len(p)) > r.finOff {
+		return 0, fmt.Errorf("%w: data beyond FIN at %d", errProtocol, r.finOff)
+	}
+	r.buf = append(r.buf, p...)
+	return len(p), nil
+}
+
+func (r *recvStream) setFin(off uint64) error {
+	if off < r.end() || (r.fin && off != r.finOff) {
+		return fmt.Errorf("%w: FIN at %d, stream at %d", errProtocol, off, r.end())
+	}
+	r.fin, r.finOff = true, off
+	return nil
+}
+
+// readInto copies unread bytes to p.
+func (r *recvStream) readInto(p []byte) int {
+	n := copy(p, r.buf[r.read-r.base:])
+	r.read += uint64(n)
+	if !r.keepLog {
+		r.trim(r.read)
+	}
+	return n
+}
+
+func (r *recvStream) eof() bool { return r.fin && r.read == r.finOff }
+
+// trim drops the bytes below off (off ≤ read).
+func (r *recvStream) trim(off uint64) {
+	if off <= r.base {
+		return
+	}
+	r.buf = r.buf[off-r.base:]
+	r.base = off
+	if len(r.buf) == 0 {
+		r.buf = nil
+	}
+}
