@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	_ "github.com/jackc/pgx/v5/stdlib" // "pgx" database/sql driver, for the module's Snapshot/Restore
 	"github.com/testcontainers/testcontainers-go"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 	tcnetwork "github.com/testcontainers/testcontainers-go/network"
@@ -83,7 +82,6 @@ func StartPostgres(t testing.TB, nw *Network, cfg PostgresConfig) *Postgres {
 		tcpostgres.WithUsername(cfg.User),
 		tcpostgres.WithPassword(cfg.Password),
 		tcpostgres.WithDatabase(cfg.Database),
-		tcpostgres.WithSQLDriver("pgx"),
 		testcontainers.WithLabels(map[string]string{"dev.hafe.test": t.Name()}),
 	}
 	if nw != nil {
@@ -205,8 +203,8 @@ func (p *Postgres) Restart(ctx context.Context, grace time.Duration) error {
 	return p.WaitReady(ctx)
 }
 
-// Snapshot and Restore save and bring back the database's contents (as a
-// template database), to reset it between subtests cheaply.
+// Snapshot saves the database's contents (as a template database), to reset
+// it between subtests cheaply with Restore. It runs psql in the container.
 func (p *Postgres) Snapshot(ctx context.Context) error { return p.pg.Snapshot(ctx) }
 
 // Restore brings back the contents saved by Snapshot.
