@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/testcontainers/testcontainers-go"
+	tclog "github.com/testcontainers/testcontainers-go/log"
 	tcnetwork "github.com/testcontainers/testcontainers-go/network"
 	"github.com/testcontainers/testcontainers-go/wait"
 )
@@ -114,6 +115,7 @@ func startHafe(t testing.TB, nw *Network, cfg HafeConfig) (*Hafe, error) {
 		testcontainers.WithCmd(cfg.Args...),
 		testcontainers.WithEnv(cfg.Env),
 		testcontainers.WithLabels(map[string]string{"dev.hafe.test": t.Name()}),
+		testcontainers.WithLogger(tclog.TestLogger(t)),
 		testcontainers.WithWaitStrategyAndDeadline(cfg.StartupTimeout, ready),
 	}
 	if nw != nil {
@@ -159,6 +161,7 @@ func RunHafe(t testing.TB, nw *Network, timeout time.Duration, args ...string) (
 	opts := []testcontainers.ContainerCustomizer{
 		testcontainers.WithCmd(args...),
 		testcontainers.WithLabels(map[string]string{"dev.hafe.test": t.Name()}),
+		testcontainers.WithLogger(tclog.TestLogger(t)),
 		testcontainers.WithWaitStrategyAndDeadline(timeout, wait.ForExit().WithExitTimeout(timeout)),
 	}
 	if nw != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/testcontainers/testcontainers-go"
+	tclog "github.com/testcontainers/testcontainers-go/log"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 	tcnetwork "github.com/testcontainers/testcontainers-go/network"
 	"github.com/testcontainers/testcontainers-go/wait"
@@ -83,6 +84,7 @@ func StartPostgres(t testing.TB, nw *Network, cfg PostgresConfig) *Postgres {
 		tcpostgres.WithPassword(cfg.Password),
 		tcpostgres.WithDatabase(cfg.Database),
 		testcontainers.WithLabels(map[string]string{"dev.hafe.test": t.Name()}),
+		testcontainers.WithLogger(tclog.TestLogger(t)),
 	}
 	if nw != nil {
 		opts = append(opts, tcnetwork.WithNetwork([]string{cfg.Alias}, &testcontainers.DockerNetwork{Name: nw.Name, ID: nw.ID}),
