@@ -8,6 +8,21 @@
 // Container handle that can kill, pause, cut off and restart the container —
 // the faults the tests inject.
 //
+// A typical fault test:
+//
+//	nw := harness.NewNetwork(t)
+//	pg := harness.StartPostgres(t, nw, harness.PostgresConfig{})
+//	if code, out := harness.RunHafe(t, nw, time.Minute, "db", "install", "--db", pg.NetworkURL); code != 0 {
+//		t.Fatalf("db install: %s", out)
+//	}
+//	fes := harness.StartHafes(t, nw, 2, func(i int) harness.HafeConfig {
+//		id := fmt.Sprintf("fe%d", i+1)
+//		return harness.HafeConfig{Alias: id, Args: harness.ServeArgs(pg.NetworkURL, id)}
+//	})
+//	// POST a batch to fes[0].URL, read some lines, then:
+//	fes[0].Kill(ctx) // or Disconnect, Pause, DisconnectClients; pg.Restart(ctx, 0)
+//	// retry with the same Idempotency-Key on fes[1].URL; check rows via pg.Connect(t).
+//
 // Images are built locally, never pulled: the first use of an image in a test
 // process runs test/images/build-postgres.sh or build-hafe.sh (cheap when
 // nothing changed). Set HAFE_PG_IMAGE_BUILD=0 or HAFE_IMAGE_BUILD=0 to use an
