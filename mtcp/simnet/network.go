@@ -85,25 +85,35 @@ func (n *Network) AddHost(name string, addr netip.Addr) (*Host, error) {
 	if name == "" {
 		return nil, errors.New("simnet: empty host name")
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
-		return nil, ErrClosed
-	}
-	if _, ok := n.byName[name]; ok {
-		return nil, fmt.Errorf("simnet: host name %q already in use", name)
-	}
-	if h, ok := n.byAddr[addr]; ok {
-		return nil, fmt.Errorf("simnet: address %v already belongs to host %q", addr, h.name)
-	}
+	// The stack is built without n.mu held: it may send packets, and
+	// sending takes n.mu.
 	h, err := newHost(n, name, addr, n.seed("host", name))
 	if err != nil {
 		return nil, err
 	}
-	n.byName[name] = h
-	n.byAddr[addr] = h
+	if err := n.register(h); err != nil {
+		h.stack.Destroy()
+		return nil, err
+	}
 	n.log.Debug("host added", "host", name, "addr", addr)
 	return h, nil
+}
+
+func (n *Network) register(h *Host) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return ErrClosed
+	}
+	if _, ok := n.byName[h.name]; ok {
+		return fmt.Errorf("simnet: host name %q already in use", h.name)
+	}
+	if other, ok := n.byAddr[h.addr]; ok {
+		return fmt.Errorf("simnet: address %v already belongs to host %q", h.addr, other.name)
+	}
+	n.byName[h.name] = h
+	n.byAddr[h.addr] = h
+	return nil
 }
 
 // Host returns the host with the given name, or nil.
@@ -125,10 +135,21 @@ func (n *Network) Link(a, b *Host, cfg LinkConfig) error {
 	if a.net != n || b.net != n {
 		return errors.New("simnet: host belongs to another network")
 	}
+	if err := n.addPaths(a, b, cfg); err != nil {
+		return err
+	}
+	// Routes last, and without n.mu: the stacks may send at once.
+	a.addRoute(b.addr)
+	b.addRoute(a.addr)
+	n.log.Info("link up", "a", a.name, "b", b.name, "config", cfg)
+	return nil
+}
+
+func (n *Network) addPaths(a, b *Host, cfg LinkConfig) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
-		return ErrClosed
+		return ErrClosed // and Close may be waiting for n.wg
 	}
 	if _, ok := n.paths[pair{a, b}]; ok {
 		return fmt.Errorf("link %s-%s: %w", a.name, b.name, ErrLinked)
@@ -138,9 +159,6 @@ func (n *Network) Link(a, b *Host, cfg LinkConfig) error {
 		n.paths[pr] = p
 		n.wg.Go(func() { p.run(n.done) })
 	}
-	a.addRoute(b.addr)
-	b.addRoute(a.addr)
-	n.log.Info("link up", "a", a.name, "b", b.name, "config", cfg)
 	return nil
 }
 
