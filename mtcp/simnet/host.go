@@ -117,7 +117,11 @@ func (h *Host) DialContext(ctx context.Context, network, address string) (net.Co
 		if ctx.Err() != nil && err == ctx.Err() {
 			return nil, &net.OpError{Op: "dial", Net: network, Addr: tcpAddr(addr), Err: err}
 		}
-		return nil, translate(err)
+		err = translate(err)
+		if oe, ok := err.(*net.OpError); ok {
+			oe.Op = "dial" // as net.Dialer reports it
+		}
+		return nil, err
 	}
 	return newConn(c), nil
 }

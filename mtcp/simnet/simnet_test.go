@@ -15,6 +15,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -413,5 +414,92 @@ func TestHTTPOverSimnet(t *testing.T) {
 		if err != nil || !bytes.Equal(got, body) {
 			t.Fatalf("GET: %d bytes, %v; want the %d served", len(got), err, len(body))
 		}
+	}
+}
+
+func TestHostDialsItself(t *testing.T) {
+	checkNoLeaks(t)
+	tp := newTopology(t, LinkConfig{})
+	ln, err := tp.server.Listen("tcp", "server:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			echo(c)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	c, err := tp.server.DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	data := randomBytes(8, 10<<10)
+	if got := roundTrip(t, c, data); !bytes.Equal(got, data) {
+		t.Fatalf("echo to self returned %d bytes, want the %d sent", len(got), len(data))
+	}
+	if st, _ := tp.net.Stats(tp.server, tp.client); st.Sent != 0 {
+		t.Errorf("traffic to self went onto the link: %+v", st)
+	}
+}
+
+func TestLinkSettingsArePerPair(t *testing.T) {
+	checkNoLeaks(t)
+	n := New(Config{Seed: 2})
+	defer n.Close()
+	hosts := make(map[string]*Host)
+	for i, name := range []string{"client", "server1", "server2"} {
+		h, err := n.AddHost(name, netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hosts[name] = h
+		ln, err := h.Listen("tcp", ":80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go echo(c)
+			}
+		}()
+	}
+	client, s1, s2 := hosts["client"], hosts["server1"], hosts["server2"]
+	for _, s := range []*Host{s1, s2} {
+		if err := n.Link(client, s, LinkConfig{Delay: time.Millisecond}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.Partition(client, s1); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	c, err := client.DialContext(ctx, "tcp", "server2:80")
+	if err != nil {
+		t.Fatalf("partition client-server1 broke client-server2: %v", err)
+	}
+	if got := roundTrip(t, c, []byte("ping")); string(got) != "ping" {
+		t.Errorf("client-server2 echo = %q", got)
+	}
+	c.Close()
+
+	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancelShort()
+	if _, err := client.DialContext(short, "tcp", "server1:80"); err == nil {
+		t.Error("dialled server1 across a partition")
+	}
+	// server1 and server2 share no link.
+	if _, err := s1.DialContext(ctx, "tcp", "server2:80"); !errors.Is(err, syscall.EHOSTUNREACH) && !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("dial between unlinked servers: %v, want unreachable", err)
 	}
 }
