@@ -19,6 +19,10 @@ const DefaultQueueBytes = 128 << 10
 type LinkConfig struct {
 	// Delay is the one-way propagation delay added to every packet.
 	Delay time.Duration
+	// Jitter adds a uniformly random extra delay in [0, Jitter) to each
+	// packet. Packets still arrive in order: one that would overtake its
+	// predecessor arrives with it.
+	Jitter time.Duration
 	// Loss is the probability in [0, 1] that a packet is dropped on the wire.
 	Loss float64
 	// Bandwidth in bytes per second, counting IP and TCP headers; 0 means
@@ -36,6 +40,8 @@ func (c LinkConfig) validate() error {
 	switch {
 	case c.Delay < 0:
 		return fmt.Errorf("simnet: negative delay %v", c.Delay)
+	case c.Jitter < 0:
+		return fmt.Errorf("simnet: negative jitter %v", c.Jitter)
 	case !(c.Loss >= 0 && c.Loss <= 1):
 		return fmt.Errorf("simnet: loss %v outside [0, 1]", c.Loss)
 	case c.Bandwidth < 0:
@@ -100,6 +106,9 @@ func (s *scheduler) admit(now time.Time, size int) (time.Time, verdict) {
 		return time.Time{}, lost
 	}
 	at := start.Add(s.cfg.Delay)
+	if s.cfg.Jitter > 0 {
+		at = at.Add(time.Duration(s.rng.Int64N(int64(s.cfg.Jitter))))
+	}
 	if at.Before(s.last) {
 		at = s.last
 	}

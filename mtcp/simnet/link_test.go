@@ -66,6 +66,31 @@ func TestSchedulerStaysFIFOWhenDelayDrops(t *testing.T) {
 	}
 }
 
+func TestSchedulerJitterNeverReorders(t *testing.T) {
+	s := newScheduler(LinkConfig{Delay: 10 * time.Millisecond, Jitter: 10 * time.Millisecond}, 3)
+	var prev time.Time
+	spread := false
+	for i := range 1000 {
+		now := t0.Add(time.Duration(i) * 100 * time.Microsecond)
+		at, v := s.admit(now, 100)
+		if v != admitted {
+			t.Fatalf("packet %d: %v", i, v)
+		}
+		if at.Before(prev) {
+			t.Fatalf("packet %d arrives %v before its predecessor", i, prev.Sub(at))
+		}
+		if d := at.Sub(now); d < 10*time.Millisecond || d > 20*time.Millisecond {
+			t.Fatalf("packet %d delayed %v, want within [10ms, 20ms]", i, d)
+		} else if d > 11*time.Millisecond {
+			spread = true
+		}
+		prev = at
+	}
+	if !spread {
+		t.Error("jitter added no delay")
+	}
+}
+
 func TestSchedulerLossIsSeededAndNearTheRate(t *testing.T) {
 	run := func(seed uint64) []verdict {
 		s := newScheduler(LinkConfig{Loss: 0.05}, seed)
@@ -93,7 +118,7 @@ func TestSchedulerLossIsSeededAndNearTheRate(t *testing.T) {
 
 func TestLinkConfigValidation(t *testing.T) {
 	for _, c := range []LinkConfig{
-		{Delay: -1}, {Loss: -0.1}, {Loss: 1.1}, {Bandwidth: -1}, {QueueBytes: -1},
+		{Delay: -1}, {Jitter: -1}, {Loss: -0.1}, {Loss: 1.1}, {Bandwidth: -1}, {QueueBytes: -1},
 	} {
 		if c.validate() == nil {
 			t.Errorf("%+v accepted", c)
