@@ -6,12 +6,18 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	mathrand "math/rand/v2"
 	"net"
+	"net/netip"
 	"net/url"
+	"os"
+	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 	"github.com/testcontainers/testcontainers-go"
@@ -95,6 +101,8 @@ type Container struct {
 // clientNetwork carries the published ports the test process uses. Every
 // container is on it besides the test network, so that cutting a container
 // off the test network (Disconnect) leaves the test's own path to it alone.
+// (Disconnecting only this one would not cut that path: Docker moves the
+// published ports to the remaining network.)
 const clientNetwork = "bridge"
 
 // Testcontainer is the underlying testcontainers-go container.
@@ -184,18 +192,29 @@ func (c *Container) Reconnect(ctx context.Context) error {
 	return c.connect(ctx, c.net.ID, c.net.Name, []string{c.Alias})
 }
 
-// DisconnectClients cuts the test process's path to the container (its
-// published ports) while it stays on the test network.
-func (c *Container) DisconnectClients(ctx context.Context) error {
+// Isolate unplugs the container from every network: the other containers
+// and the test process lose it alike. Docker unpublishes its ports, so the
+// test's open connections to it are closed rather than left hanging (Pause
+// gives the hanging kind). Rejoin undoes it.
+func (c *Container) Isolate(ctx context.Context) error {
+	if c.net != nil {
+		if err := c.Disconnect(ctx); err != nil {
+			return err
+		}
+	}
 	return c.disconnect(ctx, clientNetwork, clientNetwork)
 }
 
-// ReconnectClients restores the test process's path to the container. Docker
-// publishes the ports anew, usually on other host ports: the owner's URL is
-// updated.
-func (c *Container) ReconnectClients(ctx context.Context) error {
+// Rejoin plugs an isolated container back into its networks. Its URL is the
+// same where ports are pinned (see pinPorts), updated otherwise.
+func (c *Container) Rejoin(ctx context.Context) error {
 	if err := c.connect(ctx, clientNetwork, clientNetwork, nil); err != nil {
 		return err
+	}
+	if c.net != nil {
+		if err := c.Reconnect(ctx); err != nil {
+			return err
+		}
 	}
 	return c.refreshPorts(ctx)
 }
@@ -284,4 +303,98 @@ func loopback(u string) string {
 	}
 	pu.Host = net.JoinHostPort("127.0.0.1", pu.Port())
 	return pu.String()
+}
+
+// Host ports are pinned: each container port is published on 127.0.0.1 on a
+// port the harness picks, so that a container keeps its URL across Start and
+// Rejoin (a client's list of front-ends stays valid) — Docker would
+// allocate a new one each time. Ports come from below the kernel's and
+// Docker's ephemeral range (32768 and up), so nothing else is handed them
+// between the pick and the bind; a clash with another test process is
+// retried.
+const (
+	pinnedPortMin   = 20000
+	pinnedPortCount = 10000
+	pinAttempts     = 5
+)
+
+// pinPorts reports whether ports are published on loopback and pinned: when
+// the tests reach Docker's published ports on this machine.
+func pinPorts() bool {
+	switch os.Getenv("TESTCONTAINERS_HOST_OVERRIDE") {
+	case "localhost", "127.0.0.1":
+		return true
+	}
+	return false
+}
+
+func pickHostPort() (int, error) {
+	for range 100 {
+		p := pinnedPortMin + mathrand.IntN(pinnedPortCount)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return p, nil
+	}
+	return 0, fmt.Errorf("no free host port in %d-%d", pinnedPortMin, pinnedPortMin+pinnedPortCount-1)
+}
+
+// publishOn publishes the container port ("8080/tcp") on 127.0.0.1:hostPort.
+// One binding, also because Docker otherwise allocates separate host ports for
+// IPv4 and IPv6; and a test database with a known password is not offered to
+// the whole network.
+func publishOn(port string, hostPort int) testcontainers.CustomizeRequestOption {
+	return testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
+		if hc.PortBindings == nil {
+			hc.PortBindings = network.PortMap{}
+		}
+		hc.PortBindings[network.MustParsePort(port)] = []network.PortBinding{{
+			HostIP:   netip.AddrFrom4([4]byte{127, 0, 0, 1}),
+			HostPort: strconv.Itoa(hostPort),
+		}}
+	})
+}
+
+// runPinned calls run with an option publishing port on a pinned host port
+// (or none, where ports are not pinned), again with another port when the
+// first one was taken meanwhile. A container left by a failed attempt is
+// removed; the last attempt's container is returned with its error.
+func runPinned[C testcontainers.Container](port string, run func(publish testcontainers.ContainerCustomizer) (C, error)) (C, error) {
+	if !pinPorts() {
+		return run(testcontainers.CustomizeRequestOption(func(*testcontainers.GenericContainerRequest) error { return nil }))
+	}
+	var (
+		ctr C
+		err error
+	)
+	for attempt := 1; ; attempt++ {
+		hp, perr := pickHostPort()
+		if perr != nil {
+			return ctr, perr
+		}
+		ctr, err = run(publishOn(port, hp))
+		if err == nil || attempt == pinAttempts || !portTaken(err) {
+			return ctr, err
+		}
+		if !isNilContainer(ctr) {
+			ctx, cancel := cleanupContext()
+			_ = ctr.Terminate(ctx, testcontainers.StopTimeout(0))
+			cancel()
+		}
+	}
+}
+
+func portTaken(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "port is already allocated") || strings.Contains(msg, "address already in use")
+}
+
+func isNilContainer(c testcontainers.Container) bool {
+	if c == nil {
+		return true
+	}
+	v := reflect.ValueOf(c)
+	return v.Kind() == reflect.Pointer && v.IsNil()
 }

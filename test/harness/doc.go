@@ -20,7 +20,7 @@
 //		return harness.HafeConfig{Alias: id, Args: harness.ServeArgs(pg.NetworkURL, id)}
 //	})
 //	// POST a batch to fes[0].URL, read some lines, then:
-//	fes[0].Kill(ctx) // or Disconnect, Pause, DisconnectClients; pg.Restart(ctx, 0)
+//	fes[0].Kill(ctx) // or Disconnect, Pause, Isolate; pg.Restart(ctx, 0)
 //	// retry with the same Idempotency-Key on fes[1].URL; check rows via pg.Connect(t).
 //
 // Images are built locally, never pulled: the first use of an image in a test

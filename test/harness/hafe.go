@@ -45,7 +45,8 @@ type Hafe struct {
 	*Container
 	Config HafeConfig
 	// URL reaches it from the test process, e.g. http://localhost:32772.
-	// Start and ReconnectClients update it: the published port may change.
+	// Start and Rejoin update it if the published port changed (it does not
+	// where ports are pinned).
 	URL string
 	// NetworkURL reaches it from other containers, e.g. http://fe1:8080.
 	NetworkURL string
@@ -126,9 +127,11 @@ func startHafe(t testing.TB, nw *Network, cfg HafeConfig) (*Hafe, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.StartupTimeout+time.Minute)
 	defer cancel()
 	start := time.Now()
-	ctr, err := testcontainers.Run(ctx, cfg.Image, opts...)
+	ctr, err := runPinned(HafePort, func(publish testcontainers.ContainerCustomizer) (*testcontainers.DockerContainer, error) {
+		return testcontainers.Run(ctx, cfg.Image, append(opts, publish)...)
+	})
 	h := &Hafe{Config: cfg, NetworkURL: "http://" + cfg.Alias + ":8080"}
-	if ctr != nil {
+	if !isNilContainer(ctr) {
 		h.Container = &Container{Alias: cfg.Alias, tc: ctr, net: nw, portsChanged: h.refreshURL}
 		terminateOnCleanup(t, h.Container)
 	}

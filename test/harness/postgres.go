@@ -56,8 +56,8 @@ type Postgres struct {
 	Config PostgresConfig
 	// URL reaches the database from the test process (published port on
 	// localhost), e.g. postgres://postgres:hafe-test@localhost:32771/hafe?sslmode=disable.
-	// Restart, Start and ReconnectClients update it: the published port may
-	// change.
+	// Restart, Start and Rejoin update it if the published port changed (it
+	// does not where ports are pinned).
 	URL string
 	// NetworkURL reaches it from other containers on the test network,
 	// e.g. postgres://postgres:hafe-test@pg:5432/hafe?sslmode=disable.
@@ -103,9 +103,11 @@ func StartPostgres(t testing.TB, nw *Network, cfg PostgresConfig) *Postgres {
 		wait.ForListeningPort("5432/tcp")))
 
 	start := time.Now()
-	pg, err := tcpostgres.Run(ctx, cfg.Image, opts...)
+	pg, err := runPinned("5432/tcp", func(publish testcontainers.ContainerCustomizer) (*tcpostgres.PostgresContainer, error) {
+		return tcpostgres.Run(ctx, cfg.Image, append(opts, publish)...)
+	})
 	p := &Postgres{Config: cfg, pg: pg}
-	if pg != nil {
+	if !isNilContainer(pg) {
 		p.Container = &Container{Alias: cfg.Alias, tc: pg, net: nw, portsChanged: p.refreshURL}
 		terminateOnCleanup(t, p.Container)
 	}
