@@ -165,24 +165,27 @@ func (n *Network) addPaths(a, b *Host, cfg LinkConfig) error {
 // SetLink changes both directions of the link between a and b. Packets
 // already in flight keep their schedule.
 func (n *Network) SetLink(a, b *Host, cfg LinkConfig) error {
-	if err := n.SetLinkOneWay(a, b, cfg); err != nil {
-		return err
-	}
-	return n.SetLinkOneWay(b, a, cfg)
+	return n.setConfig(a, b, cfg, true)
 }
 
 // SetLinkOneWay changes only the direction from → to of a link, e.g. to
 // slow down what a server sends but not what it receives.
 func (n *Network) SetLinkOneWay(from, to *Host, cfg LinkConfig) error {
+	return n.setConfig(from, to, cfg, false)
+}
+
+func (n *Network) setConfig(from, to *Host, cfg LinkConfig, both bool) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	p, err := n.path(from, to)
+	paths, err := n.linkPaths(from, to, both)
 	if err != nil {
 		return err
 	}
-	p.setConfig(cfg)
-	n.log.Info("link changed", "from", from.name, "to", to.name, "config", cfg)
+	for _, p := range paths {
+		p.setConfig(cfg)
+	}
+	n.log.Info("link changed", "from", from.name, "to", to.name, "both_ways", both, "config", cfg)
 	return nil
 }
 
@@ -199,29 +202,32 @@ func (n *Network) LinkConfig(from, to *Host) (LinkConfig, error) {
 // flight and packets sent later are dropped until Heal. Connections are not
 // told; they see silence, as across a real partition.
 func (n *Network) Partition(a, b *Host) error {
-	return n.setCut(a, b, true)
+	return n.setCut(a, b, true, true)
 }
 
-// Heal undoes Partition.
+// PartitionOneWay cuts only the direction from → to, an asymmetric failure
+// where from still hears to. Heal restores it.
+func (n *Network) PartitionOneWay(from, to *Host) error {
+	return n.setCut(from, to, false, true)
+}
+
+// Heal restores both directions of the link between a and b.
 func (n *Network) Heal(a, b *Host) error {
-	return n.setCut(a, b, false)
+	return n.setCut(a, b, true, false)
 }
 
-func (n *Network) setCut(a, b *Host, cut bool) error {
-	ab, err := n.path(a, b)
+func (n *Network) setCut(from, to *Host, both, cut bool) error {
+	paths, err := n.linkPaths(from, to, both)
 	if err != nil {
 		return err
 	}
-	ba, err := n.path(b, a)
-	if err != nil {
-		return err
+	for _, p := range paths {
+		p.setCut(cut)
 	}
-	ab.setCut(cut)
-	ba.setCut(cut)
 	if cut {
-		n.log.Info("link partitioned", "a", a.name, "b", b.name)
+		n.log.Info("link partitioned", "from", from.name, "to", to.name, "both_ways", both)
 	} else {
-		n.log.Info("link healed", "a", a.name, "b", b.name)
+		n.log.Info("link healed", "a", from.name, "b", to.name)
 	}
 	return nil
 }
@@ -233,6 +239,16 @@ func (n *Network) Stats(from, to *Host) (LinkStats, error) {
 		return LinkStats{}, err
 	}
 	return p.snapshot(), nil
+}
+
+// linkPaths returns the path from → to and, if both, the path back.
+func (n *Network) linkPaths(from, to *Host, both bool) ([]*path, error) {
+	p, err := n.path(from, to)
+	if err != nil || !both {
+		return []*path{p}, err
+	}
+	back, err := n.path(to, from)
+	return []*path{p, back}, err
 }
 
 func (n *Network) path(from, to *Host) (*path, error) {

@@ -503,3 +503,33 @@ func TestLinkSettingsArePerPair(t *testing.T) {
 		t.Errorf("dial between unlinked servers: %v, want unreachable", err)
 	}
 }
+
+func TestOneWayPartitionSilencesOneDirection(t *testing.T) {
+	checkNoLeaks(t)
+	tp := newTopology(t, LinkConfig{})
+	client, server := tp.connPair(t)
+	if err := tp.net.PartitionOneWay(tp.server, tp.client); err != nil {
+		t.Fatal(err)
+	}
+	// The server still hears the client...
+	client.Write([]byte("up"))
+	server.SetReadDeadline(time.Now().Add(patience))
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(server, buf); err != nil || string(buf) != "up" {
+		t.Fatalf("client→server across a one-way partition: %q, %v", buf, err)
+	}
+	// ...but the client does not hear the server.
+	server.Write([]byte("down"))
+	client.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := client.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("server→client across a one-way partition: %v, want a deadline error", err)
+	}
+	if err := tp.net.Heal(tp.client, tp.server); err != nil {
+		t.Fatal(err)
+	}
+	client.SetReadDeadline(time.Now().Add(patience))
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(client, got); err != nil || string(got) != "down" {
+		t.Fatalf("after heal: %q, %v", got, err)
+	}
+}
