@@ -26,6 +26,7 @@
 //	go test -tags simnet ./mtcp/simnet
 //
 // after bumping gvisor.dev/gvisor to a go-branch version that includes the
-// fix, or with a go.work that replaces it by a patched copy (see
-// mtcp/simnet/gvisorfix.sh). Drop the tag once go.mod is fixed.
+// fix (v0.0.0-20260905035102-160fafc42237 works unchanged), or with a
+// go.work that replaces it by a patched copy (see gvisorfix.sh next to this
+// file). Drop the tag and the script once go.mod is fixed.
 package simnet
