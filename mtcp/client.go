@@ -322,7 +322,7 @@ func (c *Conn) Migrate(ctx context.Context, addr string) error {
 	if c.cl == nil {
 		return ErrNotClient
 	}
-	return c.cl.migrate(ctx, c, addr)
+	return c.cl.migrate(ctx, c, addr, false)
 }
 
 // run is the client's trigger loop: it turns path failures, silence, the
@@ -403,7 +403,7 @@ func (cl *clientSide) act(c *Conn) {
 	ctx := cl.ctx
 	switch {
 	case redirect != "":
-		if err := cl.migrateOnce(ctx, c, redirect); err != nil {
+		if err := cl.migrateOnce(ctx, c, redirect, false); err != nil {
 			c.log.Info("redirect not followed", "to", redirect, "err", err)
 		}
 	case want == "no progress" && p != nil:
@@ -411,7 +411,7 @@ func (cl *clientSide) act(c *Conn) {
 		c.pathFailed(p, errors.New("no progress"))
 	case want != "" && target != cl.cur:
 		c.log.Info("migrating", "reason", want, "to", target)
-		if err := cl.migrateOnce(ctx, c, target); err != nil {
+		if err := cl.migrateOnce(ctx, c, target, false); err != nil {
 			c.log.Info("migration failed", "to", target, "err", err)
 			c.mu.Lock()
 			cl.resetPolicyLocked(time.Now())
@@ -426,10 +426,10 @@ func (cl *clientSide) act(c *Conn) {
 	}
 }
 
-func (cl *clientSide) migrateOnce(ctx context.Context, c *Conn, addr string) error {
+func (cl *clientSide) migrateOnce(ctx context.Context, c *Conn, addr string, ifDown bool) error {
 	ctx, cancel := context.WithTimeout(ctx, cl.d.HandshakeTimeout)
 	defer cancel()
-	return cl.migrate(ctx, c, addr)
+	return cl.migrate(ctx, c, addr, ifDown)
 }
 
 // recover finds a new path after the current one failed, trying servers in
@@ -451,7 +451,7 @@ func (cl *clientSide) recover(c *Conn) {
 		}
 		n := len(cl.servers)
 		c.mu.Unlock()
-		err := cl.migrateOnce(ctx, c, target)
+		err := cl.migrateOnce(ctx, c, target, true)
 		if err == nil {
 			return
 		}
@@ -478,8 +478,9 @@ func (cl *clientSide) recover(c *Conn) {
 
 // migrate runs one client-initiated migration to addr: initiate (open a
 // path and send MIGRATE), wait (for ACCEPTED or REFUSE), complete
-// (reattach and resend input from the server's offset).
-func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string) error {
+// (reattach and resend input from the server's offset). With ifDown it
+// does nothing if another migration restored a path meanwhile.
+func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string, ifDown bool) error {
 	select {
 	case cl.mig <- struct{}{}:
 	case <-ctx.Done():
@@ -492,6 +493,10 @@ func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string) error {
 		err := c.stateErrOrLost()
 		c.mu.Unlock()
 		return c.opErr("migrate", err)
+	}
+	if ifDown && c.path != nil {
+		c.mu.Unlock()
+		return nil
 	}
 	cl.counter++
 	m := wire.Migrate{ConnID: c.id, Counter: cl.counter, RecvOff: c.in.end(), Origin: cl.self}

@@ -54,12 +54,12 @@ func (l Limits) withDefaults() Limits {
 type connState uint8
 
 const (
-	stateActive    connState = iota // a path carries the stream
-	stateDetached                   // no path; waiting for one (server) or migrating (client)
-	statePeerClosed                 // the peer closed; unread bytes remain readable
-	stateMigrated                   // origin: handed over to another server
-	stateClosed                     // closed by the local application
-	stateFailed                     // ended by an error (termErr)
+	stateActive     connState = iota // a path carries the stream
+	stateDetached                    // no path; waiting for one (server) or migrating (client)
+	statePeerClosed                  // the peer closed; unread bytes remain readable
+	stateMigrated                    // origin: handed over to another server
+	stateClosed                      // closed by the local application
+	stateFailed                      // ended by an error (termErr)
 )
 
 func (s connState) String() string {

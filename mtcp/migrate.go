@@ -35,11 +35,11 @@ func (l *Listener) acceptMigrate(nc net.Conn, br *bufio.Reader, payload []byte) 
 		stats.PrepareRequest = time.Since(t0)
 		ok, rerr := l.reattach(c, m, nc, br)
 		stats.Reinstate = time.Since(t0) - stats.PrepareRequest
-		stats.Err = rerr
-		l.report(stats)
 		if rerr != nil {
+			stats.Err = rerr
 			refuse(nc, rerr)
 		}
+		l.report(stats)
 		return ok
 	}
 	l.mu.Lock()
@@ -80,7 +80,7 @@ func (l *Listener) acceptMigrate(nc net.Conn, br *bufio.Reader, payload []byte) 
 		l.mu.Unlock()
 		return false
 	}
-	ok := l.register(c, nc, br, m.RecvOff)
+	ok := l.register(c, nc, br, c.out.base)
 	stats.Reinstate = time.Since(t2)
 	l.report(stats)
 	return ok
@@ -96,17 +96,15 @@ func (l *Listener) reattach(c *Conn, m wire.Migrate, nc net.Conn, br *bufio.Read
 	if code := checkMigrate(c.secret, c.sv.counter, m); code != 0 {
 		return false, refusal(code, "%s", code)
 	}
-	if m.RecvOff < c.out.base {
-		return false, refusal(RefuseBadRequest, "received offset %d outside [%d,%d]", m.RecvOff, c.out.base, c.out.end())
-	}
 	c.sv.counter = m.Counter
-	_ = c.out.ack(m.RecvOff, true)
+	resume := max(m.RecvOff, c.out.base)
+	_ = c.out.ack(resume, true)
 	acc := wire.AppendAccepted(nil, wire.Accepted{RecvOff: c.in.end(), Self: l.cfg.Self, Servers: l.serverList()})
 	if _, err := nc.Write(acc); err != nil {
 		return false, nil
 	}
 	_ = nc.SetDeadline(time.Time{})
-	if err := c.attachLocked(newPath(c, nc, br), m.RecvOff); err != nil {
+	if err := c.attachLocked(newPath(c, nc, br), resume); err != nil {
 		return false, nil
 	}
 	return true, nil
@@ -169,11 +167,11 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 	if code := checkMigrate(st.Secret, st.Counter, m); code != 0 {
 		return nil, refusal(code, "%s", code)
 	}
+	// The client holds output up to RecvOff, and up to OutOff too: that is
+	// where the transferred output starts because the client acknowledged
+	// it (possibly after sending MIGRATE, while the old path still ran).
 	known := st.OutOff + uint64(len(st.Output))
-	if m.RecvOff < st.OutOff {
-		return nil, refusal(RefuseStateUnavailable, "output from %d lost (client has %d)", st.OutOff, m.RecvOff)
-	}
-	base := m.RecvOff
+	base := max(m.RecvOff, st.OutOff)
 	var out []byte
 	if base < known {
 		out = append(out, st.Output[base-st.OutOff:]...)
@@ -239,12 +237,11 @@ func (l *Listener) freezeState(m wire.Migrate) (wire.ConnState, *RefusalError) {
 			return wire.ConnState{}, refusal(code, "%s", code)
 		}
 		st := mc.state
-		if m.RecvOff < st.OutOff || m.RecvOff > st.OutOff+uint64(len(st.Output)) {
+		if m.RecvOff > st.OutOff+uint64(len(st.Output)) {
 			return wire.ConnState{}, refusal(RefuseBadRequest, "received offset out of range")
 		}
 		st.Counter = mc.counter
-		st.Output = st.Output[m.RecvOff-st.OutOff:]
-		st.OutOff = m.RecvOff
+		trimOutput(&st, m.RecvOff)
 		mc.counter = m.Counter
 		return st, nil
 	}
@@ -260,8 +257,8 @@ func (l *Listener) freezeState(m wire.Migrate) (wire.ConnState, *RefusalError) {
 	if s.logLost {
 		return wire.ConnState{}, refusal(RefuseStateUnavailable, "input log overflowed since the last snapshot")
 	}
-	if m.RecvOff < c.out.base || m.RecvOff > c.out.end() {
-		return wire.ConnState{}, refusal(RefuseBadRequest, "received offset %d outside [%d,%d]", m.RecvOff, c.out.base, c.out.end())
+	if m.RecvOff > c.out.end() {
+		return wire.ConnState{}, refusal(RefuseBadRequest, "received offset %d beyond output end %d", m.RecvOff, c.out.end())
 	}
 	full := wire.ConnState{
 		ConnID: m.ConnID, Secret: c.secret, Counter: s.counter, Seq: s.snap.seq,
@@ -290,9 +287,16 @@ func (l *Listener) freezeState(m wire.Migrate) (wire.ConnState, *RefusalError) {
 	}
 	l.mu.Unlock()
 	st := full
-	st.Output = st.Output[m.RecvOff-st.OutOff:]
-	st.OutOff = m.RecvOff
+	trimOutput(&st, m.RecvOff)
 	return st, nil
+}
+
+// trimOutput drops transferred output the client already has.
+func trimOutput(st *wire.ConnState, recv uint64) {
+	if recv > st.OutOff {
+		st.Output = st.Output[recv-st.OutOff:]
+		st.OutOff = recv
+	}
 }
 
 // expireMigrated forgets a handed-over connection's state.

@@ -37,7 +37,7 @@ type ListenConfig struct {
 	// Store enables eager mode: every ExportState is saved before it
 	// returns, input is acknowledged only up to the last saved snapshot,
 	// and a MIGRATE whose origin cannot be reached is served from it.
-	Store SnapshotStore
+	Store  SnapshotStore
 	Limits Limits
 	// HandshakeTimeout bounds the first frame and a migration. Default 10s.
 	HandshakeTimeout time.Duration
