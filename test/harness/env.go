@@ -124,7 +124,7 @@ func ensureImage(t testing.TB, image, script, skipVar string) {
 	}
 	err, ok := builds.done[image]
 	if !ok {
-		err = runBuildScript(t, script)
+		err = runBuildScript(t, script, nil)
 		builds.done[image] = err
 	}
 	if err != nil {
@@ -132,7 +132,29 @@ func ensureImage(t testing.TB, image, script, skipVar string) {
 	}
 }
 
-func runBuildScript(t testing.TB, script string) error {
+// BuildHafeImage builds an image like the hafe image from another main
+// package of the module (pkg, e.g. "./test/internal/fakehafe"), once per test
+// process, and returns its name.
+func BuildHafeImage(t testing.TB, image, pkg string) string {
+	t.Helper()
+	RequireDocker(t)
+	builds.Lock()
+	defer builds.Unlock()
+	if builds.done == nil {
+		builds.done = map[string]error{}
+	}
+	err, ok := builds.done[image]
+	if !ok {
+		err = runBuildScript(t, "build-hafe.sh", []string{"HAFE_IMAGE=" + image, "HAFE_PKG=" + pkg})
+		builds.done[image] = err
+	}
+	if err != nil {
+		t.Fatalf("image %s from %s: %v", image, pkg, err)
+	}
+	return image
+}
+
+func runBuildScript(t testing.TB, script string, env []string) error {
 	root, err := RepoRoot()
 	if err != nil {
 		return err
@@ -143,6 +165,7 @@ func runBuildScript(t testing.TB, script string) error {
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, "bash", path)
 	cmd.Dir = root
+	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	t.Logf("%s (%s):\n%s", script, time.Since(start).Round(time.Millisecond), strings.TrimSpace(string(out)))
 	if err != nil {

@@ -73,13 +73,18 @@ func StartHafe(t testing.TB, nw *Network, cfg HafeConfig) *Hafe {
 func StartHafes(t testing.TB, nw *Network, n int, cfg func(i int) HafeConfig) []*Hafe {
 	t.Helper()
 	RequireDocker(t)
-	ensureImage(t, HafeImage(), "build-hafe.sh", "HAFE_IMAGE_BUILD")
+	cfgs := make([]HafeConfig, n)
+	for i := range n {
+		cfgs[i] = cfg(i)
+		if cfgs[i].Image == "" {
+			ensureImage(t, HafeImage(), "build-hafe.sh", "HAFE_IMAGE_BUILD")
+		}
+	}
 	hs := make([]*Hafe, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		c := cfg(i)
-		wg.Go(func() { hs[i], errs[i] = startHafe(t, nw, c) })
+		wg.Go(func() { hs[i], errs[i] = startHafe(t, nw, cfgs[i]) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
@@ -161,6 +166,15 @@ func RunHafe(t testing.TB, nw *Network, timeout time.Duration, args ...string) (
 	t.Helper()
 	RequireDocker(t)
 	ensureImage(t, HafeImage(), "build-hafe.sh", "HAFE_IMAGE_BUILD")
+	return RunImage(t, nw, HafeImage(), timeout, args...)
+}
+
+// RunImage runs image with args (after its entrypoint) to completion on nw
+// (nil: the default network) and returns its exit code and output. The
+// container is removed before it returns.
+func RunImage(t testing.TB, nw *Network, image string, timeout time.Duration, args ...string) (int, string) {
+	t.Helper()
+	RequireDocker(t)
 	opts := []testcontainers.ContainerCustomizer{
 		testcontainers.WithCmd(args...),
 		testcontainers.WithLabels(map[string]string{"dev.hafe.test": t.Name()}),
@@ -172,7 +186,7 @@ func RunHafe(t testing.TB, nw *Network, timeout time.Duration, args ...string) (
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout+time.Minute)
 	defer cancel()
-	ctr, err := testcontainers.Run(ctx, HafeImage(), opts...)
+	ctr, err := testcontainers.Run(ctx, image, opts...)
 	defer func() {
 		if ctr != nil {
 			ctx, cancel := cleanupContext()
