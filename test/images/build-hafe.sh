@@ -57,3 +57,5 @@ if ! out="$(timeout 300 docker build --build-arg "HAFE_SHA256=$sum" -t "$image" 
 	exit 1
 fi
 log "built $image"
+# The image this one replaced, if no other tag holds it (dangling, ours only).
+docker image prune -f --filter "label=$label" >/dev/null 2>&1 || true

@@ -122,3 +122,5 @@ if ! out="$(timeout 300 docker build --build-arg "BASE=$base" --label "dev.hafe.
 	exit 1
 fi
 log "built $image in $(elapsed "$t2")"
+# The image this one replaced, if no other tag holds it (dangling, ours only).
+docker image prune -f --filter "label=dev.hafe.extension-files" >/dev/null 2>&1 || true
