@@ -74,6 +74,17 @@ func CreateBatch(ctx context.Context, db DB, id, idemKey string, requestHash []b
 	var key any
 	if idemKey != "" {
 		key = idemKey
+		// Look first: an insert that conflicts with a batch row locked by
+		// a (possibly hung) slot transaction would wait for that
+		// transaction, and a takeover must not.
+		b, err = scanBatch(db.QueryRow(ctx, `SELECT `+batchColumns+`
+			FROM hafe.batches b LEFT JOIN hafe.members m ON m.id = b.owner WHERE b.idem_key = $1`, idemKey, liveness.Seconds()))
+		if err == nil {
+			return b, false, nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return Batch{}, false, fmt.Errorf("read batch for key: %w", err)
+		}
 	}
 	tag, err := db.Exec(ctx, `INSERT INTO hafe.batches (batch_id, idem_key, request_hash, n_txns, owner)
 		VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idem_key) DO NOTHING`, id, key, requestHash, numTxns, owner)
@@ -123,36 +134,41 @@ func FenceBlockers(ctx context.Context, db DB, pid uint32) (int, error) {
 	return n, err
 }
 
-// CheckLease is the first statement of every slot transaction: it fails
-// with ErrFenced unless owner still holds the batch at epoch, and it locks
-// the batch row until the transaction ends, so a claim waits for it.
-func CheckLease(ctx context.Context, tx DB, batchID string, epoch int64) error {
-	tag, err := tx.Exec(ctx, `UPDATE hafe.batches SET owner_pid = pg_backend_pid()
-		WHERE batch_id = $1 AND epoch = $2`, batchID, epoch)
-	if err != nil {
-		return fmt.Errorf("check lease: %w", err)
-	}
+// CheckLeaseSQL is the first statement of every slot transaction, with
+// arguments (batch id, epoch). It matches no row unless the batch is still at
+// that epoch, and it locks the batch row until the transaction ends, so a
+// claim waits for the slot. Pass its command tag to LeaseHeld.
+const CheckLeaseSQL = `UPDATE hafe.batches SET owner_pid = pg_backend_pid() WHERE batch_id = $1 AND epoch = $2`
+
+// LeaseHeld interprets CheckLeaseSQL's command tag: ErrFenced when the
+// lease has moved on.
+func LeaseHeld(tag pgconn.CommandTag) error {
 	if tag.RowsAffected() == 0 {
 		return ErrFenced
 	}
 	return nil
 }
 
-// InsertOutcome writes the slot's outcome inside the slot's transaction. If
-// the slot already has one it returns ErrOutcomeExists, and the transaction
-// is then unusable: roll it back and adopt the recorded outcome.
-func InsertOutcome(ctx context.Context, tx DB, o Outcome) error {
-	_, err := tx.Exec(ctx, `INSERT INTO hafe.outcomes (batch_id, seq, status, report, xid, epoch, owner, attempts)
-		VALUES ($1, $2, $3, $4, pg_current_xact_id(), $5, $6, $7)`,
-		o.BatchID, o.Seq, o.Status, string(o.Report), o.Epoch, o.Owner, o.Attempts)
+// InsertOutcomeSQL writes a slot's outcome; take its arguments from
+// OutcomeArgs and pass its error to OutcomeInsertError. Run inside the
+// slot's transaction, after CheckLeaseSQL.
+const InsertOutcomeSQL = `INSERT INTO hafe.outcomes (batch_id, seq, status, report, xid, epoch, owner, attempts)
+	VALUES ($1, $2, $3, $4, pg_current_xact_id(), $5, $6, $7)`
+
+// OutcomeArgs are InsertOutcomeSQL's arguments for o.
+func OutcomeArgs(o Outcome) []any {
+	return []any{o.BatchID, o.Seq, o.Status, string(o.Report), o.Epoch, o.Owner, o.Attempts}
+}
+
+// OutcomeInsertError maps a failed InsertOutcomeSQL to ErrOutcomeExists when
+// the slot already had an outcome; the transaction is then unusable: roll it
+// back and adopt the recorded outcome.
+func OutcomeInsertError(err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "outcomes_pkey" {
 		return ErrOutcomeExists
 	}
-	if err != nil {
-		return fmt.Errorf("insert outcome %s/%d: %w", o.BatchID, o.Seq, err)
-	}
-	return nil
+	return err
 }
 
 // GetOutcome reads a slot's outcome; ok is false when it has none.

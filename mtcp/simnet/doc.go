@@ -16,17 +16,4 @@
 //
 // Loss decisions come from per-direction PRNGs seeded from Config.Seed, but
 // time is real, so runs are repeatable in distribution, not bit for bit.
-//
-// Building: the pinned gVisor (v0.0.0-20251011013117-af7a19336e55) does not
-// compile with Go 1.26 (google/gvisor#12916: gvisor.dev/gvisor/pkg/sync
-// declares its runtime constants twice), so every other file of this package
-// carries the build tag "simnet" and `go build ./...` skips it. Run its tests
-// with a gVisor that carries the fix:
-//
-//	go test -tags simnet ./mtcp/simnet
-//
-// after bumping gvisor.dev/gvisor to a go-branch version that includes the
-// fix (v0.0.0-20260905035102-160fafc42237 works unchanged), or with a
-// go.work that replaces it by a patched copy (see gvisorfix.sh next to this
-// file). Drop the tag and the script once go.mod is fixed.
 package simnet

@@ -1,5 +1,3 @@
-//go:build simnet
-
 package simnet
 
 import (

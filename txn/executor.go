@@ -1,0 +1,293 @@
+package txn
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	backendext "hafe.dev/hafe/backend-ext"
+)
+
+// Config tunes an Executor. Zero fields take the documented defaults.
+type Config struct {
+	// Owner is this front-end's member id; it owns the batches it runs.
+	Owner string
+	// MaxAttempts bounds how often a slot is tried after serialization
+	// failures and deadlocks (default 5).
+	MaxAttempts int
+	// RetryBackoff is the first pause between attempts; it doubles (default 10ms).
+	RetryBackoff time.Duration
+	// FenceGrace is how long a claim waits for the previous owner's open
+	// slot transaction before terminating that session (default 5s).
+	FenceGrace time.Duration
+	// OwnerLiveness is how fresh an owner's heartbeat must be for its batch
+	// to count as still running there (default 10s).
+	OwnerLiveness time.Duration
+	// SettleTimeout is how long a slot keeps trying to reach the database
+	// after losing it, e.g. across a PostgreSQL restart (default 60s).
+	SettleTimeout time.Duration
+	// Limits bound each transaction's results (default DefaultLimits).
+	Limits Limits
+}
+
+func (c Config) withDefaults() Config {
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 5
+	}
+	if c.RetryBackoff <= 0 {
+		c.RetryBackoff = 10 * time.Millisecond
+	}
+	if c.FenceGrace <= 0 {
+		c.FenceGrace = 5 * time.Second
+	}
+	if c.OwnerLiveness <= 0 {
+		c.OwnerLiveness = 10 * time.Second
+	}
+	if c.SettleTimeout <= 0 {
+		c.SettleTimeout = 60 * time.Second
+	}
+	if c.Limits.MaxRows <= 0 {
+		c.Limits.MaxRows = DefaultLimits.MaxRows
+	}
+	if c.Limits.MaxReportBytes <= 0 {
+		c.Limits.MaxReportBytes = DefaultLimits.MaxReportBytes
+	}
+	return c
+}
+
+var (
+	// ErrKeyReused means an idempotency key came back with another request.
+	ErrKeyReused = errors.New("idempotency key was used with a different request")
+	// ErrFenced means another front-end took the batch over; this one must stop.
+	ErrFenced = backendext.ErrFenced
+)
+
+// BusyError means the batch is still being executed, by Owner.
+type BusyError struct {
+	BatchID string
+	Owner   string
+}
+
+func (e *BusyError) Error() string {
+	return fmt.Sprintf("batch %s is still running on front-end %s", e.BatchID, e.Owner)
+}
+
+// Executor runs batches for one front-end.
+type Executor struct {
+	pool *pgxpool.Pool
+	cfg  Config
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	running map[string]bool // batch ids executing in this process
+}
+
+// NewExecutor returns an executor that runs batches on pool as cfg.Owner.
+// The pool's sessions should be configured with backendext.ConfigurePool.
+func NewExecutor(pool *pgxpool.Pool, cfg Config, log *slog.Logger) *Executor {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Executor{pool: pool, cfg: cfg.withDefaults(), log: log, running: map[string]bool{}}
+}
+
+// OpenRequest describes a batch a client submitted.
+type OpenRequest struct {
+	// IdempotencyKey, when set, names the batch across retries. Scope it
+	// per client before passing it in.
+	IdempotencyKey string
+	// RequestHash identifies the request's content; a key reused with
+	// another hash is refused with ErrKeyReused.
+	RequestHash []byte
+	NumTxns     int
+}
+
+// Lease is this front-end's right to execute one batch.
+type Lease struct {
+	BatchID string
+	Epoch   int64
+	// Resumed is true when the batch existed before this request.
+	Resumed bool
+	// Finished is true when every slot already has its outcome.
+	Finished bool
+}
+
+// Open creates the batch, or finds it by idempotency key and takes it over.
+// It fails with ErrKeyReused or a *BusyError when it must not run the batch.
+// Every Lease must be passed to Run or Release.
+func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
+	id := newUUID()
+	b, created, err := backendext.CreateBatch(ctx, e.pool, id, req.IdempotencyKey, req.RequestHash, req.NumTxns, e.cfg.Owner, e.cfg.OwnerLiveness)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		if !e.markRunning(id) {
+			return nil, &BusyError{BatchID: id, Owner: e.cfg.Owner}
+		}
+		return &Lease{BatchID: id, Epoch: b.Epoch}, nil
+	}
+	if !bytes.Equal(b.RequestHash, req.RequestHash) || b.NumTxns != req.NumTxns {
+		return nil, ErrKeyReused
+	}
+	if !e.markRunning(b.ID) {
+		return nil, &BusyError{BatchID: b.ID, Owner: e.cfg.Owner}
+	}
+	if b.State == backendext.BatchDone {
+		return &Lease{BatchID: b.ID, Epoch: b.Epoch, Resumed: true, Finished: true}, nil
+	}
+	if b.Owner != "" && b.Owner != e.cfg.Owner && b.OwnerAlive {
+		e.markStopped(b.ID)
+		return nil, &BusyError{BatchID: b.ID, Owner: b.Owner}
+	}
+	epoch, err := e.claim(ctx, b.ID)
+	if err != nil {
+		e.markStopped(b.ID)
+		return nil, err
+	}
+	e.log.Info("batch taken over", "batch", b.ID, "previous_owner", b.Owner, "epoch", epoch)
+	return &Lease{BatchID: b.ID, Epoch: epoch, Resumed: true}, nil
+}
+
+// claim takes the batch's lease. A previous owner's slot transaction holds
+// the batch row; if it is still open after FenceGrace, its session is
+// terminated so that it can never commit.
+func (e *Executor) claim(ctx context.Context, batchID string) (int64, error) {
+	conn, err := e.pool.Acquire(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("claim batch %s: %w", batchID, err)
+	}
+	defer conn.Release()
+	pid := conn.Conn().PgConn().PID()
+	type result struct {
+		epoch int64
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		epoch, err := backendext.ClaimBatch(ctx, conn, batchID, e.cfg.Owner)
+		done <- result{epoch, err}
+	}()
+	grace := time.NewTimer(e.cfg.FenceGrace)
+	defer grace.Stop()
+	for {
+		select {
+		case r := <-done:
+			return r.epoch, r.err
+		case <-grace.C:
+			n, err := backendext.FenceBlockers(ctx, e.pool, pid)
+			if err != nil {
+				e.log.Warn("fence blockers", "batch", batchID, "err", err)
+			} else if n > 0 {
+				e.log.Warn("terminated previous owner's session", "batch", batchID, "sessions", n)
+			}
+			grace.Reset(e.cfg.FenceGrace)
+		}
+	}
+}
+
+// Release gives the lease back without finishing the batch, so that a retry
+// can resume it anywhere at once. Run calls it itself when it stops early.
+func (e *Executor) Release(l *Lease) {
+	defer e.markStopped(l.BatchID)
+	if l.Finished {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := backendext.ReleaseBatch(ctx, e.pool, l.BatchID, l.Epoch); err != nil && !errors.Is(err, ErrFenced) {
+		e.log.Warn("release batch", "batch", l.BatchID, "err", err)
+	}
+}
+
+func (e *Executor) markRunning(id string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.running[id] {
+		return false
+	}
+	e.running[id] = true
+	return true
+}
+
+func (e *Executor) markStopped(id string) {
+	e.mu.Lock()
+	delete(e.running, id)
+	e.mu.Unlock()
+}
+
+// Run executes the batch under lease l, calling emit with each slot's
+// report line in seq order as soon as its outcome is durable, then returns
+// the summary (whose Line is the response's last line). Slots that already
+// have an outcome are reported from it and not run again. If Run returns an
+// error the batch is not finished; a later Open with the same key resumes it.
+func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []byte) error) (Summary, error) {
+	sum := Summary{BatchID: l.BatchID, Transactions: len(b.Transactions)}
+	outcomes, err := e.recorded(ctx, l)
+	if err != nil {
+		e.Release(l)
+		return sum, err
+	}
+	for i, t := range b.Transactions {
+		seq := i + 1
+		o, ok := outcomes[seq]
+		if !ok {
+			if l.Finished {
+				e.Release(l)
+				return sum, fmt.Errorf("batch %s is done but slot %d has no outcome", l.BatchID, seq)
+			}
+			if o, err = e.runSlot(ctx, l, seq, t, b.Isolation); err != nil {
+				e.Release(l)
+				return sum, err
+			}
+		}
+		if o.Status == StatusCommitted {
+			sum.Committed++
+		} else {
+			sum.Aborted++
+		}
+		if err := emit(o.Report); err != nil {
+			e.Release(l)
+			return sum, fmt.Errorf("report slot %d: %w", seq, err)
+		}
+	}
+	sum.Done = true
+	if !l.Finished {
+		err := backendext.FinishBatch(ctx, e.pool, l.BatchID, l.Epoch)
+		if err != nil && !errors.Is(err, ErrFenced) {
+			e.log.Warn("finish batch", "batch", l.BatchID, "err", err)
+		}
+		l.Finished = err == nil
+	}
+	e.markStopped(l.BatchID)
+	return sum, nil
+}
+
+// recorded reads the outcomes a resumed batch already has.
+func (e *Executor) recorded(ctx context.Context, l *Lease) (map[int]backendext.Outcome, error) {
+	m := map[int]backendext.Outcome{}
+	if !l.Resumed {
+		return m, nil
+	}
+	os, err := backendext.ListOutcomes(ctx, e.pool, l.BatchID)
+	for _, o := range os {
+		m[o.Seq] = o
+	}
+	return m, err
+}
+
+func newUUID() string {
+	var u [16]byte
+	rand.Read(u[:])
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	return pgtype.UUID{Bytes: u, Valid: true}.String()
+}

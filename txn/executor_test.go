@@ -1,0 +1,436 @@
+package txn
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	backendext "hafe.dev/hafe/backend-ext"
+	"hafe.dev/hafe/internal/pgtemp"
+)
+
+var server *pgtemp.Server
+
+func TestMain(m *testing.M) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	s, err := pgtemp.Start(ctx, pgtemp.Options{})
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	server = s
+	code := m.Run()
+	s.Stop()
+	os.Exit(code)
+}
+
+const testSchema = `
+CREATE TABLE accounts (id int PRIMARY KEY, balance numeric NOT NULL CHECK (balance >= 0));
+INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 10) g;
+CREATE TABLE runs (slot int, n int NOT NULL DEFAULT 1);
+CREATE SEQUENCE tries;
+CREATE FUNCTION fail_first(n int) RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+  IF nextval('tries') <= n THEN
+    RAISE EXCEPTION 'injected conflict' USING ERRCODE = 'serialization_failure';
+  END IF;
+  RETURN 1;
+END $$;
+`
+
+// newDB makes a fresh database with hafe installed and the test schema.
+func newDB(t *testing.T) string {
+	t.Helper()
+	ctx := context.Background()
+	url, err := server.NewDatabase(ctx, "txn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if _, err := backendext.Install(ctx, c, backendext.InstallOptions{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, testSchema); err != nil {
+		t.Fatal(err)
+	}
+	return url
+}
+
+func newPool(t *testing.T, url, owner string) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backendext.ConfigurePool(cfg, owner, time.Minute)
+	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+func newExecutor(t *testing.T, url, owner string, cfg Config) (*Executor, *pgxpool.Pool) {
+	p := newPool(t, url, owner)
+	cfg.Owner = owner
+	return NewExecutor(p, cfg, nil), p
+}
+
+func transfer(from, to, amount int) Transaction {
+	return Transaction{Statements: []Statement{
+		{Query: "UPDATE accounts SET balance = balance - @amount WHERE id = @from", Named: map[string]any{"amount": amount, "from": from}},
+		{Query: "UPDATE accounts SET balance = balance + @amount WHERE id = @to RETURNING balance", Named: map[string]any{"amount": amount, "to": to}},
+	}}
+}
+
+// counted records one execution of slot in table runs, so tests can count
+// how often each slot's effects committed.
+func counted(slot int, more ...Statement) Transaction {
+	stmts := append([]Statement{{Query: "INSERT INTO runs (slot) VALUES ($1)", Args: []any{slot}}}, more...)
+	return Transaction{Statements: stmts}
+}
+
+type stream struct {
+	mu    sync.Mutex
+	lines [][]byte
+}
+
+func (s *stream) emit(line []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lines = append(s.lines, bytes.Clone(line))
+	return nil
+}
+
+func (s *stream) text() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return string(bytes.Join(s.lines, []byte("\n")))
+}
+
+func runsPerSlot(t *testing.T, p *pgxpool.Pool) map[int]int {
+	t.Helper()
+	rows, err := p.Query(context.Background(), "SELECT slot, count(*) FROM runs GROUP BY slot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[int]int{}
+	for rows.Next() {
+		var slot, n int
+		rows.Scan(&slot, &n)
+		m[slot] = n
+	}
+	return m
+}
+
+func open(t *testing.T, e *Executor, key string, n int) *Lease {
+	t.Helper()
+	l, err := e.Open(context.Background(), OpenRequest{IdempotencyKey: key, RequestHash: []byte("hash-" + key), NumTxns: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func TestBatchReportsEachSlotInOrder(t *testing.T) {
+	e, p := newExecutor(t, newDB(t), "fe1", Config{})
+	b := Batch{Transactions: []Transaction{transfer(1, 2, 30), transfer(2, 3, 500), transfer(3, 1, 10)}}
+	var s stream
+	sum, err := e.Run(context.Background(), open(t, e, "k1", 3), b, s.emit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Committed != 2 || sum.Aborted != 1 || !sum.Done {
+		t.Fatalf("summary %+v", sum)
+	}
+	want := []string{
+		`{"seq":1,"status":"committed","results":[{"command":"UPDATE","rows_affected":1},{"command":"UPDATE","rows_affected":1,"columns":["balance"],"rows":[[130]]}]}`,
+		`{"seq":2,"status":"aborted","error":{"code":"23514","message":"new row for relation \"accounts\" violates check constraint \"accounts_balance_check\"","statement":1,"detail":"Failing row contains (2, -370)."}}`,
+		`{"seq":3,"status":"committed","results":[{"command":"UPDATE","rows_affected":1},{"command":"UPDATE","rows_affected":1,"columns":["balance"],"rows":[[80]]}]}`,
+	}
+	if got := s.text(); got != strings.Join(want, "\n") {
+		t.Fatalf("stream:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
+	}
+	var total int
+	p.QueryRow(context.Background(), "SELECT sum(balance) FROM accounts").Scan(&total)
+	if total != 1000 {
+		t.Fatalf("sum of balances %d, want 1000", total)
+	}
+}
+
+func TestOutcomeIsDurableBeforeItIsReported(t *testing.T) {
+	url := newDB(t)
+	e, p := newExecutor(t, url, "fe1", Config{})
+	b := Batch{Transactions: []Transaction{transfer(1, 2, 1), transfer(1, 2, 1000), transfer(1, 2, 1)}}
+	l := open(t, e, "durable", 3)
+	seq := 0
+	_, err := e.Run(context.Background(), l, b, func(line []byte) error {
+		seq++
+		// Another session must already see the outcome, exactly as reported.
+		o, ok, err := backendext.GetOutcome(context.Background(), p, l.BatchID, seq)
+		if err != nil || !ok {
+			return fmt.Errorf("slot %d reported before its outcome was durable (err %v)", seq, err)
+		}
+		if !bytes.Equal(o.Report, line) {
+			return fmt.Errorf("slot %d: reported %s, recorded %s", seq, line, o.Report)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSlotCommitsOnceWhenTwoExecutorsRace(t *testing.T) {
+	url := newDB(t)
+	e1, p := newExecutor(t, url, "fe1", Config{})
+	e2, _ := newExecutor(t, url, "fe1", Config{})
+	const n = 40
+	var txns []Transaction
+	for i := 1; i <= n; i++ {
+		txns = append(txns, counted(i, transfer(i%10+1, (i+3)%10+1, 7).Statements...))
+	}
+	l := open(t, e1, "race", n)
+	// A split brain: both executors believe they hold the same lease.
+	twin := *l
+	var s1, s2 stream
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	wg.Add(2)
+	go func() { defer wg.Done(); _, errs[0] = e1.Run(context.Background(), l, Batch{Transactions: txns}, s1.emit) }()
+	go func() { defer wg.Done(); _, errs[1] = e2.Run(context.Background(), &twin, Batch{Transactions: txns}, s2.emit) }()
+	wg.Wait()
+	if errs[0] != nil || errs[1] != nil {
+		t.Fatal(errs)
+	}
+	if s1.text() != s2.text() {
+		t.Fatalf("executors reported differently:\n%s\n---\n%s", s1.text(), s2.text())
+	}
+	for slot, runs := range runsPerSlot(t, p) {
+		if runs != 1 {
+			t.Errorf("slot %d committed %d times", slot, runs)
+		}
+	}
+	var total int
+	p.QueryRow(context.Background(), "SELECT sum(balance) FROM accounts").Scan(&total)
+	if total != 1000 {
+		t.Fatalf("sum of balances %d, want 1000", total)
+	}
+}
+
+var errClientGone = errors.New("client went away")
+
+func TestResumeReportsRecordedSlotsWithIdenticalBytes(t *testing.T) {
+	url := newDB(t)
+	e1, p := newExecutor(t, url, "fe1", Config{})
+	var txns []Transaction
+	for i := 1; i <= 6; i++ {
+		txns = append(txns, counted(i, transfer(1, 2, 40).Statements...))
+	}
+	b := Batch{Transactions: txns}
+	var first stream
+	_, err := e1.Run(context.Background(), open(t, e1, "resume", 6), b, func(line []byte) error {
+		first.emit(line)
+		if len(first.lines) == 3 {
+			return errClientGone
+		}
+		return nil
+	})
+	if !errors.Is(err, errClientGone) {
+		t.Fatalf("first run: %v", err)
+	}
+	e2, _ := newExecutor(t, url, "fe2", Config{})
+	l := open(t, e2, "resume", 6)
+	if !l.Resumed || l.Epoch != 2 {
+		t.Fatalf("lease %+v, want resumed at epoch 2", l)
+	}
+	var second stream
+	sum, err := e2.Run(context.Background(), l, b, second.emit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(second.text(), first.text()) {
+		t.Fatalf("resumed stream does not start with the first stream's bytes:\n%s\n---\n%s", first.text(), second.text())
+	}
+	if sum.Committed != 2 || sum.Aborted != 4 {
+		t.Fatalf("summary %+v: transfers of 40 from 100 commit twice", sum)
+	}
+	for slot, runs := range runsPerSlot(t, p) {
+		if runs != 1 {
+			t.Errorf("slot %d ran %d times", slot, runs)
+		}
+	}
+	// A finished batch replays without running anything.
+	l3 := open(t, e1, "resume", 6)
+	if !l3.Finished {
+		t.Fatalf("lease %+v, want finished", l3)
+	}
+	var third stream
+	sum3, err := e1.Run(context.Background(), l3, b, third.emit)
+	if err != nil || third.text() != second.text() || sum3 != sum {
+		t.Fatalf("replay differs (err %v):\n%s\n---\n%s", err, second.text(), third.text())
+	}
+}
+
+func TestKeyReusedWithOtherRequestIsRefused(t *testing.T) {
+	e, _ := newExecutor(t, newDB(t), "fe1", Config{})
+	l := open(t, e, "k", 1)
+	e.Release(l)
+	_, err := e.Open(context.Background(), OpenRequest{IdempotencyKey: "k", RequestHash: []byte("other"), NumTxns: 1})
+	if !errors.Is(err, ErrKeyReused) {
+		t.Fatalf("got %v, want ErrKeyReused", err)
+	}
+}
+
+func TestBatchOfLiveOwnerIsBusyAndOfDeadOwnerIsTakenOver(t *testing.T) {
+	url := newDB(t)
+	e1, p := newExecutor(t, url, "fe1", Config{OwnerLiveness: time.Hour})
+	e2, _ := newExecutor(t, url, "fe2", Config{OwnerLiveness: time.Hour})
+	ctx := context.Background()
+	if err := backendext.Heartbeat(ctx, p, backendext.Member{ID: "fe1"}); err != nil {
+		t.Fatal(err)
+	}
+	l1 := open(t, e1, "busy", 1)
+	_, err := e2.Open(ctx, OpenRequest{IdempotencyKey: "busy", RequestHash: []byte("hash-busy"), NumTxns: 1})
+	var busy *BusyError
+	if !errors.As(err, &busy) || busy.Owner != "fe1" {
+		t.Fatalf("got %v, want busy on fe1", err)
+	}
+	// The same front-end refuses a second concurrent request for the key.
+	if _, err := e1.Open(ctx, OpenRequest{IdempotencyKey: "busy", RequestHash: []byte("hash-busy"), NumTxns: 1}); !errors.As(err, &busy) {
+		t.Fatalf("second open on owner: %v", err)
+	}
+	// fe1 dies: its membership goes away.
+	if err := backendext.Leave(ctx, p, "fe1"); err != nil {
+		t.Fatal(err)
+	}
+	l2 := open(t, e2, "busy", 1)
+	if l2.Epoch != 2 {
+		t.Fatalf("takeover epoch %d", l2.Epoch)
+	}
+	// The old owner is fenced: its next slot fails and commits nothing.
+	_, err = e1.Run(ctx, l1, Batch{Transactions: []Transaction{counted(1)}}, (&stream{}).emit)
+	if !errors.Is(err, ErrFenced) {
+		t.Fatalf("old owner ran on: %v", err)
+	}
+	if runs := runsPerSlot(t, p); len(runs) != 0 {
+		t.Fatalf("fenced owner committed: %v", runs)
+	}
+}
+
+func TestClaimTerminatesStuckOwnerSession(t *testing.T) {
+	url := newDB(t)
+	ctx := context.Background()
+	e1, _ := newExecutor(t, url, "old", Config{})
+	l1 := open(t, e1, "stuck", 1)
+	// The old owner is in the middle of a slot transaction and hangs.
+	cfg, _ := pgx.ParseConfig(url)
+	cfg.RuntimeParams["application_name"] = backendext.ApplicationName("old")
+	stuck, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close(ctx)
+	tx, err := stuck.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, err := tx.Exec(ctx, backendext.CheckLeaseSQL, l1.BatchID, l1.Epoch)
+	if err != nil || backendext.LeaseHeld(tag) != nil {
+		t.Fatalf("old owner's lease check: %v %v", err, tag)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO runs (slot) VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+
+	e2, p := newExecutor(t, url, "new", Config{FenceGrace: 200 * time.Millisecond})
+	l2 := open(t, e2, "stuck", 1)
+	if l2.Epoch != 2 {
+		t.Fatalf("epoch %d", l2.Epoch)
+	}
+	if err := tx.Commit(ctx); err == nil {
+		t.Fatal("the stuck owner's transaction committed after the takeover")
+	}
+	if runs := runsPerSlot(t, p); len(runs) != 0 {
+		t.Fatalf("stuck owner's slot committed: %v", runs)
+	}
+}
+
+func TestSerializationFailuresAreRetried(t *testing.T) {
+	e, p := newExecutor(t, newDB(t), "fe1", Config{MaxAttempts: 5, RetryBackoff: time.Millisecond})
+	b := Batch{Isolation: Serializable, Transactions: []Transaction{
+		counted(1, Statement{Query: "SELECT fail_first(2)"}),
+	}}
+	l := open(t, e, "retry", 1)
+	sum, err := e.Run(context.Background(), l, b, (&stream{}).emit)
+	if err != nil || sum.Committed != 1 {
+		t.Fatalf("sum %+v err %v", sum, err)
+	}
+	o, _, _ := backendext.GetOutcome(context.Background(), p, l.BatchID, 1)
+	if o.Attempts != 3 {
+		t.Fatalf("attempts %d, want 3", o.Attempts)
+	}
+	if runs := runsPerSlot(t, p); runs[1] != 1 {
+		t.Fatalf("runs %v", runs)
+	}
+}
+
+func TestRetriesAreBounded(t *testing.T) {
+	e, _ := newExecutor(t, newDB(t), "fe1", Config{MaxAttempts: 3, RetryBackoff: time.Millisecond})
+	b := Batch{Transactions: []Transaction{{Statements: []Statement{{Query: "SELECT fail_first(100)"}}}}}
+	var s stream
+	sum, err := e.Run(context.Background(), open(t, e, "bounded", 1), b, s.emit)
+	if err != nil || sum.Aborted != 1 || !strings.Contains(s.text(), `"code":"40001"`) {
+		t.Fatalf("sum %+v err %v stream %s", sum, err, s.text())
+	}
+}
+
+func TestResultLimitsAbortTheSlot(t *testing.T) {
+	e, _ := newExecutor(t, newDB(t), "fe1", Config{Limits: Limits{MaxRows: 5, MaxReportBytes: 300}})
+	b := Batch{Transactions: []Transaction{
+		{Statements: []Statement{{Query: "SELECT g FROM generate_series(1, 6) g"}}},
+		{Statements: []Statement{{Query: "SELECT repeat('x', 400)"}}},
+		{Statements: []Statement{{Query: "SELECT g FROM generate_series(1, 5) g"}}},
+	}}
+	var s stream
+	sum, err := e.Run(context.Background(), open(t, e, "limits", 3), b, s.emit)
+	if err != nil || sum.Aborted != 2 || sum.Committed != 1 {
+		t.Fatalf("sum %+v err %v\n%s", sum, err, s.text())
+	}
+	if strings.Count(s.text(), "result_too_large") != 2 {
+		t.Fatalf("stream %s", s.text())
+	}
+}
+
+func TestBadArgumentsAbortTheSlotOnly(t *testing.T) {
+	e, _ := newExecutor(t, newDB(t), "fe1", Config{})
+	b := Batch{Transactions: []Transaction{
+		{Statements: []Statement{{Query: "SELECT $1::int", Args: []any{"not a number"}}}},
+		{Statements: []Statement{{Query: "SELECT $1::int", Args: []any{make(chan int)}}}},
+		{Statements: []Statement{{Query: "SELECT g FROM generate_series(1, 0) g"}}},
+		{Statements: []Statement{{Query: "SELECT 1"}}},
+	}}
+	var s stream
+	sum, err := e.Run(context.Background(), open(t, e, "badargs", 3), b, s.emit)
+	if err != nil || sum.Aborted != 2 || sum.Committed != 2 {
+		t.Fatalf("sum %+v err %v\n%s", sum, err, s.text())
+	}
+	if !strings.Contains(s.text(), `"columns":["g"],"rows":[]`) {
+		t.Fatalf("an empty result should list its columns and no rows:\n%s", s.text())
+	}
+}

@@ -1,0 +1,379 @@
+package txn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	backendext "hafe.dev/hafe/backend-ext"
+)
+
+// slotFault says what an attempt's failure means for the slot.
+type slotFault uint8
+
+const (
+	faultRetry    slotFault = iota // serialization failure or deadlock: run it again
+	faultAbort                     // the transaction's own fault: record it aborted
+	faultAdopt                     // the slot already has an outcome: report that
+	faultFenced                    // another front-end owns the batch now
+	faultLost                      // the database went away: settle by lookup
+	faultCanceled                  // the caller gave up
+	faultFatal                     // hafe's own tables are unusable
+)
+
+// attemptError is an attempt's failure together with what it means.
+type attemptError struct {
+	fault slotFault
+	slot  *SlotError // for faultRetry and faultAbort
+	err   error
+}
+
+func (e *attemptError) Error() string {
+	if e.slot != nil {
+		return e.slot.Error()
+	}
+	return e.err.Error()
+}
+
+func (e *attemptError) Unwrap() error { return e.err }
+
+// runSlot brings slot seq to an outcome and returns it. Every path ends in
+// the same place: the outcome recorded in the back-end (G5). After losing
+// the database it first looks the outcome up, so an ambiguous commit is
+// settled by the record, never by running the slot twice.
+func (e *Executor) runSlot(ctx context.Context, l *Lease, seq int, t Transaction, iso Isolation) (o backendext.Outcome, err error) {
+	var (
+		attempts  int
+		abort     *SlotError // set once the slot is known to abort
+		lookup    bool       // the outcome may exist: read it before acting
+		lostSince time.Time
+	)
+	for {
+		if err := ctx.Err(); err != nil {
+			return o, err
+		}
+		if lookup {
+			got, ok, err := backendext.GetOutcome(ctx, e.pool, l.BatchID, seq)
+			if err == nil && ok {
+				return got, nil
+			}
+			if err == nil {
+				lookup = false
+				continue
+			}
+			if e.stillSettling(ctx, &lostSince, err) != nil {
+				return o, fmt.Errorf("slot %d: database unreachable for %s: %w", seq, e.cfg.SettleTimeout, err)
+			}
+			continue
+		}
+		if abort != nil {
+			o, err = e.record(ctx, l, seq, StatusAborted, renderReport(Report{Seq: seq, Status: StatusAborted, Error: abort}), attempts)
+		} else {
+			attempts++
+			o, err = e.attempt(ctx, l, seq, t, iso, attempts)
+		}
+		if err == nil {
+			return o, nil
+		}
+		var ae *attemptError
+		if !errors.As(err, &ae) {
+			return o, err
+		}
+		switch ae.fault {
+		case faultRetry:
+			if attempts < e.cfg.MaxAttempts {
+				e.sleep(ctx, e.backoff(attempts))
+				continue
+			}
+			abort = ae.slot
+		case faultAbort:
+			abort = ae.slot
+		case faultAdopt:
+			lookup = true
+		case faultLost:
+			e.log.Warn("lost the database during a slot; settling by lookup", "batch", l.BatchID, "seq", seq, "err", ae.err)
+			lookup = true
+			if e.stillSettling(ctx, &lostSince, ae.err) != nil {
+				return o, fmt.Errorf("slot %d: database unreachable for %s: %w", seq, e.cfg.SettleTimeout, ae.err)
+			}
+		case faultFenced:
+			return o, fmt.Errorf("slot %d of batch %s: %w", seq, l.BatchID, ErrFenced)
+		case faultCanceled:
+			return o, ctx.Err()
+		default:
+			return o, fmt.Errorf("slot %d of batch %s: %w", seq, l.BatchID, ae.err)
+		}
+	}
+}
+
+// stillSettling pauses before the next try while the database has been lost
+// for less than SettleTimeout, and reports an error once it has been longer.
+func (e *Executor) stillSettling(ctx context.Context, since *time.Time, err error) error {
+	if since.IsZero() {
+		*since = time.Now()
+	}
+	if time.Since(*since) > e.cfg.SettleTimeout {
+		return err
+	}
+	e.sleep(ctx, 100*time.Millisecond+rand.N(100*time.Millisecond))
+	return nil
+}
+
+func (e *Executor) backoff(attempt int) time.Duration {
+	d := e.cfg.RetryBackoff << min(attempt-1, 6)
+	return min(d, time.Second)/2 + rand.N(min(d, time.Second)/2+1)
+}
+
+func (e *Executor) sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// attempt runs the slot's transaction once, in two round trips: the first
+// pipeline opens the transaction, checks the lease and runs the
+// statements; the second writes the rendered outcome and commits.
+func (e *Executor) attempt(ctx context.Context, l *Lease, seq int, t Transaction, iso Isolation, attempts int) (backendext.Outcome, error) {
+	conn, err := e.pool.Acquire(ctx)
+	if err != nil {
+		return backendext.Outcome{}, e.classify(ctx, err, 0, false)
+	}
+	defer conn.Release()
+
+	b := &pgx.Batch{}
+	b.Queue(iso.beginSQL())
+	b.Queue(backendext.CheckLeaseSQL, l.BatchID, l.Epoch)
+	for _, s := range t.Statements {
+		b.Queue(s.Query, s.args()...)
+	}
+	results, err := e.runStatements(ctx, conn.Conn().SendBatch(ctx, b), len(t.Statements))
+	if err != nil {
+		rollback(ctx, conn.Conn())
+		return backendext.Outcome{}, err
+	}
+	report := renderReport(Report{Seq: seq, Status: StatusCommitted, Results: results})
+	if len(report) > e.cfg.Limits.MaxReportBytes {
+		rollback(ctx, conn.Conn())
+		return backendext.Outcome{}, &attemptError{fault: faultAbort, slot: &SlotError{
+			Code:    "result_too_large",
+			Message: fmt.Sprintf("the transaction's results take %d bytes, more than the limit of %d", len(report), e.cfg.Limits.MaxReportBytes),
+		}}
+	}
+	o := backendext.Outcome{BatchID: l.BatchID, Seq: seq, Status: StatusCommitted, Report: report, Epoch: l.Epoch, Owner: e.cfg.Owner, Attempts: attempts}
+	return o, e.commitOutcome(ctx, conn.Conn(), o, false)
+}
+
+// record writes an outcome in a transaction of its own: used for aborted
+// slots, after their transaction rolled back. One round trip.
+func (e *Executor) record(ctx context.Context, l *Lease, seq int, status string, report []byte, attempts int) (backendext.Outcome, error) {
+	conn, err := e.pool.Acquire(ctx)
+	if err != nil {
+		return backendext.Outcome{}, e.classify(ctx, err, 0, false)
+	}
+	defer conn.Release()
+	o := backendext.Outcome{BatchID: l.BatchID, Seq: seq, Status: status, Report: report, Epoch: l.Epoch, Owner: e.cfg.Owner, Attempts: attempts}
+	return o, e.commitOutcome(ctx, conn.Conn(), o, true)
+}
+
+// commitOutcome inserts o and commits. With open set, it also opens the
+// transaction and checks the lease first.
+func (e *Executor) commitOutcome(ctx context.Context, conn *pgx.Conn, o backendext.Outcome, open bool) error {
+	b := &pgx.Batch{}
+	if open {
+		b.Queue("BEGIN")
+		b.Queue(backendext.CheckLeaseSQL, o.BatchID, o.Epoch)
+	}
+	b.Queue(backendext.InsertOutcomeSQL, backendext.OutcomeArgs(o)...)
+	b.Queue("COMMIT")
+	br := conn.SendBatch(ctx, b)
+	err := func() error {
+		if open {
+			if _, err := br.Exec(); err != nil {
+				return e.classify(ctx, err, 0, false)
+			}
+			tag, err := br.Exec()
+			if err == nil {
+				err = backendext.LeaseHeld(tag)
+			}
+			if err != nil {
+				return e.classify(ctx, err, 0, false)
+			}
+		}
+		if _, err := br.Exec(); err != nil {
+			return e.classify(ctx, backendext.OutcomeInsertError(err), 0, false)
+		}
+		tag, err := br.Exec()
+		if err != nil {
+			return e.classify(ctx, err, 0, true)
+		}
+		if tag.String() != "COMMIT" {
+			// The server answers COMMIT of a failed transaction with ROLLBACK.
+			return &attemptError{fault: faultLost, err: fmt.Errorf("commit of slot %d answered %q", o.Seq, tag.String())}
+		}
+		return nil
+	}()
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = e.classify(ctx, cerr, 0, true)
+	}
+	if err != nil {
+		rollback(ctx, conn)
+	}
+	return err
+}
+
+// runStatements reads the first pipeline's results: BEGIN, the lease
+// check, then each statement's rows.
+func (e *Executor) runStatements(ctx context.Context, br pgx.BatchResults, n int) (results []Result, err error) {
+	defer func() {
+		if cerr := br.Close(); err == nil && cerr != nil {
+			err = e.classify(ctx, cerr, 0, false)
+		}
+	}()
+	if _, err := br.Exec(); err != nil {
+		return nil, e.classify(ctx, err, 0, false)
+	}
+	tag, err := br.Exec()
+	if err == nil {
+		err = backendext.LeaseHeld(tag)
+	}
+	if err != nil {
+		return nil, e.classify(ctx, err, 0, false)
+	}
+	results = make([]Result, 0, n)
+	for i := 1; i <= n; i++ {
+		res, err := e.readResult(ctx, br, i)
+		if err != nil {
+			return nil, err
+		}
+		results = append(results, res)
+	}
+	return results, nil
+}
+
+func (e *Executor) readResult(ctx context.Context, br pgx.BatchResults, stmt int) (Result, error) {
+	rows, err := br.Query()
+	if err != nil {
+		return Result{}, e.classify(ctx, err, stmt, false)
+	}
+	defer rows.Close()
+	fds := rows.FieldDescriptions()
+	var res Result
+	var resultRows [][]any
+	if len(fds) > 0 {
+		res.Columns = make([]string, len(fds))
+		for i, fd := range fds {
+			res.Columns[i] = fd.Name
+		}
+		resultRows = [][]any{}
+		res.Rows = &resultRows
+	}
+	for rows.Next() {
+		if len(resultRows) == e.cfg.Limits.MaxRows {
+			return Result{}, &attemptError{fault: faultAbort, slot: &SlotError{
+				Code:      "result_too_large",
+				Message:   fmt.Sprintf("statement returned more than the limit of %d rows", e.cfg.Limits.MaxRows),
+				Statement: stmt,
+			}}
+		}
+		vals, err := rows.Values()
+		if err != nil {
+			return Result{}, e.classify(ctx, err, stmt, false)
+		}
+		for i, v := range vals {
+			vals[i] = jsonValue(v)
+		}
+		resultRows = append(resultRows, vals)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return Result{}, e.classify(ctx, err, stmt, false)
+	}
+	tag := rows.CommandTag()
+	res.Command, _, _ = strings.Cut(tag.String(), " ")
+	res.RowsAffected = tag.RowsAffected()
+	return res, nil
+}
+
+// classify turns a database error into an attemptError. stmt is the
+// 1-based statement that failed, 0 for hafe's own statements; atCommit says
+// the error came from COMMIT, where a lost connection leaves the outcome
+// unknown.
+func (e *Executor) classify(ctx context.Context, err error, stmt int, atCommit bool) error {
+	if ctx.Err() != nil {
+		return &attemptError{fault: faultCanceled, err: ctx.Err()}
+	}
+	switch {
+	case errors.Is(err, backendext.ErrFenced):
+		return &attemptError{fault: faultFenced, err: err}
+	case errors.Is(err, backendext.ErrOutcomeExists):
+		return &attemptError{fault: faultAdopt, err: err}
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		if !atCommit && !isConnectionError(err) {
+			// pgx refused the statement or its arguments before sending
+			// it (an argument it cannot encode, a missing named argument):
+			// the transaction's fault, not the connection's.
+			return &attemptError{fault: faultAbort, err: err, slot: &SlotError{Code: "invalid_arguments", Message: err.Error(), Statement: stmt}}
+		}
+		return &attemptError{fault: faultLost, err: err}
+	}
+	slot := &SlotError{Code: pgErr.Code, Message: pgErr.Message, Statement: stmt, Detail: pgErr.Detail}
+	switch {
+	case pgErr.Code == "40001" || pgErr.Code == "40P01":
+		return &attemptError{fault: faultRetry, err: err, slot: slot}
+	case isServerGoneCode(pgErr.Code):
+		return &attemptError{fault: faultLost, err: err}
+	case stmt > 0 || atCommit:
+		// At commit: deferred constraints and the like.
+		return &attemptError{fault: faultAbort, err: err, slot: slot}
+	default:
+		return &attemptError{fault: faultFatal, err: err}
+	}
+}
+
+// isServerGoneCode reports SQLSTATEs that say the session or server failed,
+// not the transaction: connection exceptions, operator intervention (a
+// terminated session, a shutdown), resource and system errors.
+func isServerGoneCode(code string) bool {
+	switch code[:2] {
+	case "08", "53", "57", "58", "XX":
+		return true
+	}
+	return code == "25P03" // idle_in_transaction_session_timeout
+}
+
+// isConnectionError reports errors of the connection rather than of what
+// was sent on it.
+func isConnectionError(err error) bool {
+	var netErr net.Error
+	var connectErr *pgconn.ConnectError
+	return errors.As(err, &netErr) || errors.As(err, &connectErr) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) ||
+		strings.Contains(err.Error(), "conn closed") || strings.Contains(err.Error(), "conn busy")
+}
+
+// rollback ends whatever transaction the connection is in. A failure means
+// the connection is broken; the pool then discards it.
+func rollback(ctx context.Context, conn *pgx.Conn) {
+	if conn.IsClosed() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := conn.Exec(ctx, "ROLLBACK"); err != nil {
+		conn.Close(ctx)
+	}
+}
