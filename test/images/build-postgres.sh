@@ -71,8 +71,11 @@ else
 	suite="$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")"
 	log "building base image $base: mmdebstrap $suite minbase + postgresql-$pgver (sources: ${sources[*]})"
 	t0=$(date +%s)
-	# No main cluster in the image: the entrypoint runs initdb itself.
+	# No main cluster in the image: the entrypoint runs initdb itself. (The hooks
+	# are run by mmdebstrap with the rootfs as $1: single quotes on purpose.)
+	# shellcheck disable=SC2016
 	setup_hook='mkdir -p "$1/etc/postgresql-common/createcluster.d" && echo "create_main_cluster = false" >"$1/etc/postgresql-common/createcluster.d/hafe.conf"'
+	# shellcheck disable=SC2016
 	customize_hook='rm -rf "$1/var/lib/postgresql/'$pgver'/main" "$1/etc/postgresql/'$pgver'/main" "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin; mkdir -p "$1/var/run/postgresql"; chroot "$1" chown postgres:postgres /var/run/postgresql'
 	tarball="$(mktemp --tmpdir --suffix=.tar hafe-pg-rootfs.XXXXXX)"
 	trap 'rm -f "$tarball"' EXIT
