@@ -20,7 +20,7 @@ export TESTCONTAINERS_HOST_OVERRIDE ?= localhost
 # No registry to pull Ryuk from: the tests clean up after themselves.
 export TESTCONTAINERS_RYUK_DISABLED ?= true
 
-.PHONY: all images image-postgres image-hafe test test-short demo vet fuzz-short
+.PHONY: all images image-postgres image-hafe test test-short test-clean demo vet fuzz-short
 
 all: vet test
 
@@ -38,6 +38,13 @@ test: images
 # Unit tests only: packages that need containers skip themselves under -short.
 test-short:
 	$(GO) test -count=1 -short -timeout 10m $(TEST_FLAGS) $(PKGS)
+
+# Containers and networks that a crashed or killed test run left behind (Ryuk,
+# which would reap them, is disabled). Removes every testcontainers-labelled
+# one on this Docker daemon: not while other test runs are going on.
+test-clean:
+	@docker ps -aq --filter label=org.testcontainers=true | xargs -r docker rm -f -v
+	@docker network ls -q --filter label=org.testcontainers=true | xargs -r docker network rm
 
 vet:
 	$(GO) vet $(PKGS)
