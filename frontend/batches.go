@@ -1,0 +1,132 @@
+package frontend
+
+import (
+	"errors"
+	"mime"
+	"net/http"
+	"time"
+
+	"hafe.dev/hafe/txn"
+)
+
+// maxKeyLength bounds Idempotency-Key values.
+const maxKeyLength = 255
+
+// postBatch runs a batch and streams one NDJSON line per transaction as its
+// outcome becomes durable, then a summary line. With an Idempotency-Key a
+// retry of the same request resumes the batch: recorded slots are reported
+// from the back-end with identical bytes, the rest run.
+func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		w.Header().Set("Retry-After", "1")
+		s.refuse(w, refuse(503, "draining", "this front-end is draining; send the batch to another one"))
+		return
+	}
+	s.inflight.Add(1)
+	defer s.inflight.Done()
+	s.active.Add(1)
+	defer s.active.Add(-1)
+	start := time.Now()
+
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			s.refuse(w, refuse(415, "unsupported_media_type", "send the batch as application/json, not %q", ct))
+			return
+		}
+	}
+	key := r.Header.Get("Idempotency-Key")
+	if err := checkKey(key); err != nil {
+		s.refuse(w, err)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.Limits.MaxBodyBytes)
+	req, err := decodeBatch(r.Body, s.cfg.Templates, s.cfg.AllowRawSQL, s.cfg.Limits)
+	if err != nil {
+		var re *requestError
+		errors.As(err, &re)
+		s.refuse(w, re)
+		return
+	}
+	if key != "" {
+		key = r.Context().Value(clientKey{}).(string) + ":" + key
+	}
+	lease, err := s.exec.Open(r.Context(), txn.OpenRequest{IdempotencyKey: key, RequestHash: req.hash, NumTxns: len(req.batch.Transactions)})
+	var busy *txn.BusyError
+	switch {
+	case errors.Is(err, txn.ErrKeyReused):
+		s.refuse(w, refuse(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request body"))
+		return
+	case errors.As(err, &busy):
+		w.Header().Set("Retry-After", "1")
+		s.refuse(w, refuse(409, "batch_in_progress", "the batch for this Idempotency-Key is still running on front-end %s; retry later", busy.Owner))
+		return
+	case err != nil:
+		s.log.Error("open batch", "err", err)
+		w.Header().Set("Retry-After", "1")
+		s.refuse(w, refuse(503, "database_unavailable", "cannot reach the database to start the batch"))
+		return
+	}
+	if lease.Resumed {
+		s.metrics.resumed.Inc()
+	}
+
+	h := w.Header()
+	h.Set("Content-Type", "application/x-ndjson")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Hafe-Batch-Id", lease.BatchID)
+	h.Set("Hafe-Front-End", s.cfg.ID)
+	if lease.Resumed {
+		h.Set("Hafe-Resumed", "true")
+	}
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	emit := func(line []byte) error {
+		if _, err := w.Write(append(line, '\n')); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	sum, err := s.exec.Run(r.Context(), lease, req.batch, func(line []byte) error {
+		s.metrics.reported.Inc()
+		return emit(line)
+	})
+	s.metrics.batchSeconds.Observe(time.Since(start).Seconds())
+	s.metrics.transactions.WithLabelValues(txn.StatusCommitted).Add(float64(sum.Committed))
+	s.metrics.transactions.WithLabelValues(txn.StatusAborted).Add(float64(sum.Aborted))
+	if err != nil {
+		s.metrics.batches.WithLabelValues("interrupted").Inc()
+		if r.Context().Err() == nil {
+			s.log.Warn("batch interrupted", "batch", lease.BatchID, "err", err)
+			// The client gets the reason; the summary line is missing, so
+			// it knows to retry with the same key.
+			emit(errorLine("interrupted", err.Error()+"; retry with the same Idempotency-Key to resume"))
+		}
+		return
+	}
+	s.metrics.batches.WithLabelValues("done").Inc()
+	emit(sum.Line())
+}
+
+func (s *Server) refuse(w http.ResponseWriter, e *requestError) {
+	s.metrics.refused.WithLabelValues(e.code).Inc()
+	writeError(w, e)
+}
+
+func errorLine(code, message string) []byte {
+	b, _ := jsonMarshal(map[string]any{"error": map[string]string{"code": code, "message": message}})
+	return b
+}
+
+// checkKey accepts 1..255 visible ASCII characters.
+func checkKey(key string) *requestError {
+	if len(key) > maxKeyLength {
+		return refuse(400, "bad_idempotency_key", "Idempotency-Key is longer than %d characters", maxKeyLength)
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] < 0x21 || key[i] > 0x7e {
+			return refuse(400, "bad_idempotency_key", "Idempotency-Key must be visible ASCII characters")
+		}
+	}
+	return nil
+}

@@ -1,0 +1,74 @@
+package frontend
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+
+	backendext "hafe.dev/hafe/backend-ext"
+)
+
+// Run keeps this front-end's membership fresh and collects old rows until
+// ctx ends, then leaves the cluster so its unfinished batches can be taken
+// over at once.
+func (s *Server) Run(ctx context.Context) error {
+	s.heartbeat(ctx)
+	hb := time.NewTicker(s.cfg.HeartbeatInterval)
+	defer hb.Stop()
+	gc := time.NewTimer(s.gcDelay())
+	defer gc.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			leaveCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := backendext.Leave(leaveCtx, s.pool, s.cfg.ID); err != nil {
+				s.log.Warn("leave cluster", "err", err)
+			}
+			return nil
+		case <-hb.C:
+			s.heartbeat(ctx)
+		case <-gc.C:
+			s.collect(ctx)
+			gc.Reset(s.gcDelay())
+		}
+	}
+}
+
+func (s *Server) heartbeat(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.HeartbeatInterval*2)
+	defer cancel()
+	err := backendext.Heartbeat(ctx, s.pool, backendext.Member{
+		ID: s.cfg.ID, HTTPAddr: s.cfg.Addr, Load: float64(s.active.Load()), Draining: s.draining.Load(),
+	})
+	if err != nil && ctx.Err() == nil {
+		s.log.Warn("heartbeat", "err", err)
+	}
+}
+
+// gcDelay spreads the collections of several front-ends apart.
+func (s *Server) gcDelay() time.Duration {
+	return s.cfg.GCInterval/2 + rand.N(s.cfg.GCInterval)
+}
+
+func (s *Server) collect(ctx context.Context) (int64, error) {
+	n, err := backendext.GC(ctx, s.pool, s.cfg.Retention)
+	if err != nil {
+		s.log.Warn("gc", "err", err)
+	} else if n > 0 {
+		s.log.Info("gc removed old rows", "rows", n, "retention", s.cfg.Retention)
+	}
+	return n, err
+}
+
+// Drain stops accepting batches; those running go on to their end. The
+// returned channel closes when none is left.
+func (s *Server) Drain() <-chan struct{} {
+	s.draining.Store(true)
+	done := make(chan struct{})
+	go func() { s.inflight.Wait(); close(done) }()
+	return done
+}
+
+// Draining reports whether Drain was called.
+func (s *Server) Draining() bool { return s.draining.Load() }

@@ -1,0 +1,212 @@
+package frontend
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	hafesql "hafe.dev/hafe/sql"
+	"hafe.dev/hafe/txn"
+)
+
+// batchRequest is the body of POST /v1/batches.
+type batchRequest struct {
+	Transactions []txnRequest `json:"transactions"`
+	Isolation    string       `json:"isolation,omitempty"`
+}
+
+// txnRequest is one transaction: a template call or raw SQL, not both.
+type txnRequest struct {
+	Template string         `json:"template,omitempty"`
+	Args     map[string]any `json:"args,omitempty"`
+	SQL      []sqlStatement `json:"sql,omitempty"`
+}
+
+type sqlStatement struct {
+	Query string `json:"query"`
+	Args  []any  `json:"args,omitempty"`
+}
+
+// Limits bound what one request may ask for.
+type Limits struct {
+	MaxBodyBytes      int64 // default 8 MiB
+	MaxTransactions   int   // per batch, default 10000
+	MaxStatements     int   // per transaction, default 100
+	MaxStatementBytes int   // per raw SQL statement, default 64 KiB
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxBodyBytes <= 0 {
+		l.MaxBodyBytes = 8 << 20
+	}
+	if l.MaxTransactions <= 0 {
+		l.MaxTransactions = 10000
+	}
+	if l.MaxStatements <= 0 {
+		l.MaxStatements = 100
+	}
+	if l.MaxStatementBytes <= 0 {
+		l.MaxStatementBytes = 64 << 10
+	}
+	return l
+}
+
+// requestError is a refusal with its HTTP status and a stable code.
+type requestError struct {
+	status  int
+	code    string
+	message string
+}
+
+func (e *requestError) Error() string { return e.message }
+
+func refuse(status int, code, format string, args ...any) *requestError {
+	return &requestError{status: status, code: code, message: fmt.Sprintf(format, args...)}
+}
+
+// decodedBatch is a validated request, ready to run.
+type decodedBatch struct {
+	batch txn.Batch
+	// hash identifies the request's meaning: the same JSON with other
+	// spacing or key order hashes the same.
+	hash []byte
+}
+
+// decodeBatch reads and validates a request body. Nothing is run before
+// the whole request is known to be acceptable.
+func decodeBatch(body io.Reader, catalog *hafesql.Catalog, allowRawSQL bool, lim Limits) (*decodedBatch, error) {
+	dec := json.NewDecoder(body)
+	dec.UseNumber()
+	dec.DisallowUnknownFields()
+	var req batchRequest
+	if err := dec.Decode(&req); err != nil {
+		return nil, jsonError(err)
+	}
+	if dec.More() {
+		return nil, refuse(400, "bad_json", "the body must hold one JSON object")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, refuse(400, "bad_json", "the body must hold one JSON object")
+	}
+	if len(req.Transactions) == 0 {
+		return nil, refuse(422, "no_transactions", `"transactions" must list at least one transaction`)
+	}
+	if len(req.Transactions) > lim.MaxTransactions {
+		return nil, refuse(413, "too_many_transactions", "the batch has %d transactions; the limit is %d", len(req.Transactions), lim.MaxTransactions)
+	}
+	iso, err := txn.ParseIsolation(req.Isolation)
+	if err != nil {
+		return nil, refuse(422, "bad_isolation", "%v", err)
+	}
+	b := txn.Batch{Isolation: iso, Transactions: make([]txn.Transaction, len(req.Transactions))}
+	for i, tr := range req.Transactions {
+		t, err := resolve(i+1, tr, catalog, allowRawSQL, lim)
+		if err != nil {
+			return nil, err
+		}
+		b.Transactions[i] = t
+	}
+	canonical, err := json.Marshal(req)
+	if err != nil {
+		return nil, refuse(400, "bad_json", "%v", err)
+	}
+	sum := sha256.Sum256(canonical)
+	return &decodedBatch{batch: b, hash: sum[:]}, nil
+}
+
+func resolve(seq int, tr txnRequest, catalog *hafesql.Catalog, allowRawSQL bool, lim Limits) (txn.Transaction, error) {
+	switch {
+	case tr.Template != "" && tr.SQL != nil:
+		return txn.Transaction{}, refuse(422, "bad_transaction", "transaction %d has both \"template\" and \"sql\"; give one", seq)
+	case tr.Template != "":
+		t, ok := catalog.Get(tr.Template)
+		if !ok {
+			return txn.Transaction{}, refuse(422, "unknown_template", "transaction %d: unknown template %q (known: %s)", seq, tr.Template, strings.Join(catalog.Names(), ", "))
+		}
+		if err := t.CheckArgs(tr.Args); err != nil {
+			return txn.Transaction{}, refuse(422, "bad_arguments", "transaction %d: %v", seq, err)
+		}
+		named := make(map[string]any, len(tr.Args))
+		for k, v := range tr.Args {
+			named[k] = argValue(v)
+		}
+		stmts := make([]txn.Statement, len(t.Statements))
+		for i, q := range t.Statements {
+			stmts[i] = txn.Statement{Query: q, Named: named}
+		}
+		return txn.Transaction{Statements: stmts}, nil
+	case tr.SQL != nil:
+		if !allowRawSQL {
+			return txn.Transaction{}, refuse(403, "raw_sql_disabled", "transaction %d: raw SQL is disabled on this front-end (use a template, or start it with --allow-raw-sql)", seq)
+		}
+		if tr.Args != nil {
+			return txn.Transaction{}, refuse(422, "bad_transaction", "transaction %d: \"args\" belongs to templates; raw SQL takes per-statement \"args\"", seq)
+		}
+		if len(tr.SQL) == 0 {
+			return txn.Transaction{}, refuse(422, "bad_transaction", "transaction %d: \"sql\" is empty", seq)
+		}
+		if len(tr.SQL) > lim.MaxStatements {
+			return txn.Transaction{}, refuse(413, "too_many_statements", "transaction %d has %d statements; the limit is %d", seq, len(tr.SQL), lim.MaxStatements)
+		}
+		stmts := make([]txn.Statement, len(tr.SQL))
+		for i, s := range tr.SQL {
+			if strings.TrimSpace(s.Query) == "" {
+				return txn.Transaction{}, refuse(422, "bad_transaction", "transaction %d, statement %d: empty query", seq, i+1)
+			}
+			if len(s.Query) > lim.MaxStatementBytes {
+				return txn.Transaction{}, refuse(413, "statement_too_large", "transaction %d, statement %d is %d bytes; the limit is %d", seq, i+1, len(s.Query), lim.MaxStatementBytes)
+			}
+			args := make([]any, len(s.Args))
+			for j, a := range s.Args {
+				args[j] = argValue(a)
+			}
+			stmts[i] = txn.Statement{Query: s.Query, Args: args}
+		}
+		return txn.Transaction{Statements: stmts}, nil
+	default:
+		return txn.Transaction{}, refuse(422, "bad_transaction", "transaction %d needs \"template\" or \"sql\"", seq)
+	}
+}
+
+// argValue turns a decoded JSON value into a query argument: integers stay
+// exact (int64), other numbers go as their decimal text so that numeric
+// columns keep every digit; objects and arrays go as JSON.
+func argValue(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		if n, err := strconv.ParseInt(string(x), 10, 64); err == nil {
+			return n
+		}
+		return string(x)
+	case map[string]any, []any:
+		b, _ := json.Marshal(x)
+		return string(b)
+	default:
+		return x
+	}
+}
+
+func jsonError(err error) *requestError {
+	var tooLarge *http.MaxBytesError
+	var syntax *json.SyntaxError
+	var typeErr *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syntax):
+		return refuse(400, "bad_json", "malformed JSON at byte %d: %v", syntax.Offset, err)
+	case errors.As(err, &typeErr):
+		return refuse(400, "bad_json", "field %q must be %s, not %s", typeErr.Field, typeErr.Type, typeErr.Value)
+	case errors.Is(err, io.EOF):
+		return refuse(400, "bad_json", "the body is empty; send {\"transactions\":[…]}")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return refuse(400, "bad_json", "the body ends in the middle of the JSON")
+	case errors.As(err, &tooLarge):
+		return refuse(413, "body_too_large", "the body is larger than the limit of %d bytes", tooLarge.Limit)
+	default:
+		return refuse(400, "bad_json", "%v", err)
+	}
+}

@@ -1,0 +1,224 @@
+package frontend
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	hafesql "hafe.dev/hafe/sql"
+	"hafe.dev/hafe/txn"
+	"hafe.dev/hafe/web"
+)
+
+// Config configures a front-end. Zero fields take the documented defaults.
+type Config struct {
+	// ID names this front-end in the cluster (members, batch owners).
+	ID string
+	// Addr is the HTTP address other members and operators see for it.
+	Addr string
+	// AllowRawSQL accepts {"sql":[…]} transactions besides templates.
+	AllowRawSQL bool
+	// ClientTokens are the bearer tokens accepted on /v1; none means the
+	// batch API is open (fine on loopback, not elsewhere).
+	ClientTokens []string
+	// AdminToken guards /admin; empty disables the admin routes.
+	AdminToken string
+	// Templates is the catalog of named transactions (default: built-in).
+	Templates *hafesql.Catalog
+	// Limits bound requests.
+	Limits Limits
+	// Executor tunes batch execution; its Owner is set to ID.
+	Executor txn.Config
+	// HeartbeatInterval is how often membership is refreshed (default 1s).
+	HeartbeatInterval time.Duration
+	// Retention is how long finished batches stay resumable (default 7 days);
+	// GCInterval is how often old rows are removed (default 10 minutes).
+	Retention  time.Duration
+	GCInterval time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.Templates == nil {
+		c.Templates = hafesql.Builtin()
+	}
+	c.Limits = c.Limits.withDefaults()
+	c.Executor.Owner = c.ID
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = time.Second
+	}
+	if c.Retention <= 0 {
+		c.Retention = 7 * 24 * time.Hour
+	}
+	if c.GCInterval <= 0 {
+		c.GCInterval = 10 * time.Minute
+	}
+	return c
+}
+
+// Server is one front-end: the HTTP API over a txn executor, plus its
+// membership in the cluster.
+type Server struct {
+	cfg     Config
+	pool    *pgxpool.Pool
+	exec    *txn.Executor
+	log     *slog.Logger
+	metrics *metrics
+	router  chi.Router
+
+	draining atomic.Bool
+	inflight sync.WaitGroup
+	active   atomic.Int64
+}
+
+// New returns a front-end serving batches on pool. The pool's sessions
+// should be configured with backendext.ConfigurePool(cfg, ID, …).
+func New(pool *pgxpool.Pool, cfg Config, log *slog.Logger) (*Server, error) {
+	if cfg.ID == "" {
+		return nil, errors.New("frontend: Config.ID is required")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg = cfg.withDefaults()
+	s := &Server{cfg: cfg, pool: pool, log: log.With("component", "frontend"), metrics: newMetrics()}
+	s.exec = txn.NewExecutor(pool, cfg.Executor, log.With("component", "txn"))
+	s.metrics.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "hafe_batches_in_flight", Help: "Batches this front-end is executing now.",
+	}, func() float64 { return float64(s.active.Load()) }))
+	s.router = s.routes()
+	return s, nil
+}
+
+// Handler is the front-end's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.router }
+
+func (s *Server) routes() chi.Router {
+	r := chi.NewRouter()
+	r.Use(middleware.Recoverer)
+	r.Get("/healthz", s.healthz)
+	r.Get("/readyz", s.readyz)
+	r.Handle("/metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	r.Handle("/dashboard/*", http.StripPrefix("/dashboard", web.Handler()))
+	r.Get("/dashboard", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/dashboard/", http.StatusMovedPermanently)
+	})
+	r.Route("/v1", func(r chi.Router) {
+		r.Use(s.requireToken(s.cfg.ClientTokens, false))
+		r.Post("/batches", s.postBatch)
+		r.Get("/templates", s.listTemplates)
+	})
+	r.Route("/admin", func(r chi.Router) {
+		var tokens []string
+		if s.cfg.AdminToken != "" {
+			tokens = []string{s.cfg.AdminToken}
+		}
+		r.Use(s.requireToken(tokens, true))
+		r.Get("/members", s.listMembers)
+		r.Get("/batches/{id}", s.getBatch)
+		r.Post("/drain", s.drain)
+		r.Post("/gc", s.runGC)
+	})
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, refuse(404, "not_found", "no route %s %s", r.Method, r.URL.Path))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, refuse(405, "method_not_allowed", "%s is not allowed on %s", r.Method, r.URL.Path))
+	})
+	return r
+}
+
+type clientKey struct{}
+
+// requireToken checks the bearer token. The matched token's hash scopes
+// idempotency keys, so two clients cannot collide on a key. With no tokens
+// configured, the routes are open unless closedWhenEmpty.
+func (s *Server) requireToken(tokens []string, closedWhenEmpty bool) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if len(tokens) == 0 {
+				if closedWhenEmpty {
+					writeError(w, refuse(404, "admin_disabled", "the admin routes are disabled on this front-end (start it with --admin-token)"))
+					return
+				}
+				next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), clientKey{}, "open")))
+				return
+			}
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="hafe"`)
+				writeError(w, refuse(401, "unauthorized", "send the header: Authorization: Bearer <token>"))
+				return
+			}
+			for _, t := range tokens {
+				if subtle.ConstantTimeCompare([]byte(got), []byte(t)) == 1 {
+					sum := sha256.Sum256([]byte(t))
+					ctx := context.WithValue(r.Context(), clientKey{}, hex.EncodeToString(sum[:8]))
+					next.ServeHTTP(w, r.WithContext(ctx))
+					return
+				}
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="hafe", error="invalid_token"`)
+			writeError(w, refuse(401, "unauthorized", "the bearer token is not valid here"))
+		})
+	}
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, 200, map[string]any{"status": "ok", "id": s.cfg.ID})
+}
+
+// readyz fails while draining or when the database does not answer, so a
+// load balancer sends new batches elsewhere.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		writeJSON(w, 503, map[string]any{"status": "draining", "id": s.cfg.ID})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.pool.Ping(ctx); err != nil {
+		writeJSON(w, 503, map[string]any{"status": "database unreachable", "id": s.cfg.ID, "error": err.Error()})
+		return
+	}
+	writeJSON(w, 200, map[string]any{"status": "ready", "id": s.cfg.ID})
+}
+
+func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
+	type tmpl struct {
+		Name string   `json:"name"`
+		Doc  string   `json:"doc"`
+		Args []string `json:"args"`
+	}
+	var out []tmpl
+	for _, n := range s.cfg.Templates.Names() {
+		t, _ := s.cfg.Templates.Get(n)
+		out = append(out, tmpl{t.Name, t.Doc, t.Args})
+	}
+	writeJSON(w, 200, map[string]any{"templates": out, "raw_sql": s.cfg.AllowRawSQL})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// writeError sends a refusal as {"error":{"code":…,"message":…}}.
+func writeError(w http.ResponseWriter, e *requestError) {
+	writeJSON(w, e.status, map[string]any{"error": map[string]string{"code": e.code, "message": e.message}})
+}

@@ -1,0 +1,2 @@
+-- Read account @id.
+SELECT id, owner, balance FROM accounts WHERE id = @id;
