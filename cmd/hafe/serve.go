@@ -1,0 +1,158 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	backendext "hafe.dev/hafe/backend-ext"
+	"hafe.dev/hafe/frontend"
+	hafesql "hafe.dev/hafe/sql"
+	"hafe.dev/hafe/txn"
+)
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", "serve --db URL [--listen ADDR] [--id NAME] [flags]",
+		"Runs one front-end: POST /v1/batches executes batches of transactions on\nPostgreSQL, each exactly once. Several front-ends share one database.", stderr)
+	var (
+		db           = fs.String("db", "", "PostgreSQL URL (required), e.g. postgres://hafe:secret@db:5432/app")
+		listen       = fs.String("listen", "127.0.0.1:8080", "HTTP listen address")
+		advertise    = fs.String("advertise", "", "address other members and operators reach this front-end at (default: --listen)")
+		id           = fs.String("id", "", "this front-end's name in the cluster (default: host name and port)")
+		rawSQL       = fs.Bool("allow-raw-sql", false, `accept {"sql":[...]} transactions, not only templates`)
+		templates    = fs.String("templates", "", "directory of NAME.sql transaction templates (default: the built-in demo bank templates)")
+		install      = fs.Bool("install", false, "install or upgrade hafe's back-end objects at start (as hafe db install)")
+		adminToken   = fs.String("admin-token", "", "bearer token for /admin routes (empty: admin routes disabled)")
+		poolSize     = fs.Int("pool-size", 20, "maximum database connections")
+		idleInTx     = fs.Duration("idle-in-transaction-timeout", 30*time.Second, "idle_in_transaction_session_timeout of this front-end's sessions")
+		maxAttempts  = fs.Int("max-attempts", 5, "attempts per transaction on serialization failure or deadlock")
+		fenceGrace   = fs.Duration("fence-grace", 5*time.Second, "wait for a previous owner's open transaction before terminating its session")
+		liveness     = fs.Duration("owner-liveness", 10*time.Second, "a member whose heartbeat is older than this is considered gone")
+		heartbeat    = fs.Duration("heartbeat", time.Second, "membership heartbeat interval")
+		settle       = fs.Duration("settle-timeout", time.Minute, "how long a batch waits for a lost database before giving up")
+		retention    = fs.Duration("retention", 7*24*time.Hour, "how long finished batches stay resumable")
+		maxBody      = fs.Int64("max-body-bytes", 8<<20, "largest request body")
+		maxTxns      = fs.Int("max-transactions", 10000, "most transactions per batch")
+		maxStmts     = fs.Int("max-statements", 100, "most statements per raw SQL transaction")
+		maxRows      = fs.Int("max-result-rows", 10000, "most rows per statement result; more aborts the transaction")
+		maxReport    = fs.Int("max-report-bytes", 1<<20, "largest report line per transaction; larger aborts it")
+		drainTimeout = fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long running batches may take to finish")
+		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
+		logJSON      = fs.Bool("log-json", false, "log JSON lines instead of text")
+	)
+	var tokens stringList
+	fs.Var(&tokens, "token", "client bearer token accepted on /v1 (repeatable or comma-separated; none: open API)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *db == "" {
+		fs.Usage()
+		return errors.New("--db is required")
+	}
+	log, err := newLogger(stderr, *logLevel, *logJSON)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	addr := *advertise
+	if addr == "" {
+		addr = ln.Addr().String()
+	}
+	if *id == "" {
+		host, _ := os.Hostname()
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		*id = host + ":" + port
+	}
+	catalog := hafesql.Builtin()
+	if *templates != "" {
+		if catalog, err = hafesql.LoadDir(*templates); err != nil {
+			ln.Close()
+			return err
+		}
+	}
+
+	poolCfg, err := pgxpool.ParseConfig(*db)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("--db: %w", err)
+	}
+	poolCfg.MaxConns = int32(*poolSize)
+	backendext.ConfigurePool(poolCfg, *id, *idleInTx)
+	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("database: %w", err)
+	}
+	defer pool.Close()
+	if *install {
+		if err := installWithPool(ctx, pool, log); err != nil {
+			ln.Close()
+			return err
+		}
+	}
+
+	fe, err := frontend.New(pool, frontend.Config{
+		ID: *id, Addr: addr, AllowRawSQL: *rawSQL, ClientTokens: tokens, AdminToken: *adminToken,
+		Templates: catalog,
+		Limits:    frontend.Limits{MaxBodyBytes: *maxBody, MaxTransactions: *maxTxns, MaxStatements: *maxStmts},
+		Executor: txn.Config{
+			MaxAttempts: *maxAttempts, FenceGrace: *fenceGrace, OwnerLiveness: *liveness, SettleTimeout: *settle,
+			Limits: txn.Limits{MaxRows: *maxRows, MaxReportBytes: *maxReport},
+		},
+		HeartbeatInterval: *heartbeat, Retention: *retention,
+	}, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+
+	// Batches run on their own context: a SIGTERM first lets them finish.
+	batchCtx, cancelBatches := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelBatches()
+	srv := &http.Server{
+		Handler:           fe.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return batchCtx },
+	}
+	memberCtx, stopMember := context.WithCancel(context.WithoutCancel(ctx))
+	memberDone := make(chan struct{})
+	go func() { fe.Run(memberCtx); close(memberDone) }()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("front-end serving", "id", *id, "listen", ln.Addr().String(), "raw_sql", *rawSQL, "templates", len(catalog.Names()))
+
+	var drained <-chan struct{}
+	select {
+	case err := <-served:
+		stopMember()
+		<-memberDone
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+		log.Info("shutting down: draining running batches", "timeout", *drainTimeout)
+		drained = fe.Drain()
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), *drainTimeout)
+	defer cancel()
+	select {
+	case <-drained:
+	case <-shutdownCtx.Done():
+		log.Warn("drain timeout: interrupting running batches; clients resume them elsewhere")
+		cancelBatches()
+	}
+	srv.Shutdown(shutdownCtx)
+	srv.Close()
+	stopMember()
+	<-memberDone
+	log.Info("front-end stopped", "id", *id)
+	return nil
+}

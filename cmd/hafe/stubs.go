@@ -1,0 +1,19 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return errors.New("submit: not built yet")
+}
+
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return errors.New("demo: not built yet")
+}
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return errors.New("bench: not built yet")
+}
