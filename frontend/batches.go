@@ -4,6 +4,7 @@ import (
 	"errors"
 	"mime"
 	"net/http"
+	"strings"
 	"time"
 
 	"hafe.dev/hafe/txn"
@@ -29,7 +30,10 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 
 	if ct := r.Header.Get("Content-Type"); ct != "" {
-		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+		// curl -d sends application/x-www-form-urlencoded unless told
+		// otherwise; accept it rather than make every first try fail.
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || !(mt == "application/json" || strings.HasSuffix(mt, "+json") || mt == "application/x-www-form-urlencoded") {
 			s.refuse(w, refuse(415, "unsupported_media_type", "send the batch as application/json, not %q", ct))
 			return
 		}

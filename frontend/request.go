@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -199,7 +200,7 @@ func jsonError(err error) *requestError {
 	case errors.As(err, &syntax):
 		return refuse(400, "bad_json", "malformed JSON at byte %d: %v", syntax.Offset, err)
 	case errors.As(err, &typeErr):
-		return refuse(400, "bad_json", "field %q must be %s, not %s", typeErr.Field, typeErr.Type, typeErr.Value)
+		return refuse(400, "bad_json", "field %q must be %s, not a JSON %s", typeErr.Field, jsonKind(typeErr.Type), typeErr.Value)
 	case errors.Is(err, io.EOF):
 		return refuse(400, "bad_json", "the body is empty; send {\"transactions\":[…]}")
 	case errors.Is(err, io.ErrUnexpectedEOF):
@@ -209,4 +210,21 @@ func jsonError(err error) *requestError {
 	default:
 		return refuse(400, "bad_json", "%v", err)
 	}
+}
+
+// jsonKind names a Go type the way a JSON author thinks of it.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Struct, reflect.Map:
+		return "an object"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Float64:
+		return "a number"
+	}
+	return t.String()
 }
