@@ -32,13 +32,19 @@ CREATE TABLE outcomes (
     PRIMARY KEY (batch_id, seq)
 );
 
--- MTCP connection snapshots for eager transfer.
+-- MTCP connection snapshots for eager transfer: what a front-end that never
+-- saw a connection needs to verify its MIGRATE and reinstate it. (counter,
+-- seq) only grows; a stale save is refused.
 CREATE TABLE snapshots (
-    conn_id    bytea PRIMARY KEY,
+    conn_id    bytea PRIMARY KEY CHECK (length(conn_id) = 16),
     owner      text,
-    record     bytea NOT NULL,
-    in_offset  bigint NOT NULL DEFAULT 0,
-    out_offset bigint NOT NULL DEFAULT 0,
+    secret     bytea NOT NULL,
+    counter    bigint NOT NULL,
+    seq        bigint NOT NULL,
+    in_offset  bigint NOT NULL,
+    out_offset bigint NOT NULL,
+    state      bytea NOT NULL,
+    out_tail   bytea NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
