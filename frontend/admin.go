@@ -60,7 +60,7 @@ func (s *Server) getBatch(w http.ResponseWriter, r *http.Request) {
 func (s *Server) drain(w http.ResponseWriter, r *http.Request) {
 	s.Drain()
 	s.log.Info("draining on operator request")
-	writeJSON(w, 202, map[string]any{"status": "draining", "batches_in_flight": s.active.Load()})
+	writeJSON(w, 202, map[string]any{"status": "draining", "batches_in_flight": s.batches.running()})
 }
 
 func (s *Server) runGC(w http.ResponseWriter, r *http.Request) {

@@ -18,15 +18,12 @@ const maxKeyLength = 255
 // retry of the same request resumes the batch: recorded slots are reported
 // from the back-end with identical bytes, the rest run.
 func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
+	if !s.batches.begin() {
 		w.Header().Set("Retry-After", "1")
 		s.refuse(w, refuse(503, "draining", "this front-end is draining; send the batch to another one"))
 		return
 	}
-	s.inflight.Add(1)
-	defer s.inflight.Done()
-	s.active.Add(1)
-	defer s.active.Add(-1)
+	defer s.batches.end()
 	start := time.Now()
 
 	if ct := r.Header.Get("Content-Type"); ct != "" {

@@ -39,7 +39,7 @@ func (s *Server) heartbeat(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.HeartbeatInterval*2)
 	defer cancel()
 	err := backendext.Heartbeat(ctx, s.pool, backendext.Member{
-		ID: s.cfg.ID, HTTPAddr: s.cfg.Addr, Load: float64(s.active.Load()), Draining: s.draining.Load(),
+		ID: s.cfg.ID, HTTPAddr: s.cfg.Addr, Load: float64(s.batches.running()), Draining: s.batches.isDraining(),
 	})
 	if err != nil && ctx.Err() == nil {
 		s.log.Warn("heartbeat", "err", err)
@@ -64,11 +64,8 @@ func (s *Server) collect(ctx context.Context) (int64, error) {
 // Drain stops accepting batches; those running go on to their end. The
 // returned channel closes when none is left.
 func (s *Server) Drain() <-chan struct{} {
-	s.draining.Store(true)
-	done := make(chan struct{})
-	go func() { s.inflight.Wait(); close(done) }()
-	return done
+	return s.batches.drain()
 }
 
 // Draining reports whether Drain was called.
-func (s *Server) Draining() bool { return s.draining.Load() }
+func (s *Server) Draining() bool { return s.batches.isDraining() }

@@ -10,8 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -80,9 +78,7 @@ type Server struct {
 	metrics *metrics
 	router  chi.Router
 
-	draining atomic.Bool
-	inflight sync.WaitGroup
-	active   atomic.Int64
+	batches inflight
 }
 
 // New returns a front-end serving batches on pool. The pool's sessions
@@ -99,7 +95,7 @@ func New(pool *pgxpool.Pool, cfg Config, log *slog.Logger) (*Server, error) {
 	s.exec = txn.NewExecutor(pool, cfg.Executor, log.With("component", "txn"))
 	s.metrics.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "hafe_batches_in_flight", Help: "Batches this front-end is executing now.",
-	}, func() float64 { return float64(s.active.Load()) }))
+	}, func() float64 { return float64(s.batches.running()) }))
 	s.router = s.routes()
 	return s, nil
 }
@@ -185,7 +181,7 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 // readyz fails while draining or when the database does not answer, so a
 // load balancer sends new batches elsewhere.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
+	if s.batches.isDraining() {
 		writeJSON(w, 503, map[string]any{"status": "draining", "id": s.cfg.ID})
 		return
 	}
