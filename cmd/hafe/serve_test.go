@@ -1,0 +1,177 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	backendext "hafe.dev/hafe/backend-ext"
+	"hafe.dev/hafe/internal/pgtemp"
+)
+
+var (
+	serveBinOnce sync.Once
+	serveBin     string
+	serveBinErr  error
+)
+
+// buildServeBinary builds the hafe binary once per test process.
+func buildServeBinary(t *testing.T) string {
+	t.Helper()
+	serveBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "hafe-bin-")
+		if err != nil {
+			serveBinErr = err
+			return
+		}
+		serveBin = filepath.Join(dir, "hafe")
+		out, err := exec.Command("go", "build", "-o", serveBin, ".").CombinedOutput()
+		if err != nil {
+			serveBinErr = fmt.Errorf("go build: %v: %s", err, out)
+		}
+	})
+	if serveBinErr != nil {
+		t.Fatal(serveBinErr)
+	}
+	return serveBin
+}
+
+func pickServeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func TestServeFinishesRunningBatchOnSIGTERMThenLeaves(t *testing.T) {
+	bin := buildServeBinary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pg, err := pgtemp.Start(ctx, pgtemp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Stop()
+	url, err := pg.NewDatabase(ctx, "serve")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := pickServeAddr(t)
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "serve", "--db", url, "--listen", addr, "--id", "fe-term", "--install", "--allow-raw-sql", "--drain-timeout", "1m")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer cmd.Process.Kill()
+	waitServeReady(t, "http://"+addr)
+
+	body := `{"transactions":[` + strings.TrimSuffix(strings.Repeat(`{"sql":[{"query":"SELECT pg_sleep(0.1)"}]},`, 8), ",") + `]}`
+	resp, err := http.Post("http://"+addr+"/v1/batches", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	lines := bufio.NewScanner(resp.Body)
+	if !lines.Scan() {
+		t.Fatalf("no first line: %v", lines.Err())
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	// New batches are refused while the running one finishes.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := http.Post("http://"+addr+"/v1/batches", "application/json", strings.NewReader(body))
+		if err != nil {
+			break // listener already closed: also a refusal
+		}
+		r.Body.Close()
+		if r.StatusCode == http.StatusServiceUnavailable {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a new batch got %d while draining", r.StatusCode)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var last string
+	n := 1
+	for lines.Scan() {
+		last = lines.Text()
+		n++
+	}
+	if n != 9 || !strings.HasPrefix(last, `{"done":true`) {
+		t.Fatalf("got %d lines, last %q; want 8 reports and the done line", n, last)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("hafe serve exited with %v\n%s", err, logs.String())
+		}
+	case <-ctx.Done():
+		t.Fatal("hafe serve did not exit after draining")
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	ms, err := backendext.ListMembers(ctx, conn, time.Hour)
+	if err != nil || len(ms) != 0 {
+		t.Fatalf("members after exit: %+v (err %v)", ms, err)
+	}
+}
+
+func TestServeWithoutDatabaseExplains(t *testing.T) {
+	bin := buildServeBinary(t)
+	out, err := exec.Command(bin, "serve").CombinedOutput()
+	if code := serveExitCode(err); code != 2 || !strings.Contains(string(out), "--db is required") {
+		t.Fatalf("exit %d, output:\n%s", code, out)
+	}
+	out, err = exec.Command(bin, "serve", "--db", "postgres://nobody@127.0.0.1:1/x", "--listen", "127.0.0.1:0", "--max-attempts", "many").CombinedOutput()
+	if code := serveExitCode(err); code != 2 || !strings.Contains(string(out), "invalid value") {
+		t.Fatalf("bad flag: exit %d, output:\n%s", code, out)
+	}
+}
+
+func serveExitCode(err error) int {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+func waitServeReady(t *testing.T, base string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		r, err := http.Get(base + "/readyz")
+		if err == nil {
+			r.Body.Close()
+			if r.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s never became ready", base)
+}
