@@ -92,6 +92,11 @@ func decodeBatch(body io.Reader, catalog *hafesql.Catalog, allowRawSQL bool, lim
 		return nil, refuse(400, "bad_json", "the body must hold one JSON object")
 	}
 	if _, err := dec.Token(); err != io.EOF {
+		// Padding after the object still counts against the body limit.
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, jsonError(err)
+		}
 		return nil, refuse(400, "bad_json", "the body must hold one JSON object")
 	}
 	if len(req.Transactions) == 0 {
