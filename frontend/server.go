@@ -56,6 +56,11 @@ func (c Config) withDefaults() Config {
 	}
 	c.Limits = c.Limits.withDefaults()
 	c.Executor.Owner = c.ID
+	if c.Executor.OwnerLiveness <= 0 {
+		// The admin routes judge liveness with it too: the executor's
+		// default, or every member would show as gone.
+		c.Executor.OwnerLiveness = 10 * time.Second
+	}
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = time.Second
 	}
