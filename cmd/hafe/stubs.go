@@ -13,7 +13,3 @@ func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return errors.New("demo: not built yet")
 }
-
-func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("bench: not built yet")
-}

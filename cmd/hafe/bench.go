@@ -1,0 +1,206 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	backendext "hafe.dev/hafe/backend-ext"
+	"hafe.dev/hafe/frontend"
+	"hafe.dev/hafe/internal/batchbench"
+	"hafe.dev/hafe/internal/pgtemp"
+	hafesql "hafe.dev/hafe/sql"
+)
+
+const benchUsage = `Usage: hafe bench <benchmark> [flags]
+
+Benchmarks (each prints its measurements side by side from one run):
+  batches   POST /v1/batches through hafe vs a plain chi+pgx handler that
+            records nothing: transactions/s and per-transaction latency
+`
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, benchUsage)
+		if len(args) == 0 {
+			return errors.New("bench: name a benchmark")
+		}
+		return nil
+	}
+	switch args[0] {
+	case "batches":
+		return runBenchBatches(ctx, args[1:], stdout, stderr)
+	}
+	fmt.Fprint(stderr, benchUsage)
+	return fmt.Errorf("bench: unknown benchmark %q", args[0])
+}
+
+func runBenchBatches(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench batches", "bench batches [--db URL] [flags]",
+		"Sends batches of the demo bank's transfers from concurrent clients over\n"+
+			"loopback HTTP to a hafe front-end and to a plain chi+pgx handler that runs\n"+
+			"the same transactions (BEGIN, statements, COMMIT in one round trip) but\n"+
+			"records nothing, alternating in rounds, and prints hafe/plain ratios.\n"+
+			"Without --db it starts a throwaway PostgreSQL from the local server\n"+
+			"binaries. With --db it installs hafe and the demo bank's accounts table\n"+
+			"there and resets its balances: use a scratch database.", stderr)
+	var (
+		db          = fs.String("db", "", "PostgreSQL URL of a scratch database (default: a throwaway server)")
+		clients     = fs.Int("clients", 8, "concurrent clients")
+		batchSize   = fs.Int("batch-size", 50, "transfers per batch")
+		accounts    = fs.Int("accounts", 100, "transfers go between accounts 1..N (at most 100, the demo bank's)")
+		duration    = fs.Duration("duration", 5*time.Second, "measuring time per side per round")
+		rounds      = fs.Int("rounds", 2, "rounds; each runs both sides, in alternating order")
+		poolSize    = fs.Int("pool-size", 16, "database connections of each side")
+		keys        = fs.Bool("keys", true, "send an Idempotency-Key with every batch to hafe")
+		interactive = fs.Bool("interactive", false, "also measure a plain handler that sends one statement per round trip")
+		seed        = fs.Uint64("seed", 1, "seed of the generated batches")
+	)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *accounts < 2 || *accounts > 100 || *clients < 1 || *batchSize < 1 || *rounds < 1 || *duration <= 0 {
+		return errors.New("bench batches: need 2 ≤ --accounts ≤ 100, --clients, --batch-size, --rounds ≥ 1 and --duration > 0")
+	}
+	url := *db
+	if url == "" {
+		fmt.Fprintln(stderr, "starting a throwaway PostgreSQL…")
+		srv, err := pgtemp.Start(ctx, pgtemp.Options{})
+		if err != nil {
+			return err
+		}
+		defer srv.Stop()
+		if url, err = srv.NewDatabase(ctx, "bench"); err != nil {
+			return err
+		}
+	}
+	if err := prepareBenchDB(ctx, url); err != nil {
+		return err
+	}
+	newPool := func(id string) (*pgxpool.Pool, error) {
+		cfg, err := pgxpool.ParseConfig(url)
+		if err != nil {
+			return nil, fmt.Errorf("--db: %w", err)
+		}
+		cfg.MaxConns = int32(*poolSize)
+		backendext.ConfigurePool(cfg, id, time.Minute)
+		return pgxpool.NewWithConfig(ctx, cfg)
+	}
+	hafePool, err := newPool("bench-hafe")
+	if err != nil {
+		return err
+	}
+	defer hafePool.Close()
+	plainPool, err := newPool("bench-plain")
+	if err != nil {
+		return err
+	}
+	defer plainPool.Close()
+
+	fe, err := frontend.New(hafePool, frontend.Config{ID: "bench-hafe"}, nil)
+	if err != nil {
+		return err
+	}
+	memberCtx, stopMember := context.WithCancel(ctx)
+	memberDone := make(chan struct{})
+	go func() { fe.Run(memberCtx); close(memberDone) }()
+	defer func() { stopMember(); <-memberDone }()
+
+	type side struct {
+		name string
+		url  string
+		runs []batchbench.Result
+	}
+	var sides []*side
+	hafeURL, stopHafe, err := batchbench.Serve(fe.Handler())
+	if err != nil {
+		return err
+	}
+	defer stopHafe()
+	sides = append(sides, &side{name: "hafe", url: hafeURL})
+	catalog := hafesql.Builtin()
+	plainURL, stopPlain, err := batchbench.Serve(batchbench.NewPlain(plainPool, catalog, batchbench.Pipelined))
+	if err != nil {
+		return err
+	}
+	defer stopPlain()
+	sides = append(sides, &side{name: "plain", url: plainURL})
+	if *interactive {
+		u, stop, err := batchbench.Serve(batchbench.NewPlain(plainPool, catalog, batchbench.Interactive))
+		if err != nil {
+			return err
+		}
+		defer stop()
+		sides = append(sides, &side{name: "plain-interactive", url: u})
+	}
+
+	w := batchbench.Workload{Clients: *clients, BatchSize: *batchSize, Accounts: *accounts, Seed: *seed}
+	client := batchbench.NewClient(*clients)
+	fmt.Fprintf(stdout, "workload: %d clients, batches of %d transfers among %d accounts, %s per side per round, %d rounds, pool %d\n",
+		*clients, *batchSize, *accounts, *duration, *rounds, *poolSize)
+	run := func(s *side, batches int, d time.Duration) (batchbench.Result, error) {
+		if err := batchbench.ResetAccounts(ctx, plainPool); err != nil {
+			return batchbench.Result{}, err
+		}
+		sw := w
+		sw.Keys = *keys && s.name == "hafe"
+		return batchbench.Run(ctx, client, s.url, sw, batches, d)
+	}
+	// Warm up: connections, prepared statements, the Go runtime.
+	for _, s := range sides {
+		if _, err := run(s, 2**clients, 0); err != nil {
+			return fmt.Errorf("warm-up of %s: %w", s.name, err)
+		}
+	}
+	for round := range *rounds {
+		order := append([]*side(nil), sides...)
+		if round%2 == 1 {
+			for i, j := 0, len(order)-1; i < j; i, j = i+1, j-1 {
+				order[i], order[j] = order[j], order[i]
+			}
+		}
+		for _, s := range order {
+			r, err := run(s, 0, *duration)
+			if err != nil {
+				return fmt.Errorf("round %d, %s: %w", round+1, s.name, err)
+			}
+			s.runs = append(s.runs, r)
+			fmt.Fprintf(stdout, "round %d  %-18s %7.0f tx/s  p50 %6.1fms  p99 %6.1fms\n", round+1, s.name, r.TxPerSec(),
+				float64(r.Quantile(0.5).Microseconds())/1000, float64(r.Quantile(0.99).Microseconds())/1000)
+		}
+	}
+	var table []batchbench.Side
+	for _, s := range sides {
+		table = append(table, batchbench.Side{Name: s.name, Result: batchbench.Merge(s.runs...)})
+	}
+	fmt.Fprintln(stdout)
+	fmt.Fprint(stdout, batchbench.Table(table...))
+	ratio := table[0].Result.TxPerSec() / table[1].Result.TxPerSec()
+	verdict := "meets"
+	if ratio < 0.85 {
+		verdict = "is below"
+	}
+	fmt.Fprintf(stdout, "\nhafe/plain throughput %.2fx %s the target of 0.85x\n", ratio, verdict)
+	return nil
+}
+
+// prepareBenchDB installs hafe and the demo bank.
+func prepareBenchDB(ctx context.Context, url string) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := backendext.Install(ctx, conn, backendext.InstallOptions{}, nil); err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, hafesql.DemoSchema()); err != nil {
+		return fmt.Errorf("demo schema: %w", err)
+	}
+	return nil
+}
