@@ -1,0 +1,605 @@
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	hafesql "hafe.dev/hafe/sql"
+	"hafe.dev/hafe/test/checker"
+	"hafe.dev/hafe/test/harness"
+)
+
+// The failover workload: failoverSlots raw-SQL transactions, each recording
+// its slot in runs, moving failoverAmount between two accounts and sleeping
+// a little so that a fault lands mid-batch; every failoverAbortEvery-th one
+// then divides by zero and aborts, so that aborted outcomes fail over too.
+const (
+	failoverSlots      = 60
+	failoverFaultAfter = failoverSlots / 3 // lines the client reads before the fault
+	failoverAmount     = 5
+	failoverAbortEvery = 10
+	failoverTotal      = "100000.00" // sum of the demo schema's balances
+)
+
+// frontEndFlags make takeovers quick: an owner is gone 1s after its last
+// heartbeat, and a stuck owner's session is terminated after 1s.
+var frontEndFlags = []string{"--allow-raw-sql", "--heartbeat", "200ms", "--owner-liveness", "1s", "--fence-grace", "1s"}
+
+// TestFailoverKilledFrontEnd: fe1 is killed (docker kill) a third into a
+// batch; the client retries with the same Idempotency-Key on fe2, which
+// resumes the batch. Every slot commits at most once, everything fe1
+// reported is durable, and the two streams agree byte for byte.
+func TestFailoverKilledFrontEnd(t *testing.T) {
+	c := startFailoverCluster(t, 2)
+	fe1, fe2 := c.fes[0], c.fes[1]
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	const key = "failover-kill"
+	body := failoverBatch(failoverSlots)
+
+	first := mustStartBatch(ctx, t, fe1, key, body)
+	if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
+		t.Fatalf("fe1 stream before the kill: %v", err)
+	}
+	if err := fe1.Kill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.waitEnd(ctx, 30*time.Second); err != nil {
+		t.Fatalf("fe1's stream did not end after the kill: %v", err)
+	}
+	requireCutOff(t, "fe1", first)
+
+	retries := submitUntilDone(ctx, t, fe2, key, body)
+	streams := append([][]byte{first.bytes()}, streamBytes(retries)...)
+	batchID := sameBatch(t, first, retries)
+	c.check(ctx, t, batchID, streams)
+}
+
+// TestFailoverCutOffFrontEndIsFenced: fe1 is cut off the Docker network a
+// third into a batch, so its database session stalls, possibly inside a
+// slot transaction holding the batch's lease. The retry on fe2 takes the
+// batch over (fencing fe1's session after --fence-grace) and finishes it.
+// When fe1 comes back it must not commit anything more for the batch (G4),
+// and a replay of the finished batch from fe1 carries the same bytes.
+func TestFailoverCutOffFrontEndIsFenced(t *testing.T) {
+	c := startFailoverCluster(t, 2)
+	fe1, fe2 := c.fes[0], c.fes[1]
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	const key = "failover-cut-off"
+	body := failoverBatch(failoverSlots)
+
+	first := mustStartBatch(ctx, t, fe1, key, body)
+	if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
+		t.Fatalf("fe1 stream before the cut: %v", err)
+	}
+	if err := fe1.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cutAt := first.lineCount()
+
+	retries := submitUntilDone(ctx, t, fe2, key, body)
+	batchID := sameBatch(t, first, retries)
+	// fe1's stream is still open (the test reaches fe1 on another network)
+	// and stalled: whatever it delivered so far must fit.
+	c.check(ctx, t, batchID, append([][]byte{first.bytes()}, streamBytes(retries)...))
+	before := c.rows(ctx, t, batchID)
+	t.Logf("fe1 delivered %d lines (%d when cut off); fe2 finished the batch; fe1 wrote %d outcomes, fe2 %d",
+		first.lineCount(), cutAt, before.byOwner["fe1"], before.byOwner["fe2"])
+
+	if err := fe1.Reconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// fe1 finds out it was fenced once its dead session's TCP connection
+	// answers again; give it a bounded while, then hang up on it, which
+	// cancels its request either way.
+	if err := first.waitEnd(ctx, 45*time.Second); err != nil {
+		t.Logf("fe1's stream still open %s after reconnecting (%v); closing it", 45*time.Second, err)
+		first.close()
+	}
+	t.Logf("fe1's first stream ended after %d lines: %q", first.lineCount(), lastLine(first.bytes()))
+	if d := first.bytes(); bytes.Contains(d, []byte(`"done":true`)) {
+		t.Errorf("fe1 reported the batch done after it was fenced")
+	}
+
+	// fe1 is back on the network with a fresh heartbeat: asking it for the
+	// batch again replays the finished batch from the database.
+	replay := submitUntilDone(ctx, t, fe1, key, body)
+	after := c.rows(ctx, t, batchID)
+	if !after.equal(before) {
+		t.Errorf("G4: the batch's rows changed after fe1 came back:\nbefore %s\nafter  %s", before, after)
+	}
+	streams := append([][]byte{first.bytes()}, streamBytes(retries)...)
+	streams = append(streams, streamBytes(replay)...)
+	c.check(ctx, t, batchID, streams)
+}
+
+// TestFailoverPostgresRestart: PostgreSQL restarts a third into a batch run
+// by a single front-end, killed (crash recovery) or stopped (fast shutdown).
+// The front-end settles the slot it was in by looking up its outcome and
+// goes on, or the client retries with the same key; either way each slot
+// commits once and the streams agree.
+func TestFailoverPostgresRestart(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		grace time.Duration
+	}{
+		{"killed", 0},
+		{"stopped", 10 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := startFailoverCluster(t, 1)
+			fe := c.fes[0]
+			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+			defer cancel()
+			key := "failover-pg-" + tc.name
+			body := failoverBatch(failoverSlots)
+
+			first := mustStartBatch(ctx, t, fe, key, body)
+			if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
+				t.Fatalf("stream before the restart: %v", err)
+			}
+			start := time.Now()
+			if err := c.pg.Restart(ctx, tc.grace); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("postgres back after %s", time.Since(start).Round(time.Millisecond))
+			if err := first.waitEnd(ctx, 90*time.Second); err != nil {
+				t.Fatalf("the stream neither finished nor ended after the restart: %v", err)
+			}
+			streams := [][]byte{first.bytes()}
+			batchID := first.batchID
+			if !hasDone(first.bytes()) {
+				t.Logf("the front-end interrupted the batch (%q); retrying with the key", lastLine(first.bytes()))
+				retries := submitUntilDone(ctx, t, fe, key, body)
+				batchID = sameBatch(t, first, retries)
+				streams = append(streams, streamBytes(retries)...)
+			}
+			c.check(ctx, t, batchID, streams)
+		})
+	}
+}
+
+// failoverCluster is PostgreSQL with hafe and the demo schema installed,
+// plus front-ends fe1, fe2, … on one Docker network.
+type failoverCluster struct {
+	pg  *harness.Postgres
+	fes []*harness.Hafe
+}
+
+func startFailoverCluster(t *testing.T, frontEnds int) *failoverCluster {
+	t.Helper()
+	harness.RequireDocker(t)
+	nw := harness.NewNetwork(t)
+	pg := harness.StartPostgres(t, nw, harness.PostgresConfig{})
+	if code, out := harness.RunHafe(t, nw, time.Minute, "db", "install", "--db", pg.NetworkURL); code != 0 {
+		t.Fatalf("hafe db install: exit %d: %s", code, out)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	db := connect(ctx, t, pg)
+	defer db.Close(context.Background())
+	for _, q := range []string{hafesql.DemoSchema(), `CREATE TABLE runs (slot integer NOT NULL)`} {
+		if _, err := db.Exec(ctx, q); err != nil {
+			t.Fatalf("schema: %v", err)
+		}
+	}
+	fes := harness.StartHafes(t, nw, frontEnds, func(i int) harness.HafeConfig {
+		id := fmt.Sprintf("fe%d", i+1)
+		return harness.HafeConfig{Alias: id, Args: harness.ServeArgs(pg.NetworkURL, id, frontEndFlags...)}
+	})
+	return &failoverCluster{pg: pg, fes: fes}
+}
+
+// connect opens a connection from the test process; the caller closes it.
+// A fresh one per use, as PostgreSQL may have restarted since the last.
+func connect(ctx context.Context, t *testing.T, pg *harness.Postgres) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, pg.URL)
+	if err != nil {
+		t.Fatalf("connect to %s: %v", pg.URL, err)
+	}
+	return conn
+}
+
+// check runs the checker on the batch's rows and streams, then checks the
+// money: each account's balance is what the committed slots' transfers
+// make of 1000.00, once each.
+func (c *failoverCluster) check(ctx context.Context, t *testing.T, batchID string, streams [][]byte) {
+	t.Helper()
+	db := connect(ctx, t, c.pg)
+	defer db.Close(context.Background())
+	vs, err := checker.Check(ctx, db, batchID, streams, checker.Options{EffectQuery: `SELECT slot FROM runs`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vs {
+		t.Errorf("%s", v)
+	}
+	if len(vs) > 0 {
+		for i, s := range streams {
+			t.Logf("stream %d (%d bytes):\n%s", i, len(s), s)
+		}
+	}
+
+	var total string
+	if err := db.QueryRow(ctx, `SELECT sum(balance)::text FROM accounts`).Scan(&total); err != nil {
+		t.Fatal(err)
+	}
+	if total != failoverTotal {
+		t.Errorf("sum of balances %s, want %s", total, failoverTotal)
+	}
+	want := map[int]int{}
+	rows, err := db.Query(ctx, `SELECT seq FROM hafe.outcomes WHERE batch_id = $1 AND status = 'committed'`, batchID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, seq := range committed {
+		from, to := failoverAccounts(int(seq))
+		want[from] -= failoverAmount
+		want[to] += failoverAmount
+	}
+	got := map[int]int{}
+	rows, err = db.Query(ctx, `SELECT id, (balance - 1000)::int FROM accounts WHERE balance <> 1000 ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id, delta int
+	if _, err := pgx.ForEachRow(rows, []any{&id, &delta}, func() error { got[id] = delta; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for acct := 1; acct <= 100; acct++ {
+		if got[acct] != want[acct] {
+			t.Errorf("account %d moved %+d, want %+d from the %d committed transfers", acct, got[acct], want[acct], len(committed))
+		}
+	}
+	t.Logf("batch %s: %d streams, %d committed slots, checker: %d violations", batchID, len(streams), len(committed), len(vs))
+}
+
+// batchRows is what the database holds about a batch, to compare before
+// and after a fenced front-end comes back.
+type batchRows struct {
+	outcomes []string // "seq status owner epoch"
+	runs     int
+	byOwner  map[string]int
+	state    string
+	epoch    int64
+}
+
+func (c *failoverCluster) rows(ctx context.Context, t *testing.T, batchID string) batchRows {
+	t.Helper()
+	db := connect(ctx, t, c.pg)
+	defer db.Close(context.Background())
+	r := batchRows{byOwner: map[string]int{}}
+	rows, err := db.Query(ctx, `SELECT seq, status, owner, epoch FROM hafe.outcomes WHERE batch_id = $1 ORDER BY seq`, batchID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		seq           int
+		status, owner string
+		epoch         int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&seq, &status, &owner, &epoch}, func() error {
+		r.outcomes = append(r.outcomes, fmt.Sprintf("%d %s %s %d", seq, status, owner, epoch))
+		r.byOwner[owner]++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM runs`).Scan(&r.runs); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRow(ctx, `SELECT state, epoch FROM hafe.batches WHERE batch_id = $1`, batchID).Scan(&r.state, &r.epoch); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func (r batchRows) equal(o batchRows) bool {
+	if r.runs != o.runs || r.state != o.state || r.epoch != o.epoch || len(r.outcomes) != len(o.outcomes) {
+		return false
+	}
+	for i := range r.outcomes {
+		if r.outcomes[i] != o.outcomes[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func (r batchRows) String() string {
+	return fmt.Sprintf("state %s epoch %d, %d runs, %d outcomes %v", r.state, r.epoch, r.runs, len(r.outcomes), r.byOwner)
+}
+
+// failoverAccounts are the accounts slot seq moves money between.
+func failoverAccounts(seq int) (from, to int) {
+	from = seq%100 + 1
+	to = (seq*7+3)%100 + 1
+	if to == from {
+		to = to%100 + 1
+	}
+	return from, to
+}
+
+// failoverBatch is the request body of the failover workload.
+func failoverBatch(n int) []byte {
+	type stmt struct {
+		Query string `json:"query"`
+		Args  []any  `json:"args,omitempty"`
+	}
+	type tx struct {
+		SQL []stmt `json:"sql"`
+	}
+	var req struct {
+		Transactions []tx `json:"transactions"`
+	}
+	for seq := 1; seq <= n; seq++ {
+		from, to := failoverAccounts(seq)
+		t := tx{SQL: []stmt{
+			{Query: `INSERT INTO runs (slot) VALUES ($1)`, Args: []any{seq}},
+			{Query: `UPDATE accounts SET balance = balance - $1 WHERE id = $2 RETURNING id, balance`, Args: []any{failoverAmount, from}},
+			{Query: `UPDATE accounts SET balance = balance + $1 WHERE id = $2 RETURNING id, balance`, Args: []any{failoverAmount, to}},
+			{Query: `SELECT pg_sleep(0.05)`},
+		}}
+		if seq%failoverAbortEvery == 0 {
+			t.SQL = append(t.SQL, stmt{Query: `SELECT 1/0`})
+		}
+		req.Transactions = append(req.Transactions, t)
+	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// capture is one POST's response as the client received it, read in the
+// background: every byte, cut off or not.
+type capture struct {
+	status   int
+	batchID  string
+	frontEnd string
+	resumed  bool
+
+	cancel context.CancelFunc
+	notify chan struct{} // a line arrived or the stream ended
+	ended  chan struct{}
+
+	mu    sync.Mutex
+	buf   []byte
+	lines int
+	err   error // why reading stopped (io.EOF at a clean end)
+}
+
+// failoverClient opens a new connection per request: none outlives the
+// front-end it was made to.
+var failoverClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
+// startBatch POSTs the batch and, on 200, starts reading the stream. Other
+// statuses come back with the error body read and the capture ended.
+func startBatch(ctx context.Context, fe *harness.Hafe, key string, body []byte) (*capture, error) {
+	rctx, cancel := context.WithCancel(ctx)
+	req, err := http.NewRequestWithContext(rctx, http.MethodPost, fe.URL+"/v1/batches", bytes.NewReader(body))
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", key)
+	resp, err := failoverClient.Do(req)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	c := &capture{
+		status:   resp.StatusCode,
+		batchID:  resp.Header.Get("Hafe-Batch-Id"),
+		frontEnd: resp.Header.Get("Hafe-Front-End"),
+		resumed:  resp.Header.Get("Hafe-Resumed") == "true",
+		cancel:   cancel,
+		notify:   make(chan struct{}, 1),
+		ended:    make(chan struct{}),
+	}
+	if resp.StatusCode != http.StatusOK {
+		c.buf, c.err = io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		cancel()
+		close(c.ended)
+		return c, nil
+	}
+	go c.read(resp.Body)
+	return c, nil
+}
+
+func mustStartBatch(ctx context.Context, t *testing.T, fe *harness.Hafe, key string, body []byte) *capture {
+	t.Helper()
+	c, err := startBatch(ctx, fe, key, body)
+	if err != nil {
+		t.Fatalf("POST to %s: %v", fe.Alias, err)
+	}
+	t.Cleanup(c.close)
+	if c.status != http.StatusOK {
+		t.Fatalf("POST to %s: %d %s", fe.Alias, c.status, c.buf)
+	}
+	return c
+}
+
+func (c *capture) read(body io.ReadCloser) {
+	defer close(c.ended)
+	defer body.Close()
+	r := bufio.NewReader(body)
+	for {
+		chunk, err := r.ReadBytes('\n')
+		c.mu.Lock()
+		c.buf = append(c.buf, chunk...)
+		if len(chunk) > 0 && chunk[len(chunk)-1] == '\n' {
+			c.lines++
+		}
+		if err != nil {
+			c.err = err
+		}
+		c.mu.Unlock()
+		select {
+		case c.notify <- struct{}{}:
+		default:
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// waitLines waits until the stream has n complete lines.
+func (c *capture) waitLines(ctx context.Context, n int) error {
+	for {
+		c.mu.Lock()
+		lines, err := c.lines, c.err
+		c.mu.Unlock()
+		if lines >= n {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("stream ended after %d lines: %w: %q", lines, err, lastLine(c.bytes()))
+		}
+		select {
+		case <-c.notify:
+		case <-c.ended:
+		case <-ctx.Done():
+			return fmt.Errorf("%d lines of %d: %w", lines, n, ctx.Err())
+		}
+	}
+}
+
+// waitEnd waits at most d for the stream to end.
+func (c *capture) waitEnd(ctx context.Context, d time.Duration) error {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-c.ended:
+		return nil
+	case <-timer.C:
+		return fmt.Errorf("still open after %s", d)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// close hangs up and waits for the reader to stop.
+func (c *capture) close() {
+	c.cancel()
+	<-c.ended
+}
+
+func (c *capture) bytes() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return bytes.Clone(c.buf)
+}
+
+func (c *capture) lineCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lines
+}
+
+// submitUntilDone POSTs the batch to fe with key until a stream carries the
+// done line: 409 (still owned elsewhere) and 503 are retried after a pause,
+// as is a stream that ends without the done line. Bounded: at most 60
+// requests. It returns every 200 stream, the last one complete.
+func submitUntilDone(ctx context.Context, t *testing.T, fe *harness.Hafe, key string, body []byte) []*capture {
+	t.Helper()
+	var streams []*capture
+	refused := map[int]int{}
+	for attempt := 1; attempt <= 60; attempt++ {
+		c, err := startBatch(ctx, fe, key, body)
+		switch {
+		case err != nil:
+			t.Logf("POST to %s: %v", fe.Alias, err)
+		case c.status == http.StatusConflict || c.status == http.StatusServiceUnavailable:
+			refused[c.status]++
+		case c.status != http.StatusOK:
+			t.Fatalf("POST to %s: %d %s", fe.Alias, c.status, c.buf)
+		default:
+			t.Cleanup(c.close)
+			if err := c.waitEnd(ctx, 90*time.Second); err != nil {
+				t.Fatalf("stream from %s: %v", fe.Alias, err)
+			}
+			streams = append(streams, c)
+			if hasDone(c.bytes()) {
+				t.Logf("%s finished the batch on attempt %d (resumed %v, %d lines; refused before: %v)",
+					fe.Alias, attempt, c.resumed, c.lineCount(), refused)
+				return streams
+			}
+			t.Logf("stream from %s ended without the done line: %q", fe.Alias, lastLine(c.bytes()))
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("retrying on %s: %v", fe.Alias, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	t.Fatalf("%s did not finish the batch in 60 requests (refused: %v)", fe.Alias, refused)
+	return nil
+}
+
+func streamBytes(cs []*capture) [][]byte {
+	var out [][]byte
+	for _, c := range cs {
+		out = append(out, c.bytes())
+	}
+	return out
+}
+
+// sameBatch checks that every response named the first one's batch.
+func sameBatch(t *testing.T, first *capture, more []*capture) string {
+	t.Helper()
+	if first.batchID == "" {
+		t.Fatal("no Hafe-Batch-Id header")
+	}
+	for _, c := range more {
+		if c.batchID != first.batchID {
+			t.Fatalf("retry with the same key answered batch %s, the first request batch %s", c.batchID, first.batchID)
+		}
+	}
+	return first.batchID
+}
+
+// requireCutOff fails the test if the stream finished: the fault came too
+// late to test anything.
+func requireCutOff(t *testing.T, name string, c *capture) {
+	t.Helper()
+	if hasDone(c.bytes()) {
+		t.Fatalf("%s finished the batch before the fault", name)
+	}
+	c.mu.Lock()
+	err := c.err
+	c.mu.Unlock()
+	t.Logf("%s's stream cut off after %d lines (%v)", name, c.lineCount(), err)
+}
+
+func hasDone(stream []byte) bool {
+	return bytes.HasPrefix(lastLine(stream), []byte(`{"done":true`))
+}
+
+// lastLine is the stream's last complete line.
+func lastLine(stream []byte) []byte {
+	stream = stream[:bytes.LastIndexByte(stream, '\n')+1]
+	stream = bytes.TrimSuffix(stream, []byte("\n"))
+	return stream[bytes.LastIndexByte(stream, '\n')+1:]
+}
