@@ -1,0 +1,267 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"hafe.dev/hafe/client"
+)
+
+func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("submit", "submit FILE --to URL[,URL...] [--idempotency-key K] [--token T] [--quiet]",
+		`Sends the batch in FILE ("-" for standard input), a JSON object
+{"transactions":[{"template":"transfer","args":{"from":1,"to":2,"amount":10}}, …]},
+and writes the response lines to standard output as they arrive (NDJSON, one
+line per transaction, then the summary line), so the output composes with jq.
+Progress and a summary go to standard error.
+
+If a front-end dies or refuses for now (409, 503) the batch is sent again,
+with the same Idempotency-Key and body, to the next front-end of --to; the new
+front-end resumes it without running any committed transaction twice, and
+lines already written are not written again.
+
+Exit status: 0 every transaction committed, 1 some aborted, 2 an error or an
+incomplete batch (the summary then says how to resume it).
+
+Example:
+  hafe submit sql/demo/transfers.json --to 127.0.0.1:8080,127.0.0.1:8081 | jq -c 'select(.status=="aborted")'`, stderr)
+	var to stringList
+	fs.Var(&to, "to", "front-end URLs, e.g. http://10.0.0.7:8080 or host:port; retries go round-robin (required; repeatable or comma-separated)")
+	key := fs.String("idempotency-key", "", "names the batch across retries; reuse it to resume an interrupted submit (default: a random key, printed in the summary)")
+	token := fs.String("token", "", "bearer token for the front-ends' /v1 routes")
+	quiet := fs.Bool("quiet", false, "no progress or summary on standard error, only errors")
+	attempts := fs.Int("max-attempts", 10, "give up after this many requests")
+	timeout := fs.Duration("timeout", 0, "give up after this long (0: no limit)")
+	rest, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) != 1 || len(to) == 0 {
+		fs.Usage()
+		if len(rest) != 1 {
+			return errors.New("submit: give one batch FILE (or - for standard input)")
+		}
+		return errors.New("submit: --to is required")
+	}
+	file := rest[0]
+	body, n, err := readBatchFile(file)
+	if err != nil {
+		return err
+	}
+
+	p := newProgress(stderr, n, *quiet)
+	c, err := client.New(client.Config{FrontEnds: to, Token: *token, MaxAttempts: *attempts, Observe: p.event})
+	if err != nil {
+		return err
+	}
+	if *timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *timeout)
+		defer cancel()
+	}
+	start := time.Now()
+	sum, err := c.Submit(ctx, client.Request{Body: body, IdempotencyKey: *key, OnLine: func(l client.Line) error {
+		if _, err := stdout.Write(append(l.Bytes, '\n')); err != nil {
+			return fmt.Errorf("write results: %w", err)
+		}
+		p.line(l)
+		return nil
+	}})
+	p.finish(sum, time.Since(start))
+	if err != nil {
+		if !sum.Done {
+			fmt.Fprintf(stderr, "hafe: incomplete: %d of %d transactions reported; resume with: hafe submit %s --to %s --idempotency-key %s\n",
+				sum.Transactions, n, file, strings.Join(to, ","), sum.IdempotencyKey)
+		}
+		return err
+	}
+	if sum.Aborted > 0 {
+		return exitError{1}
+	}
+	return nil
+}
+
+// readBatchFile reads a batch and counts its transactions; the bytes are
+// sent as they are.
+func readBatchFile(file string) ([]byte, int, error) {
+	var body []byte
+	var err error
+	if file == "-" {
+		body, err = io.ReadAll(os.Stdin)
+	} else {
+		body, err = os.ReadFile(file)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("submit: %w", err)
+	}
+	var b struct {
+		Transactions []json.RawMessage `json:"transactions"`
+	}
+	if err := json.Unmarshal(body, &b); err != nil {
+		return nil, 0, fmt.Errorf("submit: %s is not a batch: %w", file, err)
+	}
+	if len(b.Transactions) == 0 {
+		return nil, 0, fmt.Errorf(`submit: %s has no "transactions"`, file)
+	}
+	return bytes.TrimSpace(body), len(b.Transactions), nil
+}
+
+// parseInterspersed parses flags given before and after the positional
+// arguments ("submit FILE --to URL" as well as "submit --to URL FILE"),
+// then fills the rest from HAFE_* variables, and returns the positionals.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var flags, pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			pos = append(pos, args[i+1:]...)
+			break
+		}
+		if len(a) < 2 || a[0] != '-' {
+			pos = append(pos, a)
+			continue
+		}
+		flags = append(flags, a)
+		name := strings.TrimLeft(a, "-")
+		if strings.Contains(name, "=") {
+			continue
+		}
+		f := fs.Lookup(name)
+		if f == nil {
+			continue // Parse reports it
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+			continue
+		}
+		if i+1 < len(args) {
+			i++
+			flags = append(flags, args[i])
+		}
+	}
+	if err := parseFlags(fs, append(flags, append([]string{"--"}, pos...)...)); err != nil {
+		return nil, err
+	}
+	return fs.Args(), nil
+}
+
+// progress shows a batch's progress on standard error: a bar redrawn in
+// place on a terminal, a plain line now and then otherwise. It is called
+// from Submit's goroutine only.
+type progress struct {
+	w        io.Writer
+	total    int
+	quiet    bool
+	terminal bool
+	every    time.Duration
+
+	received, committed, aborted int
+	frontEnd                     string
+	last                         time.Time
+	drawn                        bool // a bar is on the terminal's last line
+}
+
+func newProgress(w io.Writer, total int, quiet bool) *progress {
+	p := &progress{w: w, total: total, quiet: quiet, terminal: isTerminal(w), every: 2 * time.Second}
+	if p.terminal {
+		p.every = 100 * time.Millisecond
+	}
+	return p
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+func (p *progress) line(l client.Line) {
+	if l.Done {
+		return
+	}
+	p.received++
+	if l.Status == "aborted" {
+		p.aborted++
+	} else {
+		p.committed++
+	}
+	p.frontEnd = l.FrontEnd
+	if p.quiet || (time.Since(p.last) < p.every && p.received != p.total) {
+		return
+	}
+	p.last = time.Now()
+	p.show()
+}
+
+func (p *progress) show() {
+	if p.terminal {
+		const width = 30
+		filled := 0
+		if p.total > 0 {
+			filled = min(width*p.received/p.total, width)
+		}
+		fmt.Fprintf(p.w, "\r\033[K[%s%s] %d/%d  committed %d  aborted %d  via %s",
+			strings.Repeat("#", filled), strings.Repeat("-", width-filled), p.received, p.total, p.committed, p.aborted, p.frontEnd)
+		p.drawn = true
+		return
+	}
+	fmt.Fprintf(p.w, "progress: %d/%d transactions (%d committed, %d aborted) via %s\n", p.received, p.total, p.committed, p.aborted, p.frontEnd)
+}
+
+// say prints a message on its own line, under the bar.
+func (p *progress) say(format string, args ...any) {
+	if p.quiet {
+		return
+	}
+	if p.drawn {
+		fmt.Fprint(p.w, "\r\033[K")
+		p.drawn = false
+	}
+	fmt.Fprintf(p.w, format+"\n", args...)
+	if p.terminal && p.received > 0 {
+		p.show()
+	}
+}
+
+func (p *progress) event(e client.Event) {
+	switch e.Kind {
+	case client.EventStream:
+		if e.Attempt > 1 || e.Resumed {
+			p.say("%s is streaming batch %s (resumed: %v)", e.FrontEnd, e.BatchID, e.Resumed)
+		}
+	case client.EventReplayed:
+		p.say("%s replayed %d lines, identical to those already received; not repeated", e.FrontEnd, e.Replayed)
+	case client.EventRetry:
+		p.say("attempt %d failed: %v; retrying on %s in %v", e.Attempt, e.Err, e.Next, e.Wait.Round(time.Millisecond))
+	}
+}
+
+func (p *progress) finish(s client.Summary, took time.Duration) {
+	if p.quiet {
+		return
+	}
+	if p.drawn {
+		fmt.Fprint(p.w, "\r\033[K")
+		p.drawn = false
+	}
+	state := "done"
+	if !s.Done {
+		state = "INCOMPLETE"
+	}
+	fes := strings.Join(s.FrontEnds, " -> ")
+	if fes == "" {
+		fes = "none"
+	}
+	fmt.Fprintf(p.w, "%s: %d/%d transactions: %d committed, %d aborted; %d attempts (%d retries); front-ends: %s; batch %s; key %s; %v\n",
+		state, s.Transactions, p.total, s.Committed, s.Aborted, s.Attempts, s.Retries(), fes, s.BatchID, s.IdempotencyKey, took.Round(time.Millisecond))
+}
