@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -121,6 +122,7 @@ func (d *demo) run(ctx context.Context, pgSource string, n int, seed uint64, kee
 		}
 		urls = append(urls, c.url)
 	}
+	d.atExit(d.stopFrontEnds)
 	if err := d.waitReady(ctx); err != nil {
 		return err
 	}
@@ -264,6 +266,22 @@ func (d *demo) startFrontEnd(ctx context.Context, dbURL, id string) (*child, err
 	d.atExit(func() { c.stop() })
 	d.say("started front-end %s: pid %d, %s", id, cmd.Process.Pid, c.url)
 	return c, nil
+}
+
+// stopFrontEnds stops the front-ends that still run, all at once.
+func (d *demo) stopFrontEnds() {
+	var wg sync.WaitGroup
+	running := 0
+	for _, c := range d.children {
+		if !c.exited() {
+			running++
+			wg.Go(c.stop)
+		}
+	}
+	wg.Wait()
+	if running > 0 {
+		d.say("front-ends stopped")
+	}
 }
 
 // stop ends the process: SIGTERM, then SIGKILL if it lingers.

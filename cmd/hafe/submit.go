@@ -262,6 +262,6 @@ func (p *progress) finish(s client.Summary, took time.Duration) {
 	if fes == "" {
 		fes = "none"
 	}
-	fmt.Fprintf(p.w, "%s: %d/%d transactions: %d committed, %d aborted; %d attempts (%d retries); front-ends: %s; batch %s; key %s; %v\n",
+	fmt.Fprintf(p.w, "%s: %d/%d transactions: %d committed, %d aborted; attempts %d (retries %d); front-ends: %s; batch %s; key %s; %v\n",
 		state, s.Transactions, p.total, s.Committed, s.Aborted, s.Attempts, s.Retries(), fes, s.BatchID, s.IdempotencyKey, took.Round(time.Millisecond))
 }

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"hafe.dev/hafe/internal/pgtemp"
+)
+
+// buildHafe builds the hafe binary into a temporary directory: the demo
+// starts its front-ends from its own executable, which must be hafe.
+func buildHafe(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "hafe")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v: %s", err, out)
+	}
+	return bin
+}
+
+func requirePostgresBinaries(t *testing.T) {
+	if _, err := pgtemp.FindBinDir(); err != nil {
+		t.Skip(err)
+	}
+}
+
+var childPID = regexp.MustCompile(`started front-end fe\d: pid (\d+)`)
+
+// checkChildrenGone fails if a front-end the demo started still runs.
+func checkChildrenGone(t *testing.T, output string) {
+	t.Helper()
+	ms := childPID.FindAllStringSubmatch(output, -1)
+	if len(ms) != 3 {
+		t.Errorf("output names %d front-end pids, want 3", len(ms))
+	}
+	for _, m := range ms {
+		pid, _ := strconv.Atoi(m[1])
+		// The demo waited for its children, so the pid is not a zombie of
+		// ours; signal 0 fails once the process is gone.
+		if err := syscall.Kill(pid, 0); err == nil {
+			t.Errorf("front-end pid %d still runs after the demo", pid)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+func TestDemoSurvivesKilledFrontEndAndVerifies(t *testing.T) {
+	requirePostgresBinaries(t)
+	bin := buildHafe(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "demo", "--postgres", "local")
+	out, err := cmd.CombinedOutput()
+	text := string(out)
+	t.Logf("demo output:\n%s", text)
+	if err != nil {
+		t.Fatalf("hafe demo: %v", err)
+	}
+	for _, want := range []string{
+		"kill -9 fe1",
+		"Hafe-Resumed: true",
+		"replayed the ",
+		"ok   every one of the 300 slots has exactly one outcome",
+		"ok   committed outcomes in the database",
+		"ok   all 100 balances equal the committed transfers applied once each",
+		"ok   sum of balances: 100000.00",
+		"every transfer ran once",
+		"front-ends stopped",
+		"PostgreSQL stopped and its directory removed",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if strings.Contains(text, "FAIL") {
+		t.Error("a check failed")
+	}
+	checkChildrenGone(t, text)
+}
+
+func TestDemoCleansUpOnInterrupt(t *testing.T) {
+	requirePostgresBinaries(t)
+	bin := buildHafe(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "demo", "--postgres", "local")
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	var text strings.Builder
+	sc := bufio.NewScanner(pr)
+	interrupted := false
+	for sc.Scan() {
+		line := sc.Text()
+		text.WriteString(line + "\n")
+		if !interrupted && strings.Contains(line, "front-ends ready") {
+			interrupted = true
+			cmd.Process.Signal(os.Interrupt)
+		}
+	}
+	err = cmd.Wait()
+	t.Logf("demo output:\n%s", text.String())
+	var ee *exec.ExitError
+	if !interrupted || !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("interrupted %v, exit %v: want exit status 2 after an interrupt", interrupted, err)
+	}
+	for _, want := range []string{"front-ends stopped", "PostgreSQL stopped and its directory removed", "interrupted; everything started was stopped and removed"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	checkChildrenGone(t, text.String())
+}
