@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,11 +24,15 @@ import (
 // its slot in runs, moving failoverAmount between two accounts and sleeping
 // a little so that a fault lands mid-batch; every failoverAbortEvery-th one
 // then divides by zero and aborts, so that aborted outcomes fail over too.
+// The slot after failoverFaultAfter sleeps failoverSlowSleep: the client
+// injects the fault once it has read failoverFaultAfter lines, so the fault
+// lands while that slot's transaction is open and holds the batch's lease.
 const (
 	failoverSlots      = 60
 	failoverFaultAfter = failoverSlots / 3 // lines the client reads before the fault
 	failoverAmount     = 5
 	failoverAbortEvery = 10
+	failoverSlowSleep  = "2"
 	failoverTotal      = "100000.00" // sum of the demo schema's balances
 )
 
@@ -94,6 +99,9 @@ func TestFailoverCutOffFrontEndIsFenced(t *testing.T) {
 	// and stalled: whatever it delivered so far must fit.
 	c.check(ctx, t, batchID, append([][]byte{first.bytes()}, streamBytes(retries)...))
 	before := c.rows(ctx, t, batchID)
+	for _, l := range logLines(ctx, fe2, "taken over", "terminated previous owner") {
+		t.Logf("fe2: %s", l)
+	}
 	t.Logf("fe1 delivered %d lines (%d when cut off); fe2 finished the batch; fe1 wrote %d outcomes, fe2 %d",
 		first.lineCount(), cutAt, before.byOwner["fe1"], before.byOwner["fe2"])
 
@@ -149,11 +157,15 @@ func TestFailoverPostgresRestart(t *testing.T) {
 			if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
 				t.Fatalf("stream before the restart: %v", err)
 			}
+			started := c.postmasterStart(ctx, t)
 			start := time.Now()
 			if err := c.pg.Restart(ctx, tc.grace); err != nil {
 				t.Fatal(err)
 			}
 			t.Logf("postgres back after %s", time.Since(start).Round(time.Millisecond))
+			if again := c.postmasterStart(ctx, t); !again.After(started) {
+				t.Fatalf("postgres did not restart: started at %s, then at %s", started, again)
+			}
 			if err := first.waitEnd(ctx, 90*time.Second); err != nil {
 				t.Fatalf("the stream neither finished nor ended after the restart: %v", err)
 			}
@@ -166,6 +178,9 @@ func TestFailoverPostgresRestart(t *testing.T) {
 				streams = append(streams, streamBytes(retries)...)
 			}
 			c.check(ctx, t, batchID, streams)
+			for _, l := range logLines(ctx, fe, "lost the database", "interrupted") {
+				t.Logf("fe1: %s", l)
+			}
 		})
 	}
 }
@@ -199,6 +214,37 @@ func startFailoverCluster(t *testing.T, frontEnds int) *failoverCluster {
 		return harness.HafeConfig{Alias: id, Args: harness.ServeArgs(pg.NetworkURL, id, frontEndFlags...)}
 	})
 	return &failoverCluster{pg: pg, fes: fes}
+}
+
+// postmasterStart is when the PostgreSQL server last started.
+func (c *failoverCluster) postmasterStart(ctx context.Context, t *testing.T) time.Time {
+	t.Helper()
+	db := connect(ctx, t, c.pg)
+	defer db.Close(context.Background())
+	var at time.Time
+	if err := db.QueryRow(ctx, `SELECT pg_postmaster_start_time()`).Scan(&at); err != nil {
+		t.Fatal(err)
+	}
+	return at
+}
+
+// logLines are the lines of the container's output that mention any of
+// words, for showing what a front-end did.
+func logLines(ctx context.Context, h *harness.Hafe, words ...string) []string {
+	logs, err := h.Logs(ctx)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	var out []string
+	for _, l := range strings.Split(logs, "\n") {
+		for _, w := range words {
+			if strings.Contains(l, w) {
+				out = append(out, strings.TrimSpace(l))
+				break
+			}
+		}
+	}
+	return out
 }
 
 // connect opens a connection from the test process; the caller closes it.
@@ -357,6 +403,9 @@ func failoverBatch(n int) []byte {
 			{Query: `UPDATE accounts SET balance = balance + $1 WHERE id = $2 RETURNING id, balance`, Args: []any{failoverAmount, to}},
 			{Query: `SELECT pg_sleep(0.05)`},
 		}}
+		if seq == failoverFaultAfter+1 {
+			t.SQL[3].Query = `SELECT pg_sleep(` + failoverSlowSleep + `)`
+		}
 		if seq%failoverAbortEvery == 0 {
 			t.SQL = append(t.SQL, stmt{Query: `SELECT 1/0`})
 		}
