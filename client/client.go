@@ -118,6 +118,10 @@ func normalizeURL(raw string) (string, error) {
 	return strings.TrimRight(u.String(), "/"), nil
 }
 
+// CloseIdleConnections closes the connections kept open for later
+// requests. Call it when done with the client.
+func (c *Client) CloseIdleConnections() { c.cfg.HTTPClient.CloseIdleConnections() }
+
 // Request is one batch to submit.
 type Request struct {
 	// Body is the batch, {"transactions":[…]}, sent byte for byte on every

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -335,6 +336,24 @@ func TestSubmitReportsReplayThatDiffers(t *testing.T) {
 	if len(col.order) != 2 {
 		t.Errorf("delivered %v, want seq 1 and 2 once", col.order)
 	}
+	c.CloseIdleConnections()
+	checkNoClientGoroutines(t)
+}
+
+// checkNoClientGoroutines fails if goroutines of the client or of its HTTP
+// connections outlive Submit and CloseIdleConnections (polled for 5 s).
+func checkNoClientGoroutines(t *testing.T) {
+	t.Helper()
+	var stacks string
+	for range 100 {
+		buf := make([]byte, 1<<20)
+		stacks = string(buf[:runtime.Stack(buf, true)])
+		if !strings.Contains(stacks, "hafe.dev/hafe/client.") && !strings.Contains(stacks, "net/http.(*persistConn)") {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Errorf("goroutines left behind:\n%s", stacks)
 }
 
 // waitFor polls cond for at most 30 s.

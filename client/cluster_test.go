@@ -21,7 +21,6 @@ import (
 	"hafe.dev/hafe/frontend"
 	"hafe.dev/hafe/internal/pgtemp"
 	hafesql "hafe.dev/hafe/sql"
-	"hafe.dev/hafe/txn"
 )
 
 var server *pgtemp.Server
@@ -63,7 +62,8 @@ func newBank(t *testing.T) string {
 }
 
 // frontEnd is one front-end served over real TCP by an httptest server,
-// heartbeating like a real one.
+// heartbeating like a real one. The owner liveness keeps its default (10 s),
+// so a busy machine never makes a running front-end look gone.
 type frontEnd struct {
 	*httptest.Server
 	fe  *frontend.Server
@@ -90,7 +90,6 @@ func startFrontEnd(t *testing.T, dbURL, id string, o feOptions) *frontEnd {
 	}
 	fe, err := frontend.New(pool, frontend.Config{
 		ID: id, AllowRawSQL: o.rawSQL, ClientTokens: o.tokens,
-		Executor:          txn.Config{OwnerLiveness: time.Second, FenceGrace: time.Second},
 		HeartbeatInterval: 100 * time.Millisecond,
 	}, nil)
 	if err != nil {
