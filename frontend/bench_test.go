@@ -17,7 +17,7 @@ import (
 
 // The batch benchmarks send batches of 50 demo-bank transfers among 100
 // accounts from 8 concurrent clients over loopback HTTP, to hafe and to
-// the plain baseline (internal/batchbench), on one PostgreSQL. ns/op is
+// the plain baselines (internal/batchbench), on one PostgreSQL. ns/op is
 // per batch; tx/s and the per-transaction latencies are custom metrics.
 // BenchmarkBatchesRatio runs both sides alternately in one run and reports
 // hafe/plain ratios. Keep runs short on shared machines, e.g.
@@ -33,7 +33,8 @@ const benchPoolSize = 16
 type benchEnv struct {
 	pool   *pgxpool.Pool // for resets
 	hafe   string        // base URLs
-	plain  string
+	plain  string        // pipelined: BEGIN, statements, COMMIT in one round trip
+	plainI string        // interactive: one round trip per statement
 	client *http.Client
 }
 
@@ -82,6 +83,9 @@ func newBenchEnv(url string) (*benchEnv, error) {
 	if e.plain, _, err = batchbench.Serve(batchbench.NewPlain(pp, hafesql.Builtin(), batchbench.Pipelined)); err != nil {
 		return nil, err
 	}
+	if e.plainI, _, err = batchbench.Serve(batchbench.NewPlain(pp, hafesql.Builtin(), batchbench.Interactive)); err != nil {
+		return nil, err
+	}
 	return e, nil
 }
 
@@ -114,6 +118,14 @@ func BenchmarkBatchesPlain(b *testing.B) {
 	reportSide(b, "", e.run(b, e.plain, b.N))
 }
 
+// BenchmarkBatchesPlainInteractive is the baseline most handlers are:
+// pool.BeginTx, one Query per statement, Commit.
+func BenchmarkBatchesPlainInteractive(b *testing.B) {
+	e := getBenchEnv(b)
+	b.ResetTimer()
+	reportSide(b, "", e.run(b, e.plainI, b.N))
+}
+
 // BenchmarkBatchesRatio sends b.N batches to each side, in halves and
 // alternating, so both see the same machine load; it reports hafe/plain
 // ratios (throughput: ≥ 0.85 is the target).
@@ -132,7 +144,7 @@ func BenchmarkBatchesRatio(b *testing.B) {
 	b.ReportMetric(h.TxPerSec()/p.TxPerSec(), "tput-ratio")
 	b.ReportMetric(float64(h.Quantile(0.5))/float64(p.Quantile(0.5)), "p50-ratio")
 	b.ReportMetric(float64(h.Quantile(0.99))/float64(p.Quantile(0.99)), "p99-ratio")
-	if b.N > 1 {
+	if b.N >= 100 {
 		b.Log("\n" + fmt.Sprint(batchbench.Table(
 			batchbench.Side{Name: "hafe", Result: h}, batchbench.Side{Name: "plain", Result: p})))
 	}
