@@ -357,6 +357,18 @@ func (c *failoverCluster) rows(ctx context.Context, t *testing.T, batchID string
 	return r
 }
 
+// owner is the batch's current owner ("" when none).
+func (c *failoverCluster) owner(ctx context.Context, t *testing.T, batchID string) string {
+	t.Helper()
+	db := connect(ctx, t, c.pg)
+	defer db.Close(context.Background())
+	var owner string
+	if err := db.QueryRow(ctx, `SELECT coalesce(owner, '') FROM hafe.batches WHERE batch_id = $1`, batchID).Scan(&owner); err != nil {
+		t.Fatal(err)
+	}
+	return owner
+}
+
 func (r batchRows) equal(o batchRows) bool {
 	if r.runs != o.runs || r.state != o.state || r.epoch != o.epoch || len(r.outcomes) != len(o.outcomes) {
 		return false
@@ -567,43 +579,77 @@ func (c *capture) lineCount() int {
 	return c.lines
 }
 
-// submitUntilDone POSTs the batch to fe with key until a stream carries the
-// done line: 409 (still owned elsewhere) and 503 are retried after a pause,
-// as is a stream that ends without the done line. Bounded: at most 60
-// requests. It returns every 200 stream, the last one complete.
-func submitUntilDone(ctx context.Context, t *testing.T, fe *harness.Hafe, key string, body []byte) []*capture {
+// startBatchRetrying POSTs the batch to fe with key until it answers 200,
+// retrying 409 (still owned elsewhere), 503 and failed requests after a
+// pause, at most attempts times; the stream is then read in the background.
+func startBatchRetrying(ctx context.Context, t *testing.T, fe *harness.Hafe, key string, body []byte, attempts int) (*capture, error) {
 	t.Helper()
-	var streams []*capture
-	refused := map[int]int{}
-	for attempt := 1; attempt <= 60; attempt++ {
+	var refusals []string
+	for attempt := 1; attempt <= attempts; attempt++ {
 		c, err := startBatch(ctx, fe, key, body)
 		switch {
 		case err != nil:
-			t.Logf("POST to %s: %v", fe.Alias, err)
+			refusals = append(refusals, err.Error())
 		case c.status == http.StatusConflict || c.status == http.StatusServiceUnavailable:
-			refused[c.status]++
+			refusals = append(refusals, fmt.Sprintf("%d %s", c.status, bytes.TrimSpace(c.buf)))
 		case c.status != http.StatusOK:
-			t.Fatalf("POST to %s: %d %s", fe.Alias, c.status, c.buf)
+			return nil, fmt.Errorf("POST to %s: %d %s", fe.Alias, c.status, c.buf)
 		default:
 			t.Cleanup(c.close)
-			if err := c.waitEnd(ctx, 90*time.Second); err != nil {
-				t.Fatalf("stream from %s: %v", fe.Alias, err)
+			if len(refusals) > 0 {
+				t.Logf("%s took the batch on attempt %d, after: %s", fe.Alias, attempt, summarize(refusals))
 			}
-			streams = append(streams, c)
-			if hasDone(c.bytes()) {
-				t.Logf("%s finished the batch on attempt %d (resumed %v, %d lines; refused before: %v)",
-					fe.Alias, attempt, c.resumed, c.lineCount(), refused)
-				return streams
-			}
-			t.Logf("stream from %s ended without the done line: %q", fe.Alias, lastLine(c.bytes()))
+			return c, nil
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("retrying on %s: %v", fe.Alias, ctx.Err())
+			return nil, fmt.Errorf("POST to %s: %w after %s", fe.Alias, ctx.Err(), summarize(refusals))
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-	t.Fatalf("%s did not finish the batch in 60 requests (refused: %v)", fe.Alias, refused)
+	return nil, fmt.Errorf("%s refused the batch %d times: %s", fe.Alias, attempts, summarize(refusals))
+}
+
+// summarize shows a list of refusals with repeats counted.
+func summarize(refusals []string) string {
+	var b strings.Builder
+	for i := 0; i < len(refusals); {
+		j := i
+		for j < len(refusals) && refusals[j] == refusals[i] {
+			j++
+		}
+		if b.Len() > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "%dx %s", j-i, refusals[i])
+		i = j
+	}
+	return b.String()
+}
+
+// submitUntilDone POSTs the batch to fe with key until a stream carries the
+// done line, retrying refusals (startBatchRetrying) and streams that end
+// without the done line. Bounded: at most 5 streams of 60 requests each.
+// It returns every 200 stream, the last one complete.
+func submitUntilDone(ctx context.Context, t *testing.T, fe *harness.Hafe, key string, body []byte) []*capture {
+	t.Helper()
+	var streams []*capture
+	for range 5 {
+		c, err := startBatchRetrying(ctx, t, fe, key, body, 60)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.waitEnd(ctx, 90*time.Second); err != nil {
+			t.Fatalf("stream from %s: %v", fe.Alias, err)
+		}
+		streams = append(streams, c)
+		if hasDone(c.bytes()) {
+			t.Logf("%s finished the batch (resumed %v, %d lines)", fe.Alias, c.resumed, c.lineCount())
+			return streams
+		}
+		t.Logf("stream from %s ended without the done line: %q", fe.Alias, lastLine(c.bytes()))
+	}
+	t.Fatalf("%s did not finish the batch in 5 streams", fe.Alias)
 	return nil
 }
 
