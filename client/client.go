@@ -14,7 +14,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
-	"net/url"
+	neturl "net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -108,7 +108,7 @@ func normalizeURL(raw string) (string, error) {
 	if !strings.Contains(s, "://") {
 		s = "http://" + s
 	}
-	u, err := url.Parse(s)
+	u, err := neturl.Parse(s)
 	if err != nil {
 		return "", fmt.Errorf("client: front-end URL %q: %w", raw, err)
 	}
@@ -285,7 +285,11 @@ func (s *submission) attempt(ctx context.Context, n int, url string) error {
 		if c := context.Cause(actx); c == errStalled {
 			err = c
 		}
-		return &StreamError{URL: url, Err: err}
+		var ue *neturl.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the URL is said once, by StreamError
+		}
+		return &StreamError{URL: url, NoResponse: true, Err: err}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -38,10 +38,16 @@ type StreamError struct {
 	URL   string
 	Lines int    // lines this attempt received before it broke
 	Code  string // the error line's code, "" when the connection broke
-	Err   error
+	// NoResponse is true when the request got no response at all (e.g.
+	// connection refused): the front-end may be down.
+	NoResponse bool
+	Err        error
 }
 
 func (e *StreamError) Error() string {
+	if e.NoResponse {
+		return fmt.Sprintf("%s: no response: %v", e.URL, e.Err)
+	}
 	if e.Code != "" {
 		return fmt.Sprintf("%s: stream broke after %d lines: %s: %v", e.URL, e.Lines, e.Code, e.Err)
 	}

@@ -52,6 +52,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	pgSource := fs.String("postgres", "auto", "where PostgreSQL comes from: local (server binaries, see HAFE_PG_BINDIR), container (testcontainers, image HAFE_PG_IMAGE), or auto (local, else container)")
 	n := fs.Int("transactions", 300, "transfers in the sample batch")
 	seed := fs.Uint64("seed", 1, "seed of the sample batch's random transfers")
+	killAt := fs.Int("kill-at", 0, "kill the serving front-end when this many lines have arrived (default: a third of --transactions)")
 	keep := fs.Bool("keep", false, "keep the work directory with the front-ends' logs")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -59,13 +60,19 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *n < 3 {
 		return errors.New("demo: --transactions must be at least 3")
 	}
+	if *killAt == 0 {
+		*killAt = *n / 3
+	}
+	if *killAt < 1 || *killAt > *n {
+		return fmt.Errorf("demo: --kill-at must be between 1 and --transactions (%d)", *n)
+	}
 	switch *pgSource {
 	case "auto", "local", "container":
 	default:
 		return fmt.Errorf("demo: --postgres %q: want auto, local or container", *pgSource)
 	}
 	d := &demo{out: stdout, start: time.Now()}
-	err := d.run(ctx, *pgSource, *n, *seed, *keep)
+	err := d.run(ctx, *pgSource, *n, *killAt, *seed, *keep)
 	if err != nil && ctx.Err() != nil {
 		d.say("interrupted; everything started was stopped and removed")
 		return fmt.Errorf("demo: %w", context.Cause(ctx))
@@ -89,7 +96,7 @@ func (d *demo) say(format string, args ...any) {
 
 func (d *demo) atExit(f func()) { d.cleanups = append(d.cleanups, f) }
 
-func (d *demo) run(ctx context.Context, pgSource string, n int, seed uint64, keep bool) (err error) {
+func (d *demo) run(ctx context.Context, pgSource string, n, killAt int, seed uint64, keep bool) (err error) {
 	defer func() {
 		for i := len(d.cleanups) - 1; i >= 0; i-- {
 			d.cleanups[i]()
@@ -130,7 +137,7 @@ func (d *demo) run(ctx context.Context, pgSource string, n int, seed uint64, kee
 
 	batch := demoBatch(n, seed)
 	body, _ := json.Marshal(map[string]any{"transactions": batch})
-	res, err := d.submit(ctx, urls, body, n)
+	res, err := d.submit(ctx, urls, body, n, killAt)
 	if err != nil {
 		return err
 	}
@@ -410,9 +417,8 @@ type submitted struct {
 	lines  map[int]string
 }
 
-func (d *demo) submit(ctx context.Context, urls []string, body []byte, n int) (*submitted, error) {
+func (d *demo) submit(ctx context.Context, urls []string, body []byte, n, killAt int) (*submitted, error) {
 	res := &submitted{status: map[int]string{}, lines: map[int]string{}}
-	killAt := n / 3
 	killed := ""
 	name := map[string]string{}
 	for _, c := range d.children {
@@ -487,7 +493,40 @@ func (d *demo) submit(ctx context.Context, urls []string, body []byte, n int) (*
 	}
 	d.say("batch done in %.2fs: %d committed, %d aborted (insufficient funds); %d attempts, front-ends %s",
 		time.Since(begin).Seconds(), sum.Committed, sum.Aborted, sum.Attempts, strings.Join(sum.FrontEnds, " -> "))
+	if sum.Attempts == 1 {
+		// The client lagged: fe1 had sent every line before it died. Ask
+		// the others for the batch again; they must replay it identically.
+		d.say("%s had sent all %d lines before the kill landed; asking the others for the batch again with the same key", killed, n)
+		return res, d.resubmit(ctx, urls[1:], observe, body, key, killed, res)
+	}
 	return res, nil
+}
+
+// resubmit sends the finished batch again with its key to the front-ends
+// still alive, and checks that their replay is the first stream, byte for
+// byte.
+func (d *demo) resubmit(ctx context.Context, urls []string, observe func(client.Event), body []byte, key, killed string, res *submitted) error {
+	c, err := client.New(client.Config{FrontEnds: urls, MaxAttempts: 10, MinBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second, Observe: observe})
+	if err != nil {
+		return err
+	}
+	same := 0
+	sum, err := c.Submit(ctx, client.Request{Body: body, IdempotencyKey: key, OnLine: func(l client.Line) error {
+		if !l.Done && res.lines[l.Seq] == string(l.Bytes) {
+			same++
+		}
+		return nil
+	}})
+	if err != nil {
+		return fmt.Errorf("demo: submit again: %w", err)
+	}
+	if same != len(res.lines) || sum.Transactions != len(res.lines) || sum.Committed != res.sum.Committed {
+		return fmt.Errorf("demo: the replay differs from %s's stream: %d of %d lines identical", killed, same, len(res.lines))
+	}
+	d.say("%s replayed all %d lines, byte for byte identical to %s's; nothing ran again", strings.Join(sum.FrontEnds, ", "), same, killed)
+	res.sum.Attempts += sum.Attempts
+	res.sum.FrontEnds = append(res.sum.FrontEnds, sum.FrontEnds...)
+	return nil
 }
 
 func shorten(b []byte, n int) string {

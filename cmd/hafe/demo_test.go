@@ -88,6 +88,22 @@ func TestDemoSurvivesKilledFrontEndAndVerifies(t *testing.T) {
 	checkChildrenGone(t, text)
 }
 
+// Killed at the very last line, the front-end may or may not have finished
+// the batch; either way the demo must end with every check holding.
+func TestDemoKilledAtTheLastLine(t *testing.T) {
+	requirePostgresBinaries(t)
+	bin := buildHafe(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "demo", "--postgres", "local", "--transactions", "30", "--kill-at", "30").CombinedOutput()
+	text := string(out)
+	t.Logf("demo output:\n%s", text)
+	if err != nil || !strings.Contains(text, "every transfer ran once") || strings.Contains(text, "FAIL") {
+		t.Fatalf("hafe demo: %v", err)
+	}
+	checkChildrenGone(t, text)
+}
+
 func TestDemoCleansUpOnInterrupt(t *testing.T) {
 	requirePostgresBinaries(t)
 	bin := buildHafe(t)
