@@ -416,6 +416,20 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 			return err
 		}
 		p.queue(wire.AppendOffset(nil, wire.TypePong, v))
+	case wire.TypeMoved:
+		if c.sv == nil {
+			return errUnexpected(t)
+		}
+		if c.path == p {
+			// The client moved to a server that took the state from the
+			// store (eager); this copy is stale.
+			c.setStateLocked(stateMigrated, ErrMigrated)
+			if s := c.sv; s.detached != nil {
+				s.detached.Stop()
+			}
+			go c.sv.ln.remove(c)
+		}
+		return errPeerClosedPath
 	case wire.TypePong:
 	case wire.TypeRedirect, wire.TypeServers:
 		if c.cl == nil {
@@ -482,7 +496,11 @@ func (c *Conn) attachLocked(p *path, resume uint64) error {
 		return err
 	}
 	if old := c.path; old != nil && old != p {
-		old.close()
+		if c.cl != nil {
+			old.retire() // tell the old server the connection moved
+		} else {
+			old.close()
+		}
 	}
 	c.path = p
 	c.ackedIn = 0

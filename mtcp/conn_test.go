@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"testing"
@@ -34,7 +35,7 @@ func newCluster(t *testing.T, n int, store SnapshotStore, mod func(*ListenConfig
 		tc.addrs = append(tc.addrs, ln.Addr().String())
 	}
 	for _, ln := range raws {
-		cfg := ListenConfig{Servers: tc.addrs, ClusterKey: testKey, Store: store}
+		cfg := ListenConfig{Servers: tc.addrs, ClusterKey: testKey, Store: store, DetachedTimeout: 3 * time.Second, Logger: testLogger()}
 		if mod != nil {
 			mod(&cfg)
 		}
@@ -63,8 +64,20 @@ func (tc *testCluster) echo() {
 	}
 }
 
+// testLogger logs to stderr when MTCP_TEST_LOG is set (debug level with
+// MTCP_TEST_LOG=debug).
+func testLogger() *slog.Logger {
+	switch os.Getenv("MTCP_TEST_LOG") {
+	case "":
+		return nil
+	case "debug":
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, nil))
+}
+
 func testDialer(tc *testCluster) *Dialer {
-	return &Dialer{Servers: tc.addrs, Triggers: Triggers{KeepAlive: 200 * time.Millisecond, PathTimeout: 2 * time.Second}}
+	return &Dialer{Logger: testLogger(), Servers: tc.addrs, Triggers: Triggers{KeepAlive: 200 * time.Millisecond, PathTimeout: 2 * time.Second}}
 }
 
 func TestEchoOverOnePath(t *testing.T) {

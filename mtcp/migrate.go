@@ -33,14 +33,17 @@ func (l *Listener) acceptMigrate(nc net.Conn, br *bufio.Reader, payload []byte) 
 	if c, _ := l.lookup(m.ConnID); c != nil {
 		stats.Mode = ModeLocal
 		stats.PrepareRequest = time.Since(t0)
-		ok, rerr := l.reattach(c, m, nc, br)
-		stats.Reinstate = time.Since(t0) - stats.PrepareRequest
-		if rerr != nil {
-			stats.Err = rerr
-			refuse(nc, rerr)
+		ok, stale, rerr := l.reattach(c, m, nc, br)
+		if !stale {
+			stats.Reinstate = time.Since(t0) - stats.PrepareRequest
+			if rerr != nil {
+				stats.Err = rerr
+				refuse(nc, rerr)
+			}
+			l.report(stats)
+			return ok
 		}
-		l.report(stats)
-		return ok
+		// Our copy was claimed by another server: take it back from the store.
 	}
 	l.mu.Lock()
 	draining := l.draining
@@ -51,13 +54,31 @@ func (l *Listener) acceptMigrate(nc net.Conn, br *bufio.Reader, payload []byte) 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandshakeTimeout)
 	defer cancel()
-	st, mode, tWait, rerr := l.fetchState(ctx, m, t0, &stats)
-	stats.Mode = mode
-	stats.WaitReply = tWait
-	t2 := time.Now()
-	var c *Conn
-	if rerr == nil {
-		c, rerr = l.reinstate(ctx, m, st, mode)
+	var (
+		st    wire.ConnState
+		c     *Conn
+		rerr  *RefusalError
+		t2    time.Time
+		retry bool
+	)
+	// The claim in the store fails if the old owner saved a newer
+	// snapshot meanwhile; then fetch again (bounded).
+	for attempt := 0; attempt < 5; attempt++ {
+		var mode Mode
+		var tWait time.Duration
+		st, mode, tWait, rerr = l.fetchState(ctx, m, t0, &stats)
+		stats.Mode = mode
+		stats.WaitReply += tWait
+		t2 = time.Now()
+		if rerr == nil {
+			c, retry, rerr = l.reinstate(ctx, m, st, mode)
+		}
+		if !retry {
+			break
+		}
+	}
+	if c == nil && rerr == nil {
+		rerr = refusal(RefuseStateUnavailable, "snapshot store kept changing")
 	}
 	if rerr != nil {
 		stats.Err = rerr
@@ -86,28 +107,53 @@ func (l *Listener) acceptMigrate(nc net.Conn, br *bufio.Reader, payload []byte) 
 	return ok
 }
 
-// reattach moves a connection this server owns onto a new path.
-func (l *Listener) reattach(c *Conn, m wire.Migrate, nc net.Conn, br *bufio.Reader) (bool, *RefusalError) {
+// reattach moves a connection this server owns onto a new path. In eager
+// mode the new counter is stored first; if that finds another server
+// claimed the connection meanwhile, our copy is stale and reattach reports
+// it so the caller can take the connection over from the store.
+func (l *Listener) reattach(c *Conn, m wire.Migrate, nc net.Conn, br *bufio.Reader) (ok, stale bool, rerr *RefusalError) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	if c.state == stateMigrated {
+		c.mu.Unlock()
+		return false, true, nil
+	}
 	if c.state.terminal() || c.state == statePeerClosed {
-		return false, refusal(RefuseUnknownConn, "connection ended")
+		c.mu.Unlock()
+		return false, false, refusal(RefuseUnknownConn, "connection ended")
 	}
 	if code := checkMigrate(c.secret, c.sv.counter, m); code != 0 {
-		return false, refusal(code, "%s", code)
+		c.mu.Unlock()
+		return false, false, refusal(code, "%s", code)
 	}
 	c.sv.counter = m.Counter
+	c.mu.Unlock()
+	if l.cfg.Store != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandshakeTimeout)
+		err := c.persist(ctx)
+		cancel()
+		if errors.Is(err, ErrMigrated) {
+			return false, true, nil
+		}
+		if err != nil {
+			return false, false, refusal(RefuseStateUnavailable, "snapshot store: %v", err)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state.terminal() {
+		return false, false, refusal(RefuseUnknownConn, "connection ended")
+	}
 	resume := max(m.RecvOff, c.out.base)
 	_ = c.out.ack(resume, true)
 	acc := wire.AppendAccepted(nil, wire.Accepted{RecvOff: c.in.end(), Self: l.cfg.Self, Servers: l.serverList()})
 	if _, err := nc.Write(acc); err != nil {
-		return false, nil
+		return false, false, nil
 	}
 	_ = nc.SetDeadline(time.Time{})
 	if err := c.attachLocked(newPath(c, nc, br), resume); err != nil {
-		return false, nil
+		return false, false, nil
 	}
-	return true, nil
+	return true, false, nil
 }
 
 // fetchState gets a connection's state: lazily from its origin, eagerly from
@@ -163,9 +209,9 @@ func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time,
 // connection: the application restarts from the snapshot, re-reads the
 // input log, and its regenerated output below what the stream already holds
 // is dropped; transferred output fills the gap up to the client.
-func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnState, mode Mode) (*Conn, *RefusalError) {
+func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnState, mode Mode) (c *Conn, retry bool, rerr *RefusalError) {
 	if code := checkMigrate(st.Secret, st.Counter, m); code != 0 {
-		return nil, refusal(code, "%s", code)
+		return nil, false, refusal(code, "%s", code)
 	}
 	// The client holds output up to RecvOff, and up to OutOff too: that is
 	// where the transferred output starts because the client acknowledged
@@ -178,9 +224,9 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 	}
 	end := max(base, known)
 	if st.SnapOut > end {
-		return nil, refusal(RefuseStateUnavailable, "output [%d,%d) lost", end, st.SnapOut)
+		return nil, false, refusal(RefuseStateUnavailable, "output [%d,%d) lost", end, st.SnapOut)
 	}
-	c := l.newServerConn(ConnID(m.ConnID), append([]byte(nil), st.Secret...))
+	c = l.newServerConn(ConnID(m.ConnID), append([]byte(nil), st.Secret...))
 	s := c.sv
 	s.counter = m.Counter
 	s.snap = snapshot{state: append([]byte(nil), st.State...), in: st.SnapIn, out: st.SnapOut, seq: 0}
@@ -196,15 +242,30 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 			tail = out[:st.SnapOut-base]
 		}
 		rec := &SnapshotRecord{ConnID: c.id, Secret: c.secret, Counter: m.Counter, InOffset: st.SnapIn,
-			OutOffset: st.SnapOut, State: s.snap.state, OutTail: tail}
-		if err := store.Save(ctx, rec); errors.Is(err, ErrStale) {
-			return nil, refusal(RefuseReplayedCounter, "another server claimed this counter")
-		} else if err != nil {
-			return nil, refusal(RefuseStateUnavailable, "snapshot store: %v", err)
+			OutOffset: st.SnapOut, State: s.snap.state, OutTail: tail, PrevCounter: st.Counter, PrevSeq: st.Seq}
+		if mode == ModeLazy {
+			// The frozen origin's last durable version is whatever the
+			// store holds, as long as no one else claimed it since.
+			cur, err := store.Load(ctx, c.id)
+			switch {
+			case errors.Is(err, ErrNoSnapshot):
+				rec.PrevCounter, rec.PrevSeq = 0, 0
+			case err != nil:
+				return nil, false, refusal(RefuseStateUnavailable, "snapshot store: %v", err)
+			case cur.Counter >= m.Counter:
+				return nil, false, refusal(RefuseReplayedCounter, "another server claimed the connection")
+			default:
+				rec.PrevCounter, rec.PrevSeq = cur.Counter, cur.Seq
+			}
 		}
-		s.durableIn = st.SnapIn
+		if err := store.Save(ctx, rec); errors.Is(err, ErrStale) {
+			return nil, mode == ModeEager, refusal(RefuseReplayedCounter, "another server claimed this counter")
+		} else if err != nil {
+			return nil, false, refusal(RefuseStateUnavailable, "snapshot store: %v", err)
+		}
+		s.durableIn, s.storeCounter = st.SnapIn, m.Counter
 	}
-	return c, nil
+	return c, false, nil
 }
 
 // freeze hands a connection over to a new server (the origin's side of a

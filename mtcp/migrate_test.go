@@ -33,14 +33,17 @@ func TestRandomLazyMigrationsKeepStreamsExact(t *testing.T) {
 	for _, snapP := range []float64{0, 0.2, 1} {
 		t.Run(fmt.Sprintf("snapshot-probability-%v", snapP), func(t *testing.T) {
 			checkLeaks(t)
-			testRandomMigrations(t, nil, snapP)
+			testRandomMigrations(t, nil, snapP, nil)
 		})
 	}
 }
 
-func testRandomMigrations(t *testing.T, store SnapshotStore, snapP float64) {
+func testRandomMigrations(t *testing.T, store SnapshotStore, snapP float64, mod func(*ListenConfig)) {
 	var modes [3]atomic.Int64 // lazy, eager, local take-overs
 	tc := newCluster(t, 3, store, func(cfg *ListenConfig) {
+		if mod != nil {
+			mod(cfg)
+		}
 		cfg.OnMigration = func(s MigrationStats) {
 			if s.Err == nil && s.Role == RoleNewServer {
 				modes[s.Mode].Add(1)

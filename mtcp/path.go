@@ -31,9 +31,10 @@ type path struct {
 	wg   sync.WaitGroup
 
 	// Guarded by c.mu.
-	ctrl    []byte // queued control frames
-	closing bool   // send remaining data, FIN and CLOSE, then shut down
-	started bool
+	ctrl     []byte // queued control frames
+	closing  bool   // send remaining data, FIN and CLOSE, then shut down
+	retiring bool   // replaced by a new path: send MOVED, then shut down
+	started  bool
 
 	frames atomic.Uint64 // frames received, for the client's progress check
 }
@@ -70,6 +71,17 @@ func (p *path) start() {
 	p.wg.Add(2)
 	go p.readLoop()
 	go p.writeLoop()
+}
+
+// retire makes the writer send MOVED and close the path; called with c.mu
+// held. The old server learns its copy of the connection is stale.
+func (p *path) retire() {
+	if !p.started {
+		p.close()
+		return
+	}
+	p.retiring = true
+	p.wakeWriter()
 }
 
 func (p *path) close() {
@@ -145,6 +157,15 @@ func (p *path) writeLoop() {
 		}
 		for {
 			c.mu.Lock()
+			if p.retiring {
+				ctrl := p.ctrl
+				p.ctrl = nil
+				c.mu.Unlock()
+				_ = p.nc.SetWriteDeadline(time.Now().Add(time.Second))
+				_, _ = p.nc.Write(append(ctrl, wire.AppendMoved(nil)...))
+				p.close()
+				return
+			}
 			if c.path != p {
 				c.mu.Unlock()
 				return

@@ -374,15 +374,17 @@ func (l *Listener) report(s MigrationStats) {
 
 // serverSide is the server half of a Conn.
 type serverSide struct {
-	ln          *Listener
-	counter     uint64 // last accepted migration counter
-	snap        snapshot
-	imported    []byte
-	hasImported bool
-	durableIn   uint64 // eager: input offset of the last saved snapshot
-	durableSeq  uint64
-	logLost     bool // input log overflowed since the last snapshot
-	detached    *time.Timer
+	ln           *Listener
+	counter      uint64 // last accepted migration counter
+	snap         snapshot
+	imported     []byte
+	hasImported  bool
+	durableIn    uint64 // eager: input offset of the last saved snapshot
+	durableSeq   uint64
+	storeCounter uint64     // the counter in the stored record
+	saveMu       sync.Mutex // one Save at a time, so versions chain
+	logLost      bool       // input log overflowed since the last snapshot
+	detached     *time.Timer
 }
 
 type snapshot struct {
@@ -487,17 +489,43 @@ func (c *Conn) ExportStateContext(ctx context.Context, state []byte) error {
 	s.snap = snapshot{state: st, in: c.in.read, out: c.out.app, seq: s.snap.seq + 1}
 	c.in.trim(c.in.read)
 	s.logLost = false
-	store := s.ln.cfg.Store
-	if store == nil {
-		c.mu.Unlock()
+	c.mu.Unlock()
+	if s.ln.cfg.Store == nil {
 		return nil
+	}
+	return c.persist(ctx)
+}
+
+// persist writes the latest snapshot and migration counter to the store
+// (eager mode), then acknowledges input up to the snapshot. A Save refused
+// as stale means another server claimed the connection.
+func (c *Conn) persist(ctx context.Context) error {
+	s := c.sv
+	store := s.ln.cfg.Store
+	s.saveMu.Lock()
+	defer s.saveMu.Unlock()
+	c.mu.Lock()
+	if c.state.terminal() {
+		err := c.stateErrLocked()
+		c.mu.Unlock()
+		return c.opErr("export", err)
 	}
 	rec := &SnapshotRecord{
 		ConnID: c.id, Secret: c.secret, Counter: s.counter, Seq: s.snap.seq,
-		InOffset: s.snap.in, OutOffset: s.snap.out, State: st, OutTail: outTailLocked(c, s.snap.out),
+		PrevCounter: s.storeCounter, PrevSeq: s.durableSeq,
+		InOffset: s.snap.in, OutOffset: s.snap.out, State: s.snap.state, OutTail: outTailLocked(c, s.snap.out),
 	}
 	c.mu.Unlock()
+	if rec.Counter == rec.PrevCounter && rec.Seq == rec.PrevSeq {
+		return nil
+	}
 	err := store.Save(ctx, rec)
+	if errors.Is(err, ErrStale) {
+		// Our own earlier Save may have landed despite an error.
+		if cur, lerr := store.Load(ctx, c.id); lerr == nil && cur.Counter == rec.Counter && cur.Seq == rec.Seq {
+			err = nil
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if errors.Is(err, ErrStale) {
@@ -513,11 +541,9 @@ func (c *Conn) ExportStateContext(ctx context.Context, state []byte) error {
 	if err != nil {
 		return fmt.Errorf("mtcp: save snapshot: %w", err)
 	}
-	if rec.Seq > s.durableSeq && rec.Counter == s.counter {
-		s.durableSeq, s.durableIn = rec.Seq, rec.InOffset
-		if p := c.path; p != nil {
-			c.maybeAckLocked(p, true)
-		}
+	s.storeCounter, s.durableSeq, s.durableIn = rec.Counter, rec.Seq, rec.InOffset
+	if p := c.path; p != nil {
+		c.maybeAckLocked(p, true)
 	}
 	return nil
 }

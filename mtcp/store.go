@@ -15,9 +15,14 @@ type SnapshotRecord struct {
 	// Secret is the connection's MAC key.
 	Secret []byte
 	// Counter is the migration counter the owning server accepted; Seq
-	// numbers snapshots within that ownership. (Counter, Seq) only grows.
+	// numbers snapshots within that ownership. Together they are the
+	// record's version, which only grows.
 	Counter uint64
 	Seq     uint64
+	// PrevCounter and PrevSeq are the version rec replaces: Save is a
+	// compare-and-swap on them (0, 0 also creates a missing record).
+	PrevCounter uint64
+	PrevSeq     uint64
 	// InOffset and OutOffset are the input-read and output-write offsets the
 	// application state corresponds to.
 	InOffset  uint64
@@ -32,8 +37,9 @@ type SnapshotRecord struct {
 var (
 	// ErrNoSnapshot: the store has no record of the connection.
 	ErrNoSnapshot = errors.New("mtcp: no snapshot for connection")
-	// ErrStale: Save was refused because the stored record has a higher or
-	// equal (Counter, Seq) — another server owns the connection now.
+	// ErrStale: Save was refused because the stored record is not at the
+	// version the caller expected — typically another server owns the
+	// connection now.
 	ErrStale = errors.New("mtcp: snapshot is stale")
 )
 
@@ -41,9 +47,10 @@ var (
 // origin server is unreachable. Implementations must be safe for concurrent
 // use.
 type SnapshotStore interface {
-	// Save stores rec if (rec.Counter, rec.Seq) is greater than the stored
-	// record's, and returns ErrStale otherwise. It returns once the record
-	// is durable. rec and its slices must not be retained after Save returns.
+	// Save stores rec if the stored record's (Counter, Seq) equals
+	// (rec.PrevCounter, rec.PrevSeq), or if there is none and both are 0;
+	// otherwise it returns ErrStale. It returns once the record is
+	// durable. rec and its slices must not be retained after Save returns.
 	Save(ctx context.Context, rec *SnapshotRecord) error
 	// Load returns the connection's record or ErrNoSnapshot.
 	Load(ctx context.Context, id ConnID) (*SnapshotRecord, error)
@@ -66,10 +73,10 @@ func (s *MemStore) Save(ctx context.Context, rec *SnapshotRecord) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old, ok := s.recs[rec.ConnID]; ok {
-		if old.Counter > rec.Counter || (old.Counter == rec.Counter && old.Seq >= rec.Seq) {
-			return ErrStale
-		}
+	old, ok := s.recs[rec.ConnID]
+	if ok && (old.Counter != rec.PrevCounter || old.Seq != rec.PrevSeq) ||
+		!ok && (rec.PrevCounter != 0 || rec.PrevSeq != 0) {
+		return ErrStale
 	}
 	s.recs[rec.ConnID] = cloneRecord(rec)
 	return nil

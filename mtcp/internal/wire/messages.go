@@ -196,6 +196,9 @@ func ParseOffset(b []byte) (uint64, error) {
 // AppendClose appends an empty CLOSE frame.
 func AppendClose(b []byte) []byte { return AppendHeader(b, TypeClose, 0) }
 
+// AppendMoved appends an empty MOVED frame.
+func AppendMoved(b []byte) []byte { return AppendHeader(b, TypeMoved, 0) }
+
 // Redirect hints the client to migrate to Addr.
 type Redirect struct{ Addr string }
 

@@ -26,6 +26,7 @@ const (
 	TypeRedirect Type = 12 // server → client: please migrate to this address
 	TypeServers  Type = 13 // server → client: current server list
 	TypeStandby  Type = 14 // client → server: warm path, a MIGRATE will follow
+	TypeMoved    Type = 15 // client → old server on the old path: the connection migrated
 
 	TypePeerHello     Type = 32 // peer → peer: client nonce
 	TypePeerChallenge Type = 33 // server nonce + server proof
@@ -38,7 +39,7 @@ var typeNames = map[Type]string{
 	TypeHello: "HELLO", TypeWelcome: "WELCOME", TypeMigrate: "MIGRATE", TypeAccepted: "ACCEPTED",
 	TypeRefuse: "REFUSE", TypeData: "DATA", TypeAck: "ACK", TypeFin: "FIN", TypeClose: "CLOSE",
 	TypePing: "PING", TypePong: "PONG", TypeRedirect: "REDIRECT", TypeServers: "SERVERS",
-	TypeStandby: "STANDBY", TypePeerHello: "PEER_HELLO", TypePeerChallenge: "PEER_CHALLENGE",
+	TypeStandby: "STANDBY", TypeMoved: "MOVED", TypePeerHello: "PEER_HELLO", TypePeerChallenge: "PEER_CHALLENGE",
 	TypePeerAuth: "PEER_AUTH", TypeFetch: "FETCH", TypeTransfer: "TRANSFER",
 }
 

@@ -44,11 +44,11 @@ func parseAny(frameBytes []byte) (any, []byte, error) {
 	case TypeAck, TypeFin, TypePing, TypePong:
 		v, e := ParseOffset(b)
 		m, err, enc = v, e, AppendOffset(nil, t, v)
-	case TypeClose:
+	case TypeClose, TypeMoved:
 		if n != 0 {
 			return nil, nil, ErrTrailing
 		}
-		m, enc = struct{}{}, AppendClose(nil)
+		m, enc = struct{}{}, AppendHeader(nil, t, 0)
 	case TypeRedirect:
 		v, e := ParseRedirect(b)
 		m, err, enc = v, e, AppendRedirect(nil, v)
@@ -96,6 +96,7 @@ func sampleFrames() [][]byte {
 	add(AppendOffset(nil, TypePing, 2))
 	add(AppendOffset(nil, TypePong, 3))
 	add(AppendClose(nil))
+	add(AppendMoved(nil))
 	add(AppendRedirect(nil, Redirect{Addr: "c:3"}))
 	add(AppendServers(nil, Servers{Addrs: []string{"a:1", "b:2", "c:3"}}))
 	add(AppendStandby(nil, Standby{ConnID: id}))

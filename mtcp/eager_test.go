@@ -1,0 +1,112 @@
+package mtcp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// crash stops a server the hard way: no CLOSE frames, no hand-over, no
+// store cleanup; its transport connections just vanish.
+func (l *Listener) crash() {
+	l.mu.Lock()
+	conns := l.connList()
+	l.mu.Unlock()
+	for _, c := range conns {
+		c.mu.Lock()
+		if p := c.path; p != nil {
+			p.close()
+			c.path = nil
+		}
+		c.setStateLocked(stateFailed, errors.New("server crashed"))
+		c.mu.Unlock()
+	}
+	_ = l.Close()
+}
+
+func TestRandomEagerMigrationsKeepStreamsExact(t *testing.T) {
+	for _, tt := range []struct {
+		snapP float64
+		lazy  bool // peers may transfer lazily; else every move is from the store
+	}{{0, true}, {0.3, true}, {0.05, false}, {0.5, false}} {
+		t.Run(fmt.Sprintf("snapshot-probability-%v-lazy-%v", tt.snapP, tt.lazy), func(t *testing.T) {
+			checkLeaks(t)
+			store := NewMemStore()
+			testRandomMigrations(t, store, tt.snapP, func(cfg *ListenConfig) {
+				if !tt.lazy {
+					cfg.ClusterKey = nil
+				}
+			})
+			if n := store.Len(); n != 0 {
+				t.Errorf("%d snapshots left after every connection closed", n)
+			}
+		})
+	}
+}
+
+// TestOriginCrashUnderEagerMode: two of three servers crash mid-stream; the
+// clients recover through the snapshot store and both applications still
+// read exactly the bytes of an unmigrated run.
+func TestOriginCrashUnderEagerMode(t *testing.T) {
+	for _, snapP := range []float64{0.05, 0.5} {
+		t.Run(fmt.Sprintf("snapshot-probability-%v", snapP), func(t *testing.T) {
+			checkLeaks(t)
+			var eager atomic.Int64
+			tc := newCluster(t, 3, NewMemStore(), func(cfg *ListenConfig) {
+				cfg.PeerTimeout = 500 * time.Millisecond
+				cfg.OnMigration = func(s MigrationStats) {
+					if s.Role == RoleNewServer && s.Mode == ModeEager && s.Err == nil {
+						eager.Add(1)
+					}
+				}
+			})
+			wg := tc.runXformServers(snapP)
+			defer wg.Wait()
+			defer func() {
+				for _, l := range tc.lns {
+					_ = l.Close()
+				}
+			}()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			var cwg sync.WaitGroup
+			started := make(chan struct{}, 6)
+			for k := 0; k < 6; k++ {
+				cwg.Add(1)
+				go func() {
+					defer cwg.Done()
+					seed := uint64(300 + k)
+					rng := rand.New(rand.NewPCG(seed, 3))
+					c, err := testDialer(tc).DialMTCP(ctx, tc.addrs[k%2]) // on the servers that crash
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					defer c.Close()
+					started <- struct{}{}
+					err = clientRun(ctx, c, seed, 300_000+rng.IntN(300_000), func(i int) error {
+						sleepRand(rng, 30*time.Millisecond)
+						return c.Migrate(ctx, tc.addrs[rng.IntN(3)])
+					})
+					if err != nil {
+						t.Errorf("conn %d: %v", k, err)
+					}
+				}()
+			}
+			for range 6 {
+				<-started
+			}
+			time.Sleep(20 * time.Millisecond)
+			tc.lns[0].crash()
+			time.Sleep(20 * time.Millisecond)
+			tc.lns[1].crash()
+			cwg.Wait()
+			t.Logf("eager take-overs: %d", eager.Load())
+		})
+	}
+}
