@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,15 +19,41 @@ import (
 	"hafe.dev/hafe/internal/pgtemp"
 )
 
-// buildHafe builds the hafe binary into a temporary directory: the demo
-// starts its front-ends from its own executable, which must be hafe.
+// binDir holds the hafe binary the tests build once; TestMain removes it.
+var (
+	binDir   string
+	binOnce  sync.Once
+	binPath  string
+	binError error
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hafe-cmd-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// buildHafe builds the hafe binary (once per test run): the demo starts its
+// front-ends from its own executable, which must be hafe, and exit statuses
+// are best checked on the real process.
 func buildHafe(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "hafe")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v: %s", err, out)
+	binOnce.Do(func() {
+		binPath = filepath.Join(binDir, "hafe")
+		if out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput(); err != nil {
+			binError = fmt.Errorf("go build: %v: %s", err, out)
+		}
+	})
+	if binError != nil {
+		t.Fatal(binError)
 	}
-	return bin
+	return binPath
 }
 
 func requirePostgresBinaries(t *testing.T) {
@@ -99,6 +127,31 @@ func TestDemoKilledAtTheLastLine(t *testing.T) {
 	text := string(out)
 	t.Logf("demo output:\n%s", text)
 	if err != nil || !strings.Contains(text, "every transfer ran once") || strings.Contains(text, "FAIL") {
+		t.Fatalf("hafe demo: %v", err)
+	}
+	checkChildrenGone(t, text)
+}
+
+// Without local server binaries the demo runs PostgreSQL in a container;
+// --postgres container takes that path here too.
+func TestDemoWithPostgresContainer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("containers are skipped under -short")
+	}
+	image := os.Getenv("HAFE_PG_IMAGE")
+	if image == "" {
+		image = "hafe-postgres:15"
+	}
+	if err := exec.Command("docker", "image", "inspect", image).Run(); err != nil {
+		t.Skipf("no Docker image %s (make image-postgres builds it): %v", image, err)
+	}
+	bin := buildHafe(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "demo", "--postgres", "container").CombinedOutput()
+	text := string(out)
+	t.Logf("demo output:\n%s", text)
+	if err != nil || !strings.Contains(text, "every transfer ran once") || !strings.Contains(text, "PostgreSQL container removed") {
 		t.Fatalf("hafe demo: %v", err)
 	}
 	checkChildrenGone(t, text)
