@@ -77,7 +77,9 @@ Example:
 	}})
 	p.finish(sum, time.Since(start))
 	if err != nil {
-		if !sum.Done {
+		// A refusal or a broken guarantee will not go away on resubmit;
+		// running out of attempts or time may.
+		if errors.Is(err, client.ErrIncomplete) || ctx.Err() != nil {
 			fmt.Fprintf(stderr, "hafe: incomplete: %d of %d transactions reported; resume with: hafe submit %s --to %s --idempotency-key %s\n",
 				sum.Transactions, n, file, strings.Join(to, ","), sum.IdempotencyKey)
 		}
@@ -247,12 +249,15 @@ func (p *progress) event(e client.Event) {
 }
 
 func (p *progress) finish(s client.Summary, took time.Duration) {
-	if p.quiet {
+	if p.quiet || s.Attempts == 0 {
 		return
 	}
 	if p.drawn {
 		fmt.Fprint(p.w, "\r\033[K")
 		p.drawn = false
+	}
+	if !s.Done && s.BatchID == "" {
+		return // refused before anything ran; the error says why
 	}
 	state := "done"
 	if !s.Done {

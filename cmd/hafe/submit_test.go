@@ -150,7 +150,7 @@ func TestSubmitExitStatus(t *testing.T) {
 	})
 	t.Run("refusal is 2 with the server's code", func(t *testing.T) {
 		r := runSubmitBinary(t, bin, `{"transactions":[{"template":"nope","args":{}}]}`, "-", "--to", url)
-		if r.code != 2 || !strings.Contains(r.stderr, "unknown_template") || r.stdout != "" {
+		if r.code != 2 || !strings.Contains(r.stderr, "unknown_template") || r.stdout != "" || strings.Contains(r.stderr, "resume") {
 			t.Errorf("exit %d, stdout %q, stderr %s: want 2 and unknown_template", r.code, r.stdout, r.stderr)
 		}
 	})
