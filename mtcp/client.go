@@ -519,11 +519,13 @@ func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string, ifDown 
 	)
 	if sb != nil {
 		nc, br = sb.nc, sb.br
+		stats.Standby = true
 		t1 = time.Now()
 		t, payload, err = exchange(ctx, nc, br, frame, cl.d.HandshakeTimeout)
 		if err != nil { // the warm path went cold: fall back to a new one
 			_ = nc.Close()
 			sb = nil
+			stats.Standby = false
 		}
 	}
 	if sb == nil {

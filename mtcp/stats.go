@@ -58,6 +58,7 @@ type MigrationStats struct {
 	Err        error  // nil on success
 
 	// Client.
+	Standby  bool          // the warm standby path carried the MIGRATE
 	Initiate time.Duration // dial (or take the standby path) and send MIGRATE
 	Wait     time.Duration // until ACCEPTED or REFUSE arrives
 	Complete time.Duration // reattach the stream and resume sending

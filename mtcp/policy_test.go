@@ -1,0 +1,274 @@
+package mtcp
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestRateEstimatorFiresBelowFractionOfPeak(t *testing.T) {
+	p := RatePolicy{}
+	p.fill()
+	now := time.Unix(0, 0)
+	r := newRateEstimator(p, now, 0)
+	total := uint64(0)
+	step := func(bytesPerTick uint64, blocked bool) bool {
+		now = now.Add(p.Interval)
+		total += bytesPerTick
+		return r.observe(now, total, blocked)
+	}
+	for i := 0; i < 20; i++ {
+		if step(10_000, false) {
+			t.Fatalf("fired at a steady rate (sample %d)", i)
+		}
+	}
+	// A slow application (full receive buffer) says nothing about the server.
+	for i := 0; i < 20; i++ {
+		if step(0, true) {
+			t.Fatal("fired while the application was not reading")
+		}
+	}
+	if step(10_000, false) {
+		t.Fatal("fired after a blocked spell")
+	}
+	// 80% of the peak: above the 75% default.
+	for i := 0; i < 20; i++ {
+		if step(8_000, false) {
+			t.Fatal("fired at 80% of the peak")
+		}
+	}
+	fired := false
+	for i := 0; i < 20 && !fired; i++ {
+		fired = step(5_000, false)
+	}
+	if !fired {
+		t.Fatal("did not fire at 50% of the peak")
+	}
+}
+
+func TestRateEstimatorIgnoresTrickles(t *testing.T) {
+	p := RatePolicy{}
+	p.fill()
+	now := time.Unix(0, 0)
+	r := newRateEstimator(p, now, 0)
+	total := uint64(0)
+	for i := 0; i < 50; i++ {
+		now = now.Add(p.Interval)
+		total += uint64(i % 5) // < MinPeak bytes/s
+		if r.observe(now, total, false) {
+			t.Fatal("fired on a trickle")
+		}
+	}
+}
+
+func TestPickServerTriesOthersFirstAndCurrentLast(t *testing.T) {
+	servers := []string{"a", "b", "c"}
+	var got []string
+	for i := 0; i < 4; i++ {
+		got = append(got, pickServer(servers, "b", i))
+	}
+	if want := []string{"c", "a", "b", "c"}; !equalStrings(got, want) {
+		t.Fatalf("order %v, want %v", got, want)
+	}
+	if pickServer(nil, "x", 3) != "x" {
+		t.Fatal("empty list")
+	}
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// runClients runs n xform clients against tc and calls during() once all
+// are connected; every stream must stay exact.
+func runClients(t *testing.T, tc *testCluster, n int, d *Dialer, during func(conns []*Conn)) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	conns := make([]*Conn, n)
+	ready := make(chan struct{}, n)
+	for k := 0; k < n; k++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := d.DialMTCP(ctx, tc.addrs[0])
+			if err != nil {
+				t.Error(err)
+				ready <- struct{}{}
+				return
+			}
+			defer c.Close()
+			conns[k] = c
+			ready <- struct{}{}
+			if err := clientRun(ctx, c, uint64(500+k), 400_000, nil); err != nil {
+				t.Errorf("conn %d: %v", k, err)
+			}
+		}()
+	}
+	for range n {
+		<-ready
+	}
+	during(conns)
+	wg.Wait()
+}
+
+func TestRedirectMovesConnection(t *testing.T) {
+	checkLeaks(t)
+	var moved sync.Map
+	tc := newCluster(t, 2, nil, func(cfg *ListenConfig) {
+		cfg.OnMigration = func(s MigrationStats) {
+			if s.Role == RoleNewServer && s.Err == nil {
+				moved.Store(s.ConnID, s.To)
+			}
+		}
+	})
+	wg := tc.runXformServers(0.2)
+	defer wg.Wait()
+	defer func() {
+		for _, l := range tc.lns {
+			_ = l.Close()
+		}
+	}()
+	runClients(t, tc, 3, testDialer(tc), func([]*Conn) {
+		tc.lns[0].mu.Lock()
+		conns := tc.lns[0].connList()
+		tc.lns[0].mu.Unlock()
+		for _, c := range conns {
+			_ = c.Redirect(tc.addrs[1])
+		}
+	})
+	n := 0
+	moved.Range(func(_, to any) bool {
+		if to == tc.addrs[1] {
+			n++
+		}
+		return true
+	})
+	t.Logf("%d connections followed the redirect", n)
+}
+
+func TestDrainMovesEveryConnection(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 3, nil, nil)
+	wg := tc.runXformServers(0.2)
+	defer wg.Wait()
+	defer func() {
+		for _, l := range tc.lns {
+			_ = l.Close()
+		}
+	}()
+	runClients(t, tc, 4, testDialer(tc), func(conns []*Conn) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := tc.lns[0].Drain(ctx); err != nil {
+			t.Error(err)
+		}
+		if n := tc.lns[0].NumConns(); n != 0 {
+			t.Errorf("%d connections left after Drain", n)
+		}
+		// A drained server takes no new connections; the dialer moves on.
+		c, err := testDialer(tc).DialMTCP(ctx, tc.addrs[0])
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if c.Server() == tc.addrs[0] {
+			t.Error("new connection landed on the drained server")
+		}
+		_ = c.Close()
+	})
+}
+
+// TestPathFailureMigratesTransparently breaks the transport under
+// connections at random; the clients notice and reattach (to the same or
+// another server) and the streams stay exact.
+func TestPathFailureMigratesTransparently(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 3, nil, nil)
+	wg := tc.runXformServers(0.2)
+	defer wg.Wait()
+	defer func() {
+		for _, l := range tc.lns {
+			_ = l.Close()
+		}
+	}()
+	runClients(t, tc, 3, testDialer(tc), func(conns []*Conn) {
+		rng := rand.New(rand.NewPCG(9, 9))
+		for i := 0; i < 30; i++ {
+			time.Sleep(time.Duration(rng.IntN(3000)) * time.Microsecond)
+			c := conns[rng.IntN(len(conns))]
+			if c == nil {
+				continue
+			}
+			c.mu.Lock()
+			if p := c.path; p != nil {
+				_ = p.nc.Close() // as if the network dropped it
+			}
+			c.mu.Unlock()
+		}
+	})
+}
+
+func TestWarmStandbyCarriesTheMigration(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 2, nil, nil)
+	tc.echo()
+	d := testDialer(tc)
+	d.Standby = true
+	c, err := d.DialMTCP(context.Background(), tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 0; i < 4; i++ {
+		target := tc.addrs[(i+1)%2]
+		waitFor(t, func() bool {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return c.cl.standby != nil && c.cl.standby.addr == target
+		})
+		if err := c.Migrate(context.Background(), target); err != nil {
+			t.Fatal(err)
+		}
+		if !c.LastMigration().Standby {
+			t.Fatalf("migration %d did not use the standby path", i)
+		}
+		echoCheck(t, c)
+	}
+}
+
+func TestClientLearnsServerUpdates(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 1, nil, nil)
+	tc.echo()
+	c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tc.lns[0].SetServers([]string{tc.addrs[0], "10.0.0.9:1"})
+	waitFor(t, func() bool { return equalStrings(c.Servers(), []string{tc.addrs[0], "10.0.0.9:1"}) })
+}
+
+// waitFor polls cond for up to 10s (bounded; generous for slow machines).
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for i := 0; i < 1000; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("condition not reached")
+}
