@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -366,4 +367,44 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("gave up waiting for %s", what)
+}
+
+// An "interrupted" error line ends a stream without its summary: the
+// client resumes elsewhere, and the replayed line is not delivered twice.
+func TestSubmitRetriesAfterInterruptedLine(t *testing.T) {
+	var mu sync.Mutex
+	calls := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		calls++
+		n := calls
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.Header().Set("Hafe-Batch-Id", "b1")
+		w.Header().Set("Hafe-Front-End", "fake"+strconv.Itoa(n))
+		line1 := `{"seq":1,"status":"committed"}` + "\n"
+		if n == 1 {
+			w.Write([]byte(line1 + `{"error":{"code":"interrupted","message":"database went away; retry with the same Idempotency-Key to resume"}}` + "\n"))
+			return
+		}
+		w.Header().Set("Hafe-Resumed", "true")
+		w.Write([]byte(line1 + `{"seq":2,"status":"aborted","error":{"code":"23514","message":"no"}}` + "\n" +
+			`{"done":true,"batch_id":"b1","transactions":2,"committed":1,"aborted":1}` + "\n"))
+	}))
+	defer srv.Close()
+	col := newCollector()
+	c := newClient(t, client.Config{FrontEnds: []string{srv.URL}, Observe: col.observe})
+	defer c.CloseIdleConnections()
+	sum, err := c.Submit(testContext(t), client.Request{Body: transfers(2), OnLine: col.line})
+	if err != nil {
+		t.Fatal(err)
+	}
+	col.checkOnceInOrder(t, 2)
+	var se *client.StreamError
+	if r := col.eventsOf(client.EventRetry); len(r) != 1 || !errors.As(r[0].Err, &se) || se.Code != "interrupted" || se.Lines != 1 {
+		t.Errorf("retries %+v: want one after an interrupted line", r)
+	}
+	if sum.Attempts != 2 || sum.Committed != 1 || sum.Aborted != 1 || strings.Join(sum.FrontEnds, ",") != "fake1,fake2" || !sum.Resumed {
+		t.Errorf("summary %+v", sum)
+	}
 }
