@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -38,8 +39,41 @@ func TestMain(m *testing.M) {
 	}
 	server = s
 	code := m.Run()
+	if code == 0 && bench == nil {
+		if leaked := leakedGoroutines(); leaked != "" {
+			fmt.Fprintf(os.Stderr, "goroutines left running after the tests:\n%s\n", leaked)
+			code = 1
+		}
+	}
 	s.Stop()
 	os.Exit(code)
+}
+
+// leakedGoroutines waits for the goroutines the tests started (servers,
+// batches, pools, clients) to end and describes those that do not.
+func leakedGoroutines() string {
+	http.DefaultClient.CloseIdleConnections()
+	var leaked []string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		leaked = leaked[:0]
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			// The shared PostgreSQL server outlives the tests by design.
+			if strings.Contains(g, "internal/pgtemp") {
+				continue
+			}
+			if strings.Contains(g, "hafe.dev/hafe/") && !strings.Contains(g, "leakedGoroutines") ||
+				strings.Contains(g, "net/http.(*persistConn)") || strings.Contains(g, "net/http.(*conn).serve") ||
+				strings.Contains(g, "jackc/puddle") || strings.Contains(g, "jackc/pgx") {
+				leaked = append(leaked, g)
+			}
+		}
+		if len(leaked) == 0 {
+			return ""
+		}
+	}
+	return strings.Join(leaked, "\n\n")
 }
 
 // effectsSchema gives raw SQL tests a table whose rows show what ran, and
