@@ -12,12 +12,12 @@ import (
 // (same name, new process) and the client finishes there. Three streams,
 // two takeovers, one set of rows.
 func TestFailoverChainOfKills(t *testing.T) {
-	c := startFailoverCluster(t, 2)
+	c := startFailoverCluster(t, 2, slowStatement)
 	fe1, fe2 := c.fes[0], c.fes[1]
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	const key = "failover-chain"
-	body := failoverBatch(failoverSlots)
+	body := c.body
 
 	first := mustStartBatch(ctx, t, fe1, key, body)
 	if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
@@ -70,12 +70,12 @@ func TestFailoverFrontEndRestartedUnderItsName(t *testing.T) {
 	if os.Getenv("HAFE_KNOWN_BUGS") == "" {
 		t.Skip("known bug: a batch orphaned by a crashed front-end stays 409 on every other front-end once it restarts under the same name (set HAFE_KNOWN_BUGS=1 to run)")
 	}
-	c := startFailoverCluster(t, 2)
+	c := startFailoverCluster(t, 2, slowStatement)
 	fe1, fe2 := c.fes[0], c.fes[1]
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	const key = "failover-restarted"
-	body := failoverBatch(failoverSlots)
+	body := c.body
 
 	first := mustStartBatch(ctx, t, fe1, key, body)
 	if err := first.waitLines(ctx, failoverFaultAfter); err != nil {

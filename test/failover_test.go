@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -24,17 +25,40 @@ import (
 // its slot in runs, moving failoverAmount between two accounts and sleeping
 // a little so that a fault lands mid-batch; every failoverAbortEvery-th one
 // then divides by zero and aborts, so that aborted outcomes fail over too.
-// The slot after failoverFaultAfter sleeps failoverSlowSleep: the client
+// The slot after failoverFaultAfter is slow (see slowPoint): the client
 // injects the fault once it has read failoverFaultAfter lines, so the fault
-// lands while that slot's transaction is open and holds the batch's lease.
+// lands while that slot's transaction holds the batch's lease.
 const (
 	failoverSlots      = 60
 	failoverFaultAfter = failoverSlots / 3 // lines the client reads before the fault
+	failoverSlowSlot   = failoverFaultAfter + 1
 	failoverAmount     = 5
 	failoverAbortEvery = 10
-	failoverSlowSleep  = "2"
+	failoverSlowSleep  = "2"         // seconds
 	failoverTotal      = "100000.00" // sum of the demo schema's balances
 )
+
+// slowPoint is where the slow slot spends its pause, so where in a slot's
+// life the fault lands.
+type slowPoint int
+
+const (
+	// slowStatement: a statement sleeps; the fault finds the slot's
+	// transaction open and its outcome not yet written.
+	slowStatement slowPoint = iota
+	// slowCommit: a deferred trigger sleeps inside COMMIT; the fault finds
+	// the outcome written and the commit in flight, so the front-end cannot
+	// know whether it committed.
+	slowCommit
+)
+
+var slowPoints = []struct {
+	name string
+	at   slowPoint
+}{
+	{"in_statement", slowStatement},
+	{"in_commit", slowCommit},
+}
 
 // frontEndFlags make takeovers quick: an owner is gone 1s after its last
 // heartbeat, and a stuck owner's session is terminated after 1s.
@@ -45,98 +69,114 @@ var frontEndFlags = []string{"--allow-raw-sql", "--heartbeat", "200ms", "--owner
 // resumes the batch. Every slot commits at most once, everything fe1
 // reported is durable, and the two streams agree byte for byte.
 func TestFailoverKilledFrontEnd(t *testing.T) {
-	c := startFailoverCluster(t, 2)
-	fe1, fe2 := c.fes[0], c.fes[1]
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-	defer cancel()
-	const key = "failover-kill"
-	body := failoverBatch(failoverSlots)
+	for _, sp := range slowPoints {
+		t.Run(sp.name, func(t *testing.T) {
+			c := startFailoverCluster(t, 2, sp.at)
+			fe1, fe2 := c.fes[0], c.fes[1]
+			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+			defer cancel()
+			const key = "failover-kill"
 
-	first := mustStartBatch(ctx, t, fe1, key, body)
-	if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
-		t.Fatalf("fe1 stream before the kill: %v", err)
-	}
-	if err := fe1.Kill(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := first.waitEnd(ctx, 30*time.Second); err != nil {
-		t.Fatalf("fe1's stream did not end after the kill: %v", err)
-	}
-	requireCutOff(t, "fe1", first)
+			first := mustStartBatch(ctx, t, fe1, key, c.body)
+			if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
+				t.Fatalf("fe1 stream before the kill: %v", err)
+			}
+			if err := fe1.Kill(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := first.waitEnd(ctx, 30*time.Second); err != nil {
+				t.Fatalf("fe1's stream did not end after the kill: %v", err)
+			}
+			requireCutOff(t, "fe1", first)
 
-	retries := submitUntilDone(ctx, t, fe2, key, body)
-	streams := append([][]byte{first.bytes()}, streamBytes(retries)...)
-	batchID := sameBatch(t, first, retries)
-	c.check(ctx, t, batchID, streams)
+			retries := submitUntilDone(ctx, t, fe2, key, c.body)
+			streams := append([][]byte{first.bytes()}, streamBytes(retries)...)
+			batchID := sameBatch(t, first, retries)
+			c.check(ctx, t, batchID, streams)
+			t.Logf("slot %d: %s", failoverSlowSlot, c.slotOwner(ctx, t, batchID, failoverSlowSlot))
+		})
+	}
 }
 
 // TestFailoverCutOffFrontEndIsFenced: fe1 is cut off the Docker network a
-// third into a batch, so its database session stalls, possibly inside a
-// slot transaction holding the batch's lease. The retry on fe2 takes the
-// batch over (fencing fe1's session after --fence-grace) and finishes it.
-// When fe1 comes back it must not commit anything more for the batch (G4),
-// and a replay of the finished batch from fe1 carries the same bytes.
+// third into a batch, so its database session stalls inside a slot
+// transaction holding the batch's lease. The retry on fe2 takes the batch
+// over (fencing fe1's session after --fence-grace) and finishes it. When
+// fe1 comes back it must not commit anything more for the batch (G4), and a
+// replay of the finished batch from fe1 carries the same bytes.
 func TestFailoverCutOffFrontEndIsFenced(t *testing.T) {
-	c := startFailoverCluster(t, 2)
-	fe1, fe2 := c.fes[0], c.fes[1]
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-	defer cancel()
-	const key = "failover-cut-off"
-	body := failoverBatch(failoverSlots)
+	for _, sp := range slowPoints {
+		t.Run(sp.name, func(t *testing.T) {
+			c := startFailoverCluster(t, 2, sp.at)
+			fe1, fe2 := c.fes[0], c.fes[1]
+			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+			defer cancel()
+			const key = "failover-cut-off"
 
-	first := mustStartBatch(ctx, t, fe1, key, body)
-	if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
-		t.Fatalf("fe1 stream before the cut: %v", err)
-	}
-	if err := fe1.Disconnect(ctx); err != nil {
-		t.Fatal(err)
-	}
-	cutAt := first.lineCount()
+			first := mustStartBatch(ctx, t, fe1, key, c.body)
+			if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
+				t.Fatalf("fe1 stream before the cut: %v", err)
+			}
+			if err := fe1.Disconnect(ctx); err != nil {
+				t.Fatal(err)
+			}
+			cutAt := first.lineCount()
 
-	retries := submitUntilDone(ctx, t, fe2, key, body)
-	batchID := sameBatch(t, first, retries)
-	// fe1's stream is still open (the test reaches fe1 on another network)
-	// and stalled: whatever it delivered so far must fit.
-	c.check(ctx, t, batchID, append([][]byte{first.bytes()}, streamBytes(retries)...))
-	before := c.rows(ctx, t, batchID)
-	for _, l := range logLines(ctx, fe2, "taken over", "terminated previous owner") {
-		t.Logf("fe2: %s", l)
-	}
-	t.Logf("fe1 delivered %d lines (%d when cut off); fe2 finished the batch; fe1 wrote %d outcomes, fe2 %d",
-		first.lineCount(), cutAt, before.byOwner["fe1"], before.byOwner["fe2"])
+			retries := submitUntilDone(ctx, t, fe2, key, c.body)
+			batchID := sameBatch(t, first, retries)
+			// fe1's stream is still open (the test reaches fe1 on another
+			// network) and stalled: whatever it delivered so far must fit.
+			c.check(ctx, t, batchID, append([][]byte{first.bytes()}, streamBytes(retries)...))
+			before := c.rows(ctx, t, batchID)
+			for _, l := range logLines(ctx, fe2, "taken over", "terminated previous owner") {
+				t.Logf("fe2: %s", l)
+			}
+			t.Logf("fe1 delivered %d lines (%d when cut off); fe2 finished the batch; fe1 wrote %d outcomes, fe2 %d; slot %d: %s",
+				first.lineCount(), cutAt, before.byOwner["fe1"], before.byOwner["fe2"],
+				failoverSlowSlot, c.slotOwner(ctx, t, batchID, failoverSlowSlot))
 
-	if err := fe1.Reconnect(ctx); err != nil {
-		t.Fatal(err)
-	}
-	// fe1 finds out it was fenced once its dead session's TCP connection
-	// answers again; give it a bounded while, then hang up on it, which
-	// cancels its request either way.
-	if err := first.waitEnd(ctx, 45*time.Second); err != nil {
-		t.Logf("fe1's stream still open %s after reconnecting (%v); closing it", 45*time.Second, err)
-		first.close()
-	}
-	t.Logf("fe1's first stream ended after %d lines: %q", first.lineCount(), lastLine(first.bytes()))
-	if d := first.bytes(); bytes.Contains(d, []byte(`"done":true`)) {
-		t.Errorf("fe1 reported the batch done after it was fenced")
-	}
+			if err := fe1.Reconnect(ctx); err != nil {
+				t.Fatal(err)
+			}
+			// fe1 finds out it was fenced once its dead session's TCP
+			// connection answers again; give it a bounded while, then hang
+			// up on it, which cancels its request either way.
+			if err := first.waitEnd(ctx, 45*time.Second); err != nil {
+				t.Logf("fe1's stream still open %s after reconnecting (%v); closing it", 45*time.Second, err)
+				first.close()
+			}
+			t.Logf("fe1's first stream ended after %d lines: %q", first.lineCount(), lastLine(first.bytes()))
+			if hasDone(first.bytes()) {
+				t.Errorf("fe1 reported the batch done after it was fenced")
+			}
 
-	// fe1 is back on the network with a fresh heartbeat: asking it for the
-	// batch again replays the finished batch from the database.
-	replay := submitUntilDone(ctx, t, fe1, key, body)
-	after := c.rows(ctx, t, batchID)
-	if !after.equal(before) {
-		t.Errorf("G4: the batch's rows changed after fe1 came back:\nbefore %s\nafter  %s", before, after)
+			// fe1 is back on the network with a fresh heartbeat: asking it
+			// for the batch again replays the finished batch from the
+			// database.
+			replay := submitUntilDone(ctx, t, fe1, key, c.body)
+			after := c.rows(ctx, t, batchID)
+			if !after.equal(before) {
+				t.Errorf("G4: the batch's rows changed after fe1 came back:\nbefore %s\nafter  %s", before, after)
+			}
+			streams := append([][]byte{first.bytes()}, streamBytes(retries)...)
+			streams = append(streams, streamBytes(replay)...)
+			c.check(ctx, t, batchID, streams)
+			if os.Getenv("HAFE_TEST_LOGS") != "" {
+				for _, fe := range c.fes {
+					logs, _ := fe.Logs(ctx)
+					t.Logf("---- %s ----\n%s", fe.Alias, logs)
+				}
+			}
+		})
 	}
-	streams := append([][]byte{first.bytes()}, streamBytes(retries)...)
-	streams = append(streams, streamBytes(replay)...)
-	c.check(ctx, t, batchID, streams)
 }
 
 // TestFailoverPostgresRestart: PostgreSQL restarts a third into a batch run
-// by a single front-end, killed (crash recovery) or stopped (fast shutdown).
-// The front-end settles the slot it was in by looking up its outcome and
-// goes on, or the client retries with the same key; either way each slot
-// commits once and the streams agree.
+// by a single front-end, killed (crash recovery) or stopped (fast
+// shutdown), while the slow slot is in a statement or in its COMMIT. The
+// front-end settles the slot by looking up its outcome and goes on, or the
+// client retries with the same key; either way each slot commits once and
+// the streams agree.
 func TestFailoverPostgresRestart(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -145,54 +185,74 @@ func TestFailoverPostgresRestart(t *testing.T) {
 		{"killed", 0},
 		{"stopped", 10 * time.Second},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c := startFailoverCluster(t, 1)
-			fe := c.fes[0]
-			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-			defer cancel()
-			key := "failover-pg-" + tc.name
-			body := failoverBatch(failoverSlots)
+		for _, sp := range slowPoints {
+			t.Run(tc.name+"_"+sp.name, func(t *testing.T) {
+				c := startFailoverCluster(t, 1, sp.at)
+				fe := c.fes[0]
+				ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+				defer cancel()
+				key := "failover-pg-" + tc.name
 
-			first := mustStartBatch(ctx, t, fe, key, body)
-			if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
-				t.Fatalf("stream before the restart: %v", err)
-			}
-			started := c.postmasterStart(ctx, t)
-			start := time.Now()
-			if err := c.pg.Restart(ctx, tc.grace); err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("postgres back after %s", time.Since(start).Round(time.Millisecond))
-			if again := c.postmasterStart(ctx, t); !again.After(started) {
-				t.Fatalf("postgres did not restart: started at %s, then at %s", started, again)
-			}
-			if err := first.waitEnd(ctx, 90*time.Second); err != nil {
-				t.Fatalf("the stream neither finished nor ended after the restart: %v", err)
-			}
-			streams := [][]byte{first.bytes()}
-			batchID := first.batchID
-			if !hasDone(first.bytes()) {
-				t.Logf("the front-end interrupted the batch (%q); retrying with the key", lastLine(first.bytes()))
-				retries := submitUntilDone(ctx, t, fe, key, body)
-				batchID = sameBatch(t, first, retries)
-				streams = append(streams, streamBytes(retries)...)
-			}
-			c.check(ctx, t, batchID, streams)
-			for _, l := range logLines(ctx, fe, "lost the database", "interrupted") {
-				t.Logf("fe1: %s", l)
-			}
-		})
+				first := mustStartBatch(ctx, t, fe, key, c.body)
+				if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
+					t.Fatalf("stream before the restart: %v", err)
+				}
+				started := c.postmasterStart(ctx, t)
+				start := time.Now()
+				if err := c.pg.Restart(ctx, tc.grace); err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("postgres back after %s", time.Since(start).Round(time.Millisecond))
+				if again := c.postmasterStart(ctx, t); !again.After(started) {
+					t.Fatalf("postgres did not restart: started at %s, then at %s", started, again)
+				}
+				if err := first.waitEnd(ctx, 90*time.Second); err != nil {
+					t.Fatalf("the stream neither finished nor ended after the restart: %v", err)
+				}
+				streams := [][]byte{first.bytes()}
+				batchID := first.batchID
+				if !hasDone(first.bytes()) {
+					t.Logf("the front-end interrupted the batch (%q); retrying with the key", lastLine(first.bytes()))
+					retries := submitUntilDone(ctx, t, fe, key, c.body)
+					batchID = sameBatch(t, first, retries)
+					streams = append(streams, streamBytes(retries)...)
+				}
+				c.check(ctx, t, batchID, streams)
+				t.Logf("slot %d: %s", failoverSlowSlot, c.slotOwner(ctx, t, batchID, failoverSlowSlot))
+				for _, l := range logLines(ctx, fe, "lost the database", "interrupted") {
+					t.Logf("fe1: %s", l)
+				}
+			})
+		}
 	}
 }
 
 // failoverCluster is PostgreSQL with hafe and the demo schema installed,
-// plus front-ends fe1, fe2, … on one Docker network.
+// plus front-ends fe1, fe2, … on one Docker network, and the workload.
 type failoverCluster struct {
-	pg  *harness.Postgres
-	fes []*harness.Hafe
+	pg   *harness.Postgres
+	fes  []*harness.Hafe
+	body []byte // the batch request
 }
 
-func startFailoverCluster(t *testing.T, frontEnds int) *failoverCluster {
+// failoverSchema is the workload's own tables: runs counts each slot's
+// committed executions; a slot listed in slow_commits sleeps in its COMMIT
+// (a deferred constraint trigger on runs).
+const failoverSchema = `
+CREATE TABLE runs (slot integer NOT NULL);
+CREATE TABLE slow_commits (slot integer PRIMARY KEY);
+CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF EXISTS (SELECT 1 FROM slow_commits WHERE slot = NEW.slot) THEN
+		PERFORM pg_sleep(` + failoverSlowSleep + `);
+	END IF;
+	RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER runs_slow_commit AFTER INSERT ON runs
+	DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();
+`
+
+func startFailoverCluster(t *testing.T, frontEnds int, slow slowPoint) *failoverCluster {
 	t.Helper()
 	harness.RequireDocker(t)
 	nw := harness.NewNetwork(t)
@@ -204,7 +264,11 @@ func startFailoverCluster(t *testing.T, frontEnds int) *failoverCluster {
 	defer cancel()
 	db := connect(ctx, t, pg)
 	defer db.Close(context.Background())
-	for _, q := range []string{hafesql.DemoSchema(), `CREATE TABLE runs (slot integer NOT NULL)`} {
+	schema := []string{hafesql.DemoSchema(), failoverSchema}
+	if slow == slowCommit {
+		schema = append(schema, fmt.Sprintf(`INSERT INTO slow_commits VALUES (%d)`, failoverSlowSlot))
+	}
+	for _, q := range schema {
 		if _, err := db.Exec(ctx, q); err != nil {
 			t.Fatalf("schema: %v", err)
 		}
@@ -213,7 +277,21 @@ func startFailoverCluster(t *testing.T, frontEnds int) *failoverCluster {
 		id := fmt.Sprintf("fe%d", i+1)
 		return harness.HafeConfig{Alias: id, Args: harness.ServeArgs(pg.NetworkURL, id, frontEndFlags...)}
 	})
-	return &failoverCluster{pg: pg, fes: fes}
+	return &failoverCluster{pg: pg, fes: fes, body: failoverBatch(failoverSlots, slow)}
+}
+
+// slotOwner says who recorded slot seq's outcome, and how.
+func (c *failoverCluster) slotOwner(ctx context.Context, t *testing.T, batchID string, seq int) string {
+	t.Helper()
+	db := connect(ctx, t, c.pg)
+	defer db.Close(context.Background())
+	var status, owner string
+	var epoch int64
+	err := db.QueryRow(ctx, `SELECT status, owner, epoch FROM hafe.outcomes WHERE batch_id = $1 AND seq = $2`, batchID, seq).Scan(&status, &owner, &epoch)
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("%s by %s at epoch %d", status, owner, epoch)
 }
 
 // postmasterStart is when the PostgreSQL server last started.
@@ -396,7 +474,7 @@ func failoverAccounts(seq int) (from, to int) {
 }
 
 // failoverBatch is the request body of the failover workload.
-func failoverBatch(n int) []byte {
+func failoverBatch(n int, slow slowPoint) []byte {
 	type stmt struct {
 		Query string `json:"query"`
 		Args  []any  `json:"args,omitempty"`
@@ -415,7 +493,7 @@ func failoverBatch(n int) []byte {
 			{Query: `UPDATE accounts SET balance = balance + $1 WHERE id = $2 RETURNING id, balance`, Args: []any{failoverAmount, to}},
 			{Query: `SELECT pg_sleep(0.05)`},
 		}}
-		if seq == failoverFaultAfter+1 {
+		if seq == failoverSlowSlot && slow == slowStatement {
 			t.SQL[3].Query = `SELECT pg_sleep(` + failoverSlowSleep + `)`
 		}
 		if seq%failoverAbortEvery == 0 {
