@@ -212,8 +212,14 @@ func TestSlotCommitsOnceWhenTwoExecutorsRace(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	wg.Add(2)
-	go func() { defer wg.Done(); _, errs[0] = e1.Run(context.Background(), l, Batch{Transactions: txns}, s1.emit) }()
-	go func() { defer wg.Done(); _, errs[1] = e2.Run(context.Background(), &twin, Batch{Transactions: txns}, s2.emit) }()
+	go func() {
+		defer wg.Done()
+		_, errs[0] = e1.Run(context.Background(), l, Batch{Transactions: txns}, s1.emit)
+	}()
+	go func() {
+		defer wg.Done()
+		_, errs[1] = e2.Run(context.Background(), &twin, Batch{Transactions: txns}, s2.emit)
+	}()
 	wg.Wait()
 	if errs[0] != nil || errs[1] != nil {
 		t.Fatal(errs)
@@ -432,5 +438,28 @@ func TestBadArgumentsAbortTheSlotOnly(t *testing.T) {
 	}
 	if !strings.Contains(s.text(), `"columns":["g"],"rows":[]`) {
 		t.Fatalf("an empty result should list its columns and no rows:\n%s", s.text())
+	}
+}
+
+func TestStatementThatFailsToPrepareAbortsOnlyItsSlot(t *testing.T) {
+	e, p := newExecutor(t, newDB(t), "fe1", Config{})
+	b := Batch{Transactions: []Transaction{
+		counted(1, Statement{Query: "SELEC 1"}),
+		counted(2, Statement{Query: "SELECT * FROM no_such_table WHERE id = @id", Named: map[string]any{"id": 1}}),
+		counted(3, Statement{Query: "SELECT $1::int", Args: []any{make(chan int)}}),
+		counted(4),
+	}}
+	var s stream
+	sum, err := e.Run(context.Background(), open(t, e, "prepare", 4), b, s.emit)
+	if err != nil || sum.Aborted != 3 || sum.Committed != 1 {
+		t.Fatalf("sum %+v err %v\n%s", sum, err, s.text())
+	}
+	for _, want := range []string{`"code":"42601"`, `"code":"42P01"`, `"code":"invalid_arguments"`} {
+		if !strings.Contains(s.text(), want+`,`) || !strings.Contains(s.text(), `"statement":2`) {
+			t.Fatalf("stream lacks %s at statement 2:\n%s", want, s.text())
+		}
+	}
+	if runs := runsPerSlot(t, p); len(runs) != 1 || runs[4] != 1 {
+		t.Fatalf("runs %v: aborted slots left effects", runs)
 	}
 }

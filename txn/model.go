@@ -1,6 +1,7 @@
 package txn
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
@@ -53,11 +54,14 @@ type Statement struct {
 	Named map[string]any
 }
 
-func (s Statement) args() []any {
+// sent returns the statement as it goes to the server: named arguments
+// rewritten to positional ones, so that errors pgx reports by SQL text can
+// be traced back to the statement.
+func (s Statement) sent() (string, []any, error) {
 	if s.Named != nil {
-		return []any{pgx.NamedArgs(s.Named)}
+		return pgx.NamedArgs(s.Named).RewriteQuery(context.Background(), nil, s.Query, nil)
 	}
-	return s.Args
+	return s.Query, s.Args, nil
 }
 
 // Transaction is the statements of one slot, run in one database

@@ -18,8 +18,8 @@ const (
 
 // Result is what one statement returned.
 type Result struct {
-	Command      string   `json:"command"`
-	RowsAffected int64    `json:"rows_affected"`
+	Command      string `json:"command"`
+	RowsAffected int64  `json:"rows_affected"`
 	// Columns and Rows are present only for statements that return rows.
 	Columns []string `json:"columns,omitempty"`
 	Rows    *[][]any `json:"rows,omitempty"`

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -154,10 +155,17 @@ func (e *Executor) attempt(ctx context.Context, l *Lease, seq int, t Transaction
 	b := &pgx.Batch{}
 	b.Queue(iso.beginSQL())
 	b.Queue(backendext.CheckLeaseSQL, l.BatchID, l.Epoch)
-	for _, s := range t.Statements {
-		b.Queue(s.Query, s.args()...)
+	sent := make([]string, len(t.Statements))
+	for i, s := range t.Statements {
+		query, args, err := s.sent()
+		if err != nil {
+			return backendext.Outcome{}, &attemptError{fault: faultAbort, err: err,
+				slot: &SlotError{Code: "invalid_arguments", Message: err.Error(), Statement: i + 1}}
+		}
+		sent[i] = query
+		b.Queue(query, args...)
 	}
-	results, err := e.runStatements(ctx, conn.Conn().SendBatch(ctx, b), len(t.Statements))
+	results, err := e.runStatements(ctx, conn.Conn().SendBatch(ctx, b), sent)
 	if err != nil {
 		rollback(ctx, conn.Conn())
 		return backendext.Outcome{}, err
@@ -233,14 +241,22 @@ func (e *Executor) commitOutcome(ctx context.Context, conn *pgx.Conn, o backende
 }
 
 // runStatements reads the first pipeline's results: BEGIN, the lease
-// check, then each statement's rows.
-func (e *Executor) runStatements(ctx context.Context, br pgx.BatchResults, n int) (results []Result, err error) {
+// check, then the rows of each statement, sent as the queries in sent.
+func (e *Executor) runStatements(ctx context.Context, br pgx.BatchResults, sent []string) (results []Result, err error) {
 	defer func() {
 		if cerr := br.Close(); err == nil && cerr != nil {
 			err = e.classify(ctx, cerr, 0, false)
 		}
 	}()
 	if _, err := br.Exec(); err != nil {
+		// pgx prepares new statements (and encodes arguments) before it
+		// runs anything; such an error arrives first, naming the query.
+		var pre pgx.ErrPreprocessingBatch
+		if errors.As(err, &pre) {
+			if i := slices.Index(sent, pre.SQL()); i >= 0 {
+				return nil, e.classify(ctx, err, i+1, false)
+			}
+		}
 		return nil, e.classify(ctx, err, 0, false)
 	}
 	tag, err := br.Exec()
@@ -250,8 +266,8 @@ func (e *Executor) runStatements(ctx context.Context, br pgx.BatchResults, n int
 	if err != nil {
 		return nil, e.classify(ctx, err, 0, false)
 	}
-	results = make([]Result, 0, n)
-	for i := 1; i <= n; i++ {
+	results = make([]Result, 0, len(sent))
+	for i := 1; i <= len(sent); i++ {
 		res, err := e.readResult(ctx, br, i)
 		if err != nil {
 			return nil, err
