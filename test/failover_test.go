@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -107,67 +108,84 @@ func TestFailoverKilledFrontEnd(t *testing.T) {
 func TestFailoverCutOffFrontEndIsFenced(t *testing.T) {
 	for _, sp := range slowPoints {
 		t.Run(sp.name, func(t *testing.T) {
-			c := startFailoverCluster(t, 2, sp.at)
-			fe1, fe2 := c.fes[0], c.fes[1]
-			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-			defer cancel()
-			const key = "failover-cut-off"
-
-			first := mustStartBatch(ctx, t, fe1, key, c.body)
-			if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
-				t.Fatalf("fe1 stream before the cut: %v", err)
-			}
-			if err := fe1.Disconnect(ctx); err != nil {
-				t.Fatal(err)
-			}
-			cutAt := first.lineCount()
-
-			retries := submitUntilDone(ctx, t, fe2, key, c.body)
-			batchID := sameBatch(t, first, retries)
-			// fe1's stream is still open (the test reaches fe1 on another
-			// network) and stalled: whatever it delivered so far must fit.
-			c.check(ctx, t, batchID, append([][]byte{first.bytes()}, streamBytes(retries)...))
-			before := c.rows(ctx, t, batchID)
-			for _, l := range logLines(ctx, fe2, "taken over", "terminated previous owner") {
-				t.Logf("fe2: %s", l)
-			}
-			t.Logf("fe1 delivered %d lines (%d when cut off); fe2 finished the batch; fe1 wrote %d outcomes, fe2 %d; slot %d: %s",
-				first.lineCount(), cutAt, before.byOwner["fe1"], before.byOwner["fe2"],
-				failoverSlowSlot, c.slotOwner(ctx, t, batchID, failoverSlowSlot))
-
-			if err := fe1.Reconnect(ctx); err != nil {
-				t.Fatal(err)
-			}
-			// fe1 finds out it was fenced once its dead session's TCP
-			// connection answers again; give it a bounded while, then hang
-			// up on it, which cancels its request either way.
-			if err := first.waitEnd(ctx, 45*time.Second); err != nil {
-				t.Logf("fe1's stream still open %s after reconnecting (%v); closing it", 45*time.Second, err)
-				first.close()
-			}
-			t.Logf("fe1's first stream ended after %d lines: %q", first.lineCount(), lastLine(first.bytes()))
-			if hasDone(first.bytes()) {
-				t.Errorf("fe1 reported the batch done after it was fenced")
-			}
-
-			// fe1 is back on the network with a fresh heartbeat: asking it
-			// for the batch again replays the finished batch from the
-			// database.
-			replay := submitUntilDone(ctx, t, fe1, key, c.body)
-			after := c.rows(ctx, t, batchID)
-			if !after.equal(before) {
-				t.Errorf("G4: the batch's rows changed after fe1 came back:\nbefore %s\nafter  %s", before, after)
-			}
-			streams := append([][]byte{first.bytes()}, streamBytes(retries)...)
-			streams = append(streams, streamBytes(replay)...)
-			c.check(ctx, t, batchID, streams)
-			if os.Getenv("HAFE_TEST_LOGS") != "" {
-				for _, fe := range c.fes {
-					logs, _ := fe.Logs(ctx)
-					t.Logf("---- %s ----\n%s", fe.Alias, logs)
-				}
-			}
+			testStuckFrontEndIsFenced(t, sp.at, "cut off", (*harness.Hafe).Disconnect, (*harness.Hafe).Reconnect)
 		})
+	}
+}
+
+// TestFailoverPausedFrontEndIsFenced: as the cut-off test, but fe1 is
+// frozen (docker pause) instead: its connections stay up and nothing
+// answers, like a stuck machine or a long GC pause.
+func TestFailoverPausedFrontEndIsFenced(t *testing.T) {
+	for _, sp := range slowPoints {
+		t.Run(sp.name, func(t *testing.T) {
+			testStuckFrontEndIsFenced(t, sp.at, "paused", (*harness.Hafe).Pause, (*harness.Hafe).Unpause)
+		})
+	}
+}
+
+// testStuckFrontEndIsFenced stops fe1 with stop a third into the batch,
+// finishes the batch on fe2, then lets fe1 go on with resume and checks it
+// changes nothing.
+func testStuckFrontEndIsFenced(t *testing.T, slow slowPoint, how string, stop, resume func(*harness.Hafe, context.Context) error) {
+	c := startFailoverCluster(t, 2, slow)
+	fe1, fe2 := c.fes[0], c.fes[1]
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	const key = "failover-stuck"
+
+	first := mustStartBatch(ctx, t, fe1, key, c.body)
+	if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
+		t.Fatalf("fe1 stream before it was %s: %v", how, err)
+	}
+	if err := stop(fe1, ctx); err != nil {
+		t.Fatal(err)
+	}
+	stoppedAt := first.lineCount()
+
+	retries := submitUntilDone(ctx, t, fe2, key, c.body)
+	batchID := sameBatch(t, first, retries)
+	// fe1's stream is still open and stalled: whatever it delivered so far
+	// must fit.
+	c.check(ctx, t, batchID, append([][]byte{first.bytes()}, streamBytes(retries)...))
+	before := c.rows(ctx, t, batchID)
+	for _, l := range logLines(ctx, fe2, "taken over", "terminated previous owner") {
+		t.Logf("fe2: %s", l)
+	}
+	t.Logf("fe1 delivered %d lines (%d when %s); fe2 finished the batch; fe1 wrote %d outcomes, fe2 %d; slot %d: %s",
+		first.lineCount(), stoppedAt, how, before.byOwner["fe1"], before.byOwner["fe2"],
+		failoverSlowSlot, c.slotOwner(ctx, t, batchID, failoverSlowSlot))
+
+	if err := resume(fe1, ctx); err != nil {
+		t.Fatal(err)
+	}
+	// fe1 finds out it was fenced once its dead session answers again; give
+	// it a bounded while, then hang up on it, which cancels its request
+	// either way.
+	if err := first.waitEnd(ctx, 45*time.Second); err != nil {
+		t.Logf("fe1's stream still open %s after it was back (%v); closing it", 45*time.Second, err)
+		first.close()
+	}
+	t.Logf("fe1's first stream ended after %d lines: %q", first.lineCount(), lastLine(first.bytes()))
+	if hasDone(first.bytes()) {
+		t.Errorf("fe1 reported the batch done after it was fenced")
+	}
+
+	// fe1 is back with a fresh heartbeat: asking it for the batch again
+	// replays the finished batch from the database.
+	replay := submitUntilDone(ctx, t, fe1, key, c.body)
+	after := c.rows(ctx, t, batchID)
+	if !after.equal(before) {
+		t.Errorf("G4: the batch's rows changed after fe1 came back:\nbefore %s\nafter  %s", before, after)
+	}
+	streams := append([][]byte{first.bytes()}, streamBytes(retries)...)
+	streams = append(streams, streamBytes(replay)...)
+	c.check(ctx, t, batchID, streams)
+	if os.Getenv("HAFE_TEST_LOGS") != "" {
+		for _, fe := range c.fes {
+			logs, _ := fe.Logs(ctx)
+			t.Logf("---- %s ----\n%s", fe.Alias, logs)
+		}
 	}
 }
 
@@ -252,7 +270,9 @@ CREATE CONSTRAINT TRIGGER runs_slow_commit AFTER INSERT ON runs
 	DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();
 `
 
-func startFailoverCluster(t *testing.T, frontEnds int, slow slowPoint) *failoverCluster {
+// startFailoverCluster starts PostgreSQL and frontEnds front-ends with
+// frontEndFlags and extra.
+func startFailoverCluster(t *testing.T, frontEnds int, slow slowPoint, extra ...string) *failoverCluster {
 	t.Helper()
 	harness.RequireDocker(t)
 	nw := harness.NewNetwork(t)
@@ -275,7 +295,7 @@ func startFailoverCluster(t *testing.T, frontEnds int, slow slowPoint) *failover
 	}
 	fes := harness.StartHafes(t, nw, frontEnds, func(i int) harness.HafeConfig {
 		id := fmt.Sprintf("fe%d", i+1)
-		return harness.HafeConfig{Alias: id, Args: harness.ServeArgs(pg.NetworkURL, id, frontEndFlags...)}
+		return harness.HafeConfig{Alias: id, Args: harness.ServeArgs(pg.NetworkURL, id, append(slices.Clone(frontEndFlags), extra...)...)}
 	})
 	return &failoverCluster{pg: pg, fes: fes, body: failoverBatch(failoverSlots, slow)}
 }
