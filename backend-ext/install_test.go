@@ -132,7 +132,7 @@ func TestGCKeepsRunningBatches(t *testing.T) {
 	old := "00000000-0000-0000-0000-000000000001"
 	running := "00000000-0000-0000-0000-000000000002"
 	for _, id := range []string{old, running} {
-		if _, _, err := CreateBatch(ctx, c, id, "", []byte{1}, 1, "fe1", time.Second); err != nil {
+		if _, _, err := CreateBatch(ctx, c, id, "", []byte{1}, 1, "fe1", "run1", time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}

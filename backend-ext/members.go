@@ -9,6 +9,7 @@ import (
 // Member is a row of hafe.members: one front-end.
 type Member struct {
 	ID          string
+	Incarnation string // random per run of the front-end
 	HTTPAddr    string
 	MTCPAddr    string
 	PeerAddr    string
@@ -21,11 +22,11 @@ type Member struct {
 
 // Heartbeat inserts or refreshes the member's row.
 func Heartbeat(ctx context.Context, db DB, m Member) error {
-	_, err := db.Exec(ctx, `INSERT INTO hafe.members (id, http_addr, mtcp_addr, peer_addr, load, draining)
-		VALUES ($1, $2, $3, $4, $5, $6)
-		ON CONFLICT (id) DO UPDATE SET http_addr = EXCLUDED.http_addr, mtcp_addr = EXCLUDED.mtcp_addr,
+	_, err := db.Exec(ctx, `INSERT INTO hafe.members (id, incarnation, http_addr, mtcp_addr, peer_addr, load, draining)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		ON CONFLICT (id) DO UPDATE SET incarnation = EXCLUDED.incarnation, http_addr = EXCLUDED.http_addr, mtcp_addr = EXCLUDED.mtcp_addr,
 			peer_addr = EXCLUDED.peer_addr, load = EXCLUDED.load, draining = EXCLUDED.draining, heartbeat_at = now()`,
-		m.ID, m.HTTPAddr, m.MTCPAddr, m.PeerAddr, m.Load, m.Draining)
+		m.ID, m.Incarnation, m.HTTPAddr, m.MTCPAddr, m.PeerAddr, m.Load, m.Draining)
 	if err != nil {
 		return fmt.Errorf("heartbeat %s: %w", m.ID, err)
 	}
@@ -40,7 +41,7 @@ func Leave(ctx context.Context, db DB, id string) error {
 
 // ListMembers returns all members, alive first.
 func ListMembers(ctx context.Context, db DB, liveness time.Duration) ([]Member, error) {
-	rows, err := db.Query(ctx, `SELECT id, http_addr, mtcp_addr, peer_addr, load, draining, started_at, heartbeat_at,
+	rows, err := db.Query(ctx, `SELECT id, incarnation, http_addr, mtcp_addr, peer_addr, load, draining, started_at, heartbeat_at,
 			heartbeat_at > now() - make_interval(secs => $1::float8) AS alive
 		FROM hafe.members ORDER BY alive DESC, id`, liveness.Seconds())
 	if err != nil {
@@ -50,7 +51,7 @@ func ListMembers(ctx context.Context, db DB, liveness time.Duration) ([]Member, 
 	var ms []Member
 	for rows.Next() {
 		var m Member
-		if err := rows.Scan(&m.ID, &m.HTTPAddr, &m.MTCPAddr, &m.PeerAddr, &m.Load, &m.Draining, &m.StartedAt, &m.HeartbeatAt, &m.Alive); err != nil {
+		if err := rows.Scan(&m.ID, &m.Incarnation, &m.HTTPAddr, &m.MTCPAddr, &m.PeerAddr, &m.Load, &m.Draining, &m.StartedAt, &m.HeartbeatAt, &m.Alive); err != nil {
 			return nil, err
 		}
 		ms = append(ms, m)

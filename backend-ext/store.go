@@ -42,7 +42,10 @@ type Batch struct {
 	Owner       string // "" when no front-end holds the lease
 	Epoch       int64
 	State       string
-	OwnerAlive  bool
+	// OwnerAlive: the owner's current run heartbeats within the liveness
+	// asked for; OwnerHeartbeatAge is how long ago it last did.
+	OwnerAlive        bool
+	OwnerHeartbeatAge time.Duration
 }
 
 // Outcome is a row of hafe.outcomes.
@@ -58,19 +61,23 @@ type Outcome struct {
 
 const batchColumns = `b.batch_id::text, coalesce(b.idem_key, ''), b.request_hash, b.n_txns,
 	coalesce(b.owner, ''), b.epoch, b.state,
-	coalesce(m.heartbeat_at > now() - make_interval(secs => $2::float8), false)`
+	coalesce(m.heartbeat_at > now() - make_interval(secs => $2::float8) AND m.incarnation = b.owner_incarnation, false),
+	coalesce(extract(epoch FROM now() - m.heartbeat_at)::float8, 0)`
 
 func scanBatch(row pgx.Row) (Batch, error) {
 	var b Batch
-	err := row.Scan(&b.ID, &b.IdemKey, &b.RequestHash, &b.NumTxns, &b.Owner, &b.Epoch, &b.State, &b.OwnerAlive)
+	var age float64
+	err := row.Scan(&b.ID, &b.IdemKey, &b.RequestHash, &b.NumTxns, &b.Owner, &b.Epoch, &b.State, &b.OwnerAlive, &age)
+	b.OwnerHeartbeatAge = time.Duration(age * float64(time.Second))
 	return b, err
 }
 
-// CreateBatch inserts a new running batch owned by owner at epoch 1. When
+// CreateBatch inserts a new running batch owned by owner (in its run
+// incarnation) at epoch 1. When
 // idemKey is not empty and a batch with that key exists, it returns that
 // batch instead and created is false. liveness is how fresh an owner's
 // heartbeat must be for Batch.OwnerAlive.
-func CreateBatch(ctx context.Context, db DB, id, idemKey string, requestHash []byte, numTxns int, owner string, liveness time.Duration) (b Batch, created bool, err error) {
+func CreateBatch(ctx context.Context, db DB, id, idemKey string, requestHash []byte, numTxns int, owner, incarnation string, liveness time.Duration) (b Batch, created bool, err error) {
 	var key any
 	if idemKey != "" {
 		key = idemKey
@@ -86,8 +93,8 @@ func CreateBatch(ctx context.Context, db DB, id, idemKey string, requestHash []b
 			return Batch{}, false, fmt.Errorf("read batch for key: %w", err)
 		}
 	}
-	tag, err := db.Exec(ctx, `INSERT INTO hafe.batches (batch_id, idem_key, request_hash, n_txns, owner)
-		VALUES ($1, $2, $3, $4, $5) ON CONFLICT (idem_key) DO NOTHING`, id, key, requestHash, numTxns, owner)
+	tag, err := db.Exec(ctx, `INSERT INTO hafe.batches (batch_id, idem_key, request_hash, n_txns, owner, owner_incarnation)
+		VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (idem_key) DO NOTHING`, id, key, requestHash, numTxns, owner, incarnation)
 	if err != nil {
 		return Batch{}, false, fmt.Errorf("create batch: %w", err)
 	}
@@ -115,16 +122,16 @@ func GetBatch(ctx context.Context, db DB, id string, liveness time.Duration) (Ba
 // ClaimBatch takes the batch's lease for owner and returns the new epoch. It
 // blocks while a slot transaction of the previous owner is open; see
 // hafe.claim_batch.
-func ClaimBatch(ctx context.Context, db DB, id, owner string) (int64, error) {
-	var epoch int64
-	err := db.QueryRow(ctx, "SELECT hafe.claim_batch($1, $2)", id, owner).Scan(&epoch)
+func ClaimBatch(ctx context.Context, db DB, id, owner, incarnation string) (int64, error) {
+	var epoch *int64
+	err := db.QueryRow(ctx, "SELECT hafe.claim_batch($1, $2, $3)", id, owner, incarnation).Scan(&epoch)
 	if err != nil {
 		return 0, fmt.Errorf("claim batch %s: %w", id, err)
 	}
-	if epoch == 0 {
+	if epoch == nil {
 		return 0, ErrNoBatch
 	}
-	return epoch, nil
+	return *epoch, nil
 }
 
 // FenceBlockers terminates the hafe sessions that block backend pid.

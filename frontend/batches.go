@@ -2,8 +2,10 @@ package frontend
 
 import (
 	"errors"
+	"math"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,7 +60,7 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, refuse(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request body"))
 		return
 	case errors.As(err, &busy):
-		w.Header().Set("Retry-After", "1")
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(busy.RetryAfter.Seconds()))))
 		s.refuse(w, refuse(409, "batch_in_progress", "the batch for this Idempotency-Key is still running on front-end %s; retry later", busy.Owner))
 		return
 	case err != nil:

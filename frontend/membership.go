@@ -39,7 +39,7 @@ func (s *Server) heartbeat(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.HeartbeatInterval*2)
 	defer cancel()
 	err := backendext.Heartbeat(ctx, s.pool, backendext.Member{
-		ID: s.cfg.ID, HTTPAddr: s.cfg.Addr, Load: float64(s.batches.running()), Draining: s.batches.isDraining(),
+		ID: s.cfg.ID, Incarnation: s.exec.Incarnation(), HTTPAddr: s.cfg.Addr, Load: float64(s.batches.running()), Draining: s.batches.isDraining(),
 	})
 	if err != nil && ctx.Err() == nil {
 		s.log.Warn("heartbeat", "err", err)

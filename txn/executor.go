@@ -20,6 +20,10 @@ import (
 type Config struct {
 	// Owner is this front-end's member id; it owns the batches it runs.
 	Owner string
+	// Incarnation tells this run of the front-end from earlier runs under
+	// the same Owner name (default: random). A batch owned by an earlier
+	// incarnation is not running any more, whatever the heartbeats say.
+	Incarnation string
 	// MaxAttempts bounds how often a slot is tried after serialization
 	// failures and deadlocks (default 5).
 	MaxAttempts int
@@ -39,6 +43,9 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
+	if c.Incarnation == "" {
+		c.Incarnation = newUUID()
+	}
 	if c.MaxAttempts <= 0 {
 		c.MaxAttempts = 5
 	}
@@ -74,6 +81,9 @@ var (
 type BusyError struct {
 	BatchID string
 	Owner   string
+	// RetryAfter is when the owner counts as gone if it does not heartbeat
+	// again: the earliest a retry can take the batch over.
+	RetryAfter time.Duration
 }
 
 func (e *BusyError) Error() string {
@@ -125,13 +135,13 @@ type Lease struct {
 // Every Lease must be passed to Run or Release.
 func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 	id := newUUID()
-	b, created, err := backendext.CreateBatch(ctx, e.pool, id, req.IdempotencyKey, req.RequestHash, req.NumTxns, e.cfg.Owner, e.cfg.OwnerLiveness)
+	b, created, err := backendext.CreateBatch(ctx, e.pool, id, req.IdempotencyKey, req.RequestHash, req.NumTxns, e.cfg.Owner, e.cfg.Incarnation, e.cfg.OwnerLiveness)
 	if err != nil {
 		return nil, err
 	}
 	if created {
 		if !e.markRunning(id) {
-			return nil, &BusyError{BatchID: id, Owner: e.cfg.Owner}
+			return nil, &BusyError{BatchID: id, Owner: e.cfg.Owner, RetryAfter: time.Second}
 		}
 		return &Lease{BatchID: id, Epoch: b.Epoch}, nil
 	}
@@ -139,14 +149,16 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 		return nil, ErrKeyReused
 	}
 	if !e.markRunning(b.ID) {
-		return nil, &BusyError{BatchID: b.ID, Owner: e.cfg.Owner}
+		return nil, &BusyError{BatchID: b.ID, Owner: e.cfg.Owner, RetryAfter: time.Second}
 	}
 	if b.State == backendext.BatchDone {
 		return &Lease{BatchID: b.ID, Epoch: b.Epoch, Resumed: true, Finished: true}, nil
 	}
+	// OwnerAlive holds only for the owner's current run, so a batch left by
+	// an earlier run of this very front-end is taken over, not refused.
 	if b.Owner != "" && b.Owner != e.cfg.Owner && b.OwnerAlive {
 		e.markStopped(b.ID)
-		return nil, &BusyError{BatchID: b.ID, Owner: b.Owner}
+		return nil, &BusyError{BatchID: b.ID, Owner: b.Owner, RetryAfter: max(e.cfg.OwnerLiveness-b.OwnerHeartbeatAge, time.Second)}
 	}
 	epoch, err := e.claim(ctx, b.ID)
 	if err != nil {
@@ -156,6 +168,9 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 	e.log.Info("batch taken over", "batch", b.ID, "previous_owner", b.Owner, "epoch", epoch)
 	return &Lease{BatchID: b.ID, Epoch: epoch, Resumed: true}, nil
 }
+
+// Incarnation is this run's incarnation: heartbeat with it.
+func (e *Executor) Incarnation() string { return e.cfg.Incarnation }
 
 // claim takes the batch's lease. A previous owner's slot transaction holds
 // the batch row; if it is still open after FenceGrace, its session is
@@ -173,7 +188,7 @@ func (e *Executor) claim(ctx context.Context, batchID string) (int64, error) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		epoch, err := backendext.ClaimBatch(ctx, conn, batchID, e.cfg.Owner)
+		epoch, err := backendext.ClaimBatch(ctx, conn, batchID, e.cfg.Owner, e.cfg.Incarnation)
 		done <- result{epoch, err}
 	}()
 	grace := time.NewTimer(e.cfg.FenceGrace)

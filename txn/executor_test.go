@@ -308,7 +308,7 @@ func TestBatchOfLiveOwnerIsBusyAndOfDeadOwnerIsTakenOver(t *testing.T) {
 	e1, p := newExecutor(t, url, "fe1", Config{OwnerLiveness: time.Hour})
 	e2, _ := newExecutor(t, url, "fe2", Config{OwnerLiveness: time.Hour})
 	ctx := context.Background()
-	if err := backendext.Heartbeat(ctx, p, backendext.Member{ID: "fe1"}); err != nil {
+	if err := backendext.Heartbeat(ctx, p, backendext.Member{ID: "fe1", Incarnation: e1.Incarnation()}); err != nil {
 		t.Fatal(err)
 	}
 	l1 := open(t, e1, "busy", 1)
@@ -461,5 +461,28 @@ func TestStatementThatFailsToPrepareAbortsOnlyItsSlot(t *testing.T) {
 	}
 	if runs := runsPerSlot(t, p); len(runs) != 1 || runs[4] != 1 {
 		t.Fatalf("runs %v: aborted slots left effects", runs)
+	}
+}
+
+func TestBatchOfEarlierRunUnderSameNameIsTakenOver(t *testing.T) {
+	url := newDB(t)
+	ctx := context.Background()
+	first, p := newExecutor(t, url, "fe1", Config{OwnerLiveness: time.Hour})
+	if err := backendext.Heartbeat(ctx, p, backendext.Member{ID: "fe1", Incarnation: first.Incarnation()}); err != nil {
+		t.Fatal(err)
+	}
+	open(t, first, "orphan", 1) // fe1 crashes while running it
+	// fe1 restarts under the same name and heartbeats again.
+	again, _ := newExecutor(t, url, "fe1", Config{OwnerLiveness: time.Hour})
+	if err := backendext.Heartbeat(ctx, p, backendext.Member{ID: "fe1", Incarnation: again.Incarnation()}); err != nil {
+		t.Fatal(err)
+	}
+	other, _ := newExecutor(t, url, "fe2", Config{OwnerLiveness: time.Hour})
+	l, err := other.Open(ctx, OpenRequest{IdempotencyKey: "orphan", RequestHash: []byte("hash-orphan"), NumTxns: 1})
+	if err != nil {
+		t.Fatalf("the orphaned batch was not taken over: %v", err)
+	}
+	if l.Epoch != 2 {
+		t.Fatalf("epoch %d", l.Epoch)
 	}
 }

@@ -3,6 +3,7 @@
 -- Front-end membership: who is alive, where to reach it, how loaded it is.
 CREATE TABLE members (
     id           text PRIMARY KEY,
+    incarnation  text NOT NULL DEFAULT '',
     http_addr    text NOT NULL DEFAULT '',
     mtcp_addr    text NOT NULL DEFAULT '',
     peer_addr    text NOT NULL DEFAULT '',

@@ -9,6 +9,9 @@ CREATE TABLE batches (
     request_hash bytea NOT NULL,
     n_txns       integer NOT NULL CHECK (n_txns >= 0),
     owner        text,
+    -- owner_incarnation tells a front-end's runs apart: a front-end that
+    -- restarts under the same name does not own its earlier run's batches.
+    owner_incarnation text,
     epoch        bigint NOT NULL DEFAULT 1,
     owner_pid    integer,
     state        text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'done')),
@@ -52,10 +55,10 @@ CREATE TABLE snapshots (
 -- epoch. It waits for any slot transaction of the previous owner (they hold
 -- the batch row lock), so once it returns the previous owner can no longer
 -- commit for this batch.
-CREATE FUNCTION claim_batch(p_batch uuid, p_owner text) RETURNS bigint
+CREATE FUNCTION claim_batch(p_batch uuid, p_owner text, p_incarnation text) RETURNS bigint
 LANGUAGE sql AS $$
     UPDATE @extschema@.batches
-       SET owner = p_owner, epoch = epoch + 1, owner_pid = NULL, updated_at = now()
+       SET owner = p_owner, owner_incarnation = p_incarnation, epoch = epoch + 1, owner_pid = NULL, updated_at = now()
      WHERE batch_id = p_batch
     RETURNING epoch
 $$;
