@@ -141,41 +141,38 @@ func FenceBlockers(ctx context.Context, db DB, pid uint32) (int, error) {
 	return n, err
 }
 
-// CheckLeaseSQL is the first statement of every slot transaction, with
-// arguments (batch id, epoch). It matches no row unless the batch is still at
-// that epoch, and it locks the batch row until the transaction ends, so a
-// claim waits for the slot. Pass its command tag to LeaseHeld.
-const CheckLeaseSQL = `UPDATE hafe.batches SET owner_pid = pg_backend_pid() WHERE batch_id = $1 AND epoch = $2`
-
-// LeaseHeld interprets CheckLeaseSQL's command tag: ErrFenced when the
-// lease has moved on.
-func LeaseHeld(tag pgconn.CommandTag) error {
-	if tag.RowsAffected() == 0 {
-		return ErrFenced
-	}
-	return nil
-}
-
-// InsertOutcomeSQL writes a slot's outcome; take its arguments from
-// OutcomeArgs and pass its error to OutcomeInsertError. Run inside the
-// slot's transaction, after CheckLeaseSQL.
+// InsertOutcomeSQL writes a slot's outcome inside the slot's transaction,
+// as its last statement before COMMIT. It is also the lease check
+// (hafe.lease_epoch): it fails unless the batch is still at the owner's
+// epoch, and it share-locks the batch row until the transaction ends, so a
+// claim (which updates that row) waits for the commit, and an owner fenced
+// by a claim cannot commit. It never succeeds without inserting, so COMMIT
+// may be pipelined behind it. Take its arguments from OutcomeArgs and pass
+// its result to OutcomeInserted.
 const InsertOutcomeSQL = `INSERT INTO hafe.outcomes (batch_id, seq, status, report, xid, epoch, owner, attempts)
-	VALUES ($1, $2, $3, $4, pg_current_xact_id(), $5, $6, $7)`
+	VALUES ($1, $2, $3, $4, pg_current_xact_id(), hafe.lease_epoch($1, $5), $6, $7)`
 
 // OutcomeArgs are InsertOutcomeSQL's arguments for o.
 func OutcomeArgs(o Outcome) []any {
 	return []any{o.BatchID, o.Seq, o.Status, string(o.Report), o.Epoch, o.Owner, o.Attempts}
 }
 
-// OutcomeInsertError maps a failed InsertOutcomeSQL to ErrOutcomeExists when
-// the slot already had an outcome; the transaction is then unusable: roll it
-// back and adopt the recorded outcome.
-func OutcomeInsertError(err error) error {
+// OutcomeInserted interprets InsertOutcomeSQL's result: ErrOutcomeExists
+// when the slot already had an outcome (roll back and adopt it), ErrFenced
+// when the lease moved on (roll back and stop).
+func OutcomeInserted(tag pgconn.CommandTag, err error) error {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "outcomes_pkey" {
+	switch {
+	case errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "outcomes_pkey":
 		return ErrOutcomeExists
+	case errors.As(err, &pgErr) && pgErr.Code == "HF001":
+		return fmt.Errorf("%w: %s", ErrFenced, pgErr.Message)
+	case err != nil:
+		return err
+	case tag.RowsAffected() != 1:
+		return fmt.Errorf("outcome insert affected %d rows", tag.RowsAffected())
 	}
-	return err
+	return nil
 }
 
 // GetOutcome reads a slot's outcome; ok is false when it has none.
@@ -213,14 +210,14 @@ func ListOutcomes(ctx context.Context, db DB, batchID string) ([]Outcome, error)
 // FinishBatch marks the batch done and releases its lease, if owner still
 // holds it at epoch.
 func FinishBatch(ctx context.Context, db DB, batchID string, epoch int64) error {
-	return updateLeased(ctx, db, `UPDATE hafe.batches SET state = 'done', owner = NULL, owner_pid = NULL, updated_at = now()
+	return updateLeased(ctx, db, `UPDATE hafe.batches SET state = 'done', owner = NULL, updated_at = now()
 		WHERE batch_id = $1 AND epoch = $2`, batchID, epoch)
 }
 
 // ReleaseBatch gives up the lease without finishing the batch, so that a
 // retry on any front-end may resume it at once.
 func ReleaseBatch(ctx context.Context, db DB, batchID string, epoch int64) error {
-	return updateLeased(ctx, db, `UPDATE hafe.batches SET owner = NULL, owner_pid = NULL, updated_at = now()
+	return updateLeased(ctx, db, `UPDATE hafe.batches SET owner = NULL, updated_at = now()
 		WHERE batch_id = $1 AND epoch = $2`, batchID, epoch)
 }
 

@@ -143,8 +143,8 @@ func (e *Executor) sleep(ctx context.Context, d time.Duration) {
 }
 
 // attempt runs the slot's transaction once, in two round trips: the first
-// pipeline opens the transaction, checks the lease and runs the
-// statements; the second writes the rendered outcome and commits.
+// pipeline opens the transaction and runs the statements; the second writes
+// the rendered outcome (checking the lease) and commits.
 func (e *Executor) attempt(ctx context.Context, l *Lease, seq int, t Transaction, iso Isolation, attempts int) (backendext.Outcome, error) {
 	conn, err := e.pool.Acquire(ctx)
 	if err != nil {
@@ -154,7 +154,6 @@ func (e *Executor) attempt(ctx context.Context, l *Lease, seq int, t Transaction
 
 	b := &pgx.Batch{}
 	b.Queue(iso.beginSQL())
-	b.Queue(backendext.CheckLeaseSQL, l.BatchID, l.Epoch)
 	sent := make([]string, len(t.Statements))
 	for i, s := range t.Statements {
 		query, args, err := s.sent()
@@ -194,13 +193,12 @@ func (e *Executor) record(ctx context.Context, l *Lease, seq int, status string,
 	return o, e.commitOutcome(ctx, conn.Conn(), o, true)
 }
 
-// commitOutcome inserts o and commits. With open set, it also opens the
-// transaction and checks the lease first.
+// commitOutcome inserts o, which checks the lease, and commits. With open
+// set, it also opens the transaction.
 func (e *Executor) commitOutcome(ctx context.Context, conn *pgx.Conn, o backendext.Outcome, open bool) error {
 	b := &pgx.Batch{}
 	if open {
 		b.Queue("BEGIN")
-		b.Queue(backendext.CheckLeaseSQL, o.BatchID, o.Epoch)
 	}
 	b.Queue(backendext.InsertOutcomeSQL, backendext.OutcomeArgs(o)...)
 	b.Queue("COMMIT")
@@ -210,16 +208,9 @@ func (e *Executor) commitOutcome(ctx context.Context, conn *pgx.Conn, o backende
 			if _, err := br.Exec(); err != nil {
 				return e.classify(ctx, err, 0, false)
 			}
-			tag, err := br.Exec()
-			if err == nil {
-				err = backendext.LeaseHeld(tag)
-			}
-			if err != nil {
-				return e.classify(ctx, err, 0, false)
-			}
 		}
-		if _, err := br.Exec(); err != nil {
-			return e.classify(ctx, backendext.OutcomeInsertError(err), 0, false)
+		if err := backendext.OutcomeInserted(br.Exec()); err != nil {
+			return e.classify(ctx, err, 0, false)
 		}
 		tag, err := br.Exec()
 		if err != nil {
@@ -240,8 +231,8 @@ func (e *Executor) commitOutcome(ctx context.Context, conn *pgx.Conn, o backende
 	return err
 }
 
-// runStatements reads the first pipeline's results: BEGIN, the lease
-// check, then the rows of each statement, sent as the queries in sent.
+// runStatements reads the first pipeline's results: BEGIN, then the rows
+// of each statement, sent as the queries in sent.
 func (e *Executor) runStatements(ctx context.Context, br pgx.BatchResults, sent []string) (results []Result, err error) {
 	defer func() {
 		if cerr := br.Close(); err == nil && cerr != nil {
@@ -257,13 +248,6 @@ func (e *Executor) runStatements(ctx context.Context, br pgx.BatchResults, sent 
 				return nil, e.classify(ctx, err, i+1, false)
 			}
 		}
-		return nil, e.classify(ctx, err, 0, false)
-	}
-	tag, err := br.Exec()
-	if err == nil {
-		err = backendext.LeaseHeld(tag)
-	}
-	if err != nil {
 		return nil, e.classify(ctx, err, 0, false)
 	}
 	results = make([]Result, 0, len(sent))

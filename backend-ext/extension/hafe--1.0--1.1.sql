@@ -15,7 +15,7 @@ CREATE TABLE members (
 
 CREATE INDEX batches_done_updated ON batches (updated_at) WHERE state = 'done';
 
--- gc deletes finished batches (with their outcomes), snapshots and members
+-- gc deletes finished batches and their outcomes, snapshots and members
 -- older than p_retention and returns the number of rows removed. Running
 -- batches are kept whatever their age: a client may still resume them.
 CREATE FUNCTION gc(p_retention interval) RETURNS bigint
@@ -24,6 +24,9 @@ DECLARE
     n bigint;
     total bigint := 0;
 BEGIN
+    DELETE FROM @extschema@.outcomes o USING @extschema@.batches b
+     WHERE o.batch_id = b.batch_id AND b.state = 'done' AND b.updated_at < now() - p_retention;
+    GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
     DELETE FROM @extschema@.batches WHERE state = 'done' AND updated_at < now() - p_retention;
     GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
     DELETE FROM @extschema@.snapshots WHERE updated_at < now() - p_retention;

@@ -13,7 +13,6 @@ CREATE TABLE batches (
     -- restarts under the same name does not own its earlier run's batches.
     owner_incarnation text,
     epoch        bigint NOT NULL DEFAULT 1,
-    owner_pid    integer,
     state        text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'done')),
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
@@ -21,9 +20,10 @@ CREATE TABLE batches (
 
 -- One row per slot (batch_id, seq). A committed slot's row is written inside
 -- the slot's own transaction; the primary key makes a second commit fail.
--- report is the exact line sent to clients.
+-- report is the exact line sent to clients. No foreign key: the insert
+-- already reads (and share-locks) the batch row to check the lease.
 CREATE TABLE outcomes (
-    batch_id   uuid NOT NULL REFERENCES batches ON DELETE CASCADE,
+    batch_id   uuid NOT NULL,
     seq        integer NOT NULL CHECK (seq >= 1),
     status     text NOT NULL CHECK (status IN ('committed', 'aborted')),
     report     text NOT NULL,
@@ -52,15 +52,33 @@ CREATE TABLE snapshots (
 );
 
 -- claim_batch takes the lease of a batch for p_owner and returns the new
--- epoch. It waits for any slot transaction of the previous owner (they hold
--- the batch row lock), so once it returns the previous owner can no longer
--- commit for this batch.
+-- epoch. It waits for any slot transaction of the previous owner that has
+-- written its outcome (the outcome insert share-locks the batch row at the
+-- owner's epoch), so once it returns the previous owner can no longer commit
+-- for this batch.
 CREATE FUNCTION claim_batch(p_batch uuid, p_owner text, p_incarnation text) RETURNS bigint
 LANGUAGE sql AS $$
     UPDATE @extschema@.batches
-       SET owner = p_owner, owner_incarnation = p_incarnation, epoch = epoch + 1, owner_pid = NULL, updated_at = now()
+       SET owner = p_owner, owner_incarnation = p_incarnation, epoch = epoch + 1, updated_at = now()
      WHERE batch_id = p_batch
     RETURNING epoch
+$$;
+
+-- lease_epoch returns p_epoch if the batch is still at that epoch, and
+-- share-locks the batch row until the transaction ends; otherwise it raises
+-- HF001, which aborts the transaction. The outcome insert calls it, so an
+-- owner whose lease moved on can never commit, even with COMMIT already
+-- pipelined behind the insert.
+CREATE FUNCTION lease_epoch(p_batch uuid, p_epoch bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM @extschema@.batches WHERE batch_id = p_batch AND epoch = p_epoch FOR SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'lease on batch % lost: epoch % is not current', p_batch, p_epoch
+            USING ERRCODE = 'HF001';
+    END IF;
+    RETURN p_epoch;
+END
 $$;
 
 -- fence_blockers terminates the hafe sessions that block backend p_pid (a
