@@ -254,10 +254,10 @@ type failoverCluster struct {
 }
 
 // failoverSchema is the workload's own tables: runs counts each slot's
-// committed executions; a slot listed in slow_commits sleeps in its COMMIT
+// committed executions (tag tells concurrent batches apart); a slot listed in slow_commits sleeps in its COMMIT
 // (a deferred constraint trigger on runs).
 const failoverSchema = `
-CREATE TABLE runs (slot integer NOT NULL);
+CREATE TABLE runs (slot integer NOT NULL, tag text NOT NULL DEFAULT '');
 CREATE TABLE slow_commits (slot integer PRIMARY KEY);
 CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -297,7 +297,7 @@ func startFailoverCluster(t *testing.T, frontEnds int, slow slowPoint, extra ...
 		id := fmt.Sprintf("fe%d", i+1)
 		return harness.HafeConfig{Alias: id, Args: harness.ServeArgs(pg.NetworkURL, id, append(slices.Clone(frontEndFlags), extra...)...)}
 	})
-	return &failoverCluster{pg: pg, fes: fes, body: failoverBatch(failoverSlots, slow)}
+	return &failoverCluster{pg: pg, fes: fes, body: failoverBatch(failoverSlots, slow, "")}
 }
 
 // slotOwner says who recorded slot seq's outcome, and how.
@@ -361,19 +361,54 @@ func connect(ctx context.Context, t *testing.T, pg *harness.Postgres) *pgx.Conn 
 // make of 1000.00, once each.
 func (c *failoverCluster) check(ctx context.Context, t *testing.T, batchID string, streams [][]byte) {
 	t.Helper()
+	c.checkBatches(ctx, t, checkedBatch{id: batchID, streams: streams})
+}
+
+// checkedBatch is one batch of the workload, with its tag in runs and every
+// stream a client received for it.
+type checkedBatch struct {
+	id, tag string
+	streams [][]byte
+}
+
+// checkBatches checks each batch as check does, and the money across all of
+// them.
+func (c *failoverCluster) checkBatches(ctx context.Context, t *testing.T, batches ...checkedBatch) {
+	t.Helper()
 	db := connect(ctx, t, c.pg)
 	defer db.Close(context.Background())
-	vs, err := checker.Check(ctx, db, batchID, streams, checker.Options{EffectQuery: `SELECT slot FROM runs`})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range vs {
-		t.Errorf("%s", v)
-	}
-	if len(vs) > 0 {
-		for i, s := range streams {
-			t.Logf("stream %d (%d bytes):\n%s", i, len(s), s)
+	want := map[int]int{}
+	committed := 0
+	for _, b := range batches {
+		vs, err := checker.Check(ctx, db, b.id, b.streams, checker.Options{
+			EffectQuery: `SELECT slot FROM runs WHERE tag = $1`, EffectArgs: []any{b.tag},
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
+		for _, v := range vs {
+			t.Errorf("batch %s: %s", b.id, v)
+		}
+		if len(vs) > 0 {
+			for i, s := range b.streams {
+				t.Logf("stream %d (%d bytes):\n%s", i, len(s), s)
+			}
+		}
+		rows, err := db.Query(ctx, `SELECT seq FROM hafe.outcomes WHERE batch_id = $1 AND status = 'committed'`, b.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, seq := range seqs {
+			from, to := failoverAccounts(int(seq))
+			want[from] -= failoverAmount
+			want[to] += failoverAmount
+		}
+		committed += len(seqs)
+		t.Logf("batch %s: %d streams, %d committed slots, checker: %d violations", b.id, len(b.streams), len(seqs), len(vs))
 	}
 
 	var total string
@@ -383,22 +418,8 @@ func (c *failoverCluster) check(ctx context.Context, t *testing.T, batchID strin
 	if total != failoverTotal {
 		t.Errorf("sum of balances %s, want %s", total, failoverTotal)
 	}
-	want := map[int]int{}
-	rows, err := db.Query(ctx, `SELECT seq FROM hafe.outcomes WHERE batch_id = $1 AND status = 'committed'`, batchID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	committed, err := pgx.CollectRows(rows, pgx.RowTo[int32])
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, seq := range committed {
-		from, to := failoverAccounts(int(seq))
-		want[from] -= failoverAmount
-		want[to] += failoverAmount
-	}
 	got := map[int]int{}
-	rows, err = db.Query(ctx, `SELECT id, (balance - 1000)::int FROM accounts WHERE balance <> 1000 ORDER BY id`)
+	rows, err := db.Query(ctx, `SELECT id, (balance - 1000)::int FROM accounts WHERE balance <> 1000 ORDER BY id`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,10 +429,9 @@ func (c *failoverCluster) check(ctx context.Context, t *testing.T, batchID strin
 	}
 	for acct := 1; acct <= 100; acct++ {
 		if got[acct] != want[acct] {
-			t.Errorf("account %d moved %+d, want %+d from the %d committed transfers", acct, got[acct], want[acct], len(committed))
+			t.Errorf("account %d moved %+d, want %+d from the %d committed transfers", acct, got[acct], want[acct], committed)
 		}
 	}
-	t.Logf("batch %s: %d streams, %d committed slots, checker: %d violations", batchID, len(streams), len(committed), len(vs))
 }
 
 // batchRows is what the database holds about a batch, to compare before
@@ -493,8 +513,9 @@ func failoverAccounts(seq int) (from, to int) {
 	return from, to
 }
 
-// failoverBatch is the request body of the failover workload.
-func failoverBatch(n int, slow slowPoint) []byte {
+// failoverBatch is the request body of the failover workload; its runs rows
+// carry tag.
+func failoverBatch(n int, slow slowPoint, tag string) []byte {
 	type stmt struct {
 		Query string `json:"query"`
 		Args  []any  `json:"args,omitempty"`
@@ -513,6 +534,9 @@ func failoverBatch(n int, slow slowPoint) []byte {
 			{Query: `UPDATE accounts SET balance = balance + $1 WHERE id = $2 RETURNING id, balance`, Args: []any{failoverAmount, to}},
 			{Query: `SELECT pg_sleep(0.05)`},
 		}}
+		if tag != "" {
+			t.SQL[0] = stmt{Query: `INSERT INTO runs (slot, tag) VALUES ($1, $2)`, Args: []any{seq, tag}}
+		}
 		if seq == failoverSlowSlot && slow == slowStatement {
 			t.SQL[3].Query = `SELECT pg_sleep(` + failoverSlowSleep + `)`
 		}
