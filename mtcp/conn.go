@@ -82,9 +82,9 @@ func (s connState) String() string {
 
 func (s connState) terminal() bool { return s >= stateMigrated }
 
-// ackEvery is how many received bytes may go unacknowledged while more are
-// still arriving; when a path's read buffer runs dry everything is acked.
-const ackEvery = 64 << 10
+// ackEvery is how many received bytes may go unacknowledged before an ACK
+// is sent at once.
+const ackEvery = 256 << 10
 
 // Conn is one end of an MTCP connection: a net.Conn whose server end can
 // move between servers. Accept returns server ends; Dialer.DialContext
@@ -105,6 +105,8 @@ type Conn struct {
 	out        sendStream // bytes to the peer
 	path       *path
 	ackedIn    uint64 // highest ACK sent for in
+	ackTimer   *time.Timer
+	ackArmed   bool
 	peerClosed bool
 	rwait      chan struct{} // closed when Read may make progress
 	wwait      chan struct{} // closed when Write may make progress
@@ -144,6 +146,9 @@ func (c *Conn) setStateLocked(s connState, err error) {
 		}
 		c.termErr = err
 		close(c.done)
+		if c.ackTimer != nil {
+			c.ackTimer.Stop()
+		}
 		c.readDL.stop()
 		c.writeDL.stop()
 	}
@@ -385,7 +390,9 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 		if c.sv != nil {
 			c.sv.checkLogLocked(c)
 		}
-		c.maybeAckLocked(p, p.br.Buffered() == 0)
+		if p.br.Buffered() == 0 {
+			c.maybeAckLocked(p, false)
+		}
 	case wire.TypeAck:
 		off, err := wire.ParseOffset(payload)
 		if err != nil {
@@ -442,9 +449,11 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 	return nil
 }
 
-// maybeAckLocked queues an ACK when enough is unacknowledged, or when idle
-// (the path's read buffer ran dry) and anything is.
-func (c *Conn) maybeAckLocked(p *path, idle bool) {
+// maybeAckLocked queues an ACK once ackEvery bytes are unacknowledged. When
+// the path is idle (its read buffer ran dry) a smaller amount is
+// acknowledged after ackDelay, so a bulk stream is not answered frame by
+// frame; now acknowledges at once.
+func (c *Conn) maybeAckLocked(p *path, now bool) {
 	v := c.in.end()
 	if c.sv != nil {
 		v = c.sv.ackableLocked(c)
@@ -452,9 +461,31 @@ func (c *Conn) maybeAckLocked(p *path, idle bool) {
 	if v <= c.ackedIn {
 		return
 	}
-	if idle || v-c.ackedIn >= ackEvery {
+	if now || v-c.ackedIn >= ackEvery {
 		c.ackedIn = v
 		p.queue(wire.AppendOffset(nil, wire.TypeAck, v))
+		return
+	}
+	if !c.ackArmed {
+		c.ackArmed = true
+		if c.ackTimer == nil {
+			c.ackTimer = time.AfterFunc(ackDelay, c.onAckTimer)
+		} else {
+			c.ackTimer.Reset(ackDelay)
+		}
+	}
+}
+
+// ackDelay bounds how long received bytes go unacknowledged.
+const ackDelay = 2 * time.Millisecond
+
+// onAckTimer sends a delayed ACK.
+func (c *Conn) onAckTimer() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ackArmed = false
+	if p := c.path; p != nil && !c.state.terminal() {
+		c.maybeAckLocked(p, true)
 	}
 }
 

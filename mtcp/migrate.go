@@ -231,11 +231,11 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 	s.counter = m.Counter
 	s.snap = snapshot{state: append([]byte(nil), st.State...), in: st.SnapIn, out: st.SnapOut, seq: 0}
 	s.imported, s.hasImported = s.snap.state, true
-	c.in = recvStream{base: st.SnapIn, read: st.SnapIn, buf: append([]byte(nil), st.Input...), keepLog: true}
+	c.in = recvStream{base: st.SnapIn, read: st.SnapIn, buf: queueOf(st.Input), keepLog: true}
 	if st.InFin {
 		c.in.fin, c.in.finOff = true, c.in.end()
 	}
-	c.out = sendStream{base: base, buf: out, sent: base, app: st.SnapOut, fin: st.OutFin && base <= known}
+	c.out = sendStream{base: base, buf: queueOf(out), sent: base, app: st.SnapOut, fin: st.OutFin && base <= known}
 	if store := l.cfg.Store; store != nil {
 		var tail []byte
 		if st.SnapOut > base {
@@ -324,9 +324,9 @@ func (l *Listener) freezeState(m wire.Migrate) (wire.ConnState, *RefusalError) {
 	full := wire.ConnState{
 		ConnID: m.ConnID, Secret: c.secret, Counter: s.counter, Seq: s.snap.seq,
 		SnapIn: s.snap.in, SnapOut: s.snap.out, State: s.snap.state,
-		Input:  append([]byte(nil), c.in.buf[s.snap.in-c.in.base:]...),
+		Input:  c.in.buf.bytesFrom(int(s.snap.in-c.in.base), c.in.buf.len()),
 		InFin:  c.in.fin && c.in.finOff == c.in.end(),
-		OutOff: c.out.base, Output: append([]byte(nil), c.out.buf...),
+		OutOff: c.out.base, Output: c.out.buf.bytesFrom(0, c.out.buf.len()),
 		OutFin: c.out.fin && c.out.app == c.out.end(),
 	}
 	s.counter = m.Counter

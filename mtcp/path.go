@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -95,30 +96,47 @@ func (p *path) readLoop() {
 	defer p.wg.Done()
 	c := p.c
 	var hdr [wire.HeaderLen]byte
-	buf := make([]byte, 0, 512)
+	var small [64]byte
 	for {
 		if err := p.waitRecvSpace(); err != nil {
 			c.pathFailed(p, err)
 			return
 		}
-		t, payload, err := wire.ReadFrame(p.br, &hdr, buf)
+		if _, err := io.ReadFull(p.br, hdr[:]); err != nil {
+			c.pathFailed(p, err)
+			return
+		}
+		t, n, err := wire.ParseHeader(hdr[:])
 		if err != nil {
 			c.pathFailed(p, err)
 			return
 		}
-		if cap(payload) > cap(buf) && cap(payload) <= wire.MaxData+64 {
-			buf = payload[:0]
+		// Payload buffers come from a pool so an idle path holds none.
+		var payload []byte
+		var pooled *[]byte
+		switch {
+		case n <= len(small):
+			payload = small[:n]
+		case n <= payloadBufSize:
+			pooled = payloadPool.Get().(*[]byte)
+			payload = (*pooled)[:n]
+		default:
+			payload = make([]byte, n)
+		}
+		if _, err := io.ReadFull(p.br, payload); err != nil {
+			c.pathFailed(p, err)
+			return
 		}
 		p.frames.Add(1)
 		c.mu.Lock()
 		err = c.handleFrameLocked(p, t, payload)
 		c.mu.Unlock()
+		if pooled != nil {
+			payloadPool.Put(pooled)
+		}
 		if err != nil {
 			c.pathFailed(p, err)
 			return
-		}
-		if cap(buf) > pathReadBuffer && p.br.Buffered() == 0 {
-			buf = make([]byte, 0, 512) // let an idle path shrink
 		}
 	}
 }
@@ -141,6 +159,13 @@ func (p *path) waitRecvSpace() error {
 		}
 	}
 }
+
+const payloadBufSize = 8 + wire.MaxData
+
+var payloadPool = sync.Pool{New: func() any {
+	b := make([]byte, payloadBufSize)
+	return &b
+}}
 
 // maxBatch bounds the bytes one writev carries.
 const maxBatch = 256 << 10
@@ -192,6 +217,9 @@ func (p *path) writeLoop() {
 				bufs = append(bufs, wire.AppendOffset(nil, wire.TypeFin, c.out.end()))
 			}
 			closing := p.closing && c.out.sent == c.out.end() && len(bufs) == 0
+			if total > 0 {
+				c.out.buf.pin()
+			}
 			c.mu.Unlock()
 			if closing {
 				p.finishClose()
@@ -200,7 +228,13 @@ func (p *path) writeLoop() {
 			if len(bufs) == 0 {
 				break
 			}
-			if _, err := bufs.WriteTo(p.nc); err != nil {
+			_, err := bufs.WriteTo(p.nc)
+			if total > 0 {
+				c.mu.Lock()
+				c.out.buf.unpin()
+				c.mu.Unlock()
+			}
+			if err != nil {
 				c.pathFailed(p, err)
 				return
 			}

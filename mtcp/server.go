@@ -553,7 +553,7 @@ func outTailLocked(c *Conn, off uint64) []byte {
 	if off <= c.out.base {
 		return nil
 	}
-	return append([]byte(nil), c.out.buf[:off-c.out.base]...)
+	return c.out.buf.bytesFrom(0, int(off-c.out.base))
 }
 
 // ImportState returns the application state of the last snapshot on a

@@ -16,7 +16,7 @@ var errProtocol = errors.New("mtcp: protocol violation")
 // writer may send a slice of it without holding the lock.
 type sendStream struct {
 	base    uint64
-	buf     []byte
+	buf     byteQueue
 	sent    uint64
 	app     uint64
 	fin     bool // the stream ends at end()
@@ -24,8 +24,8 @@ type sendStream struct {
 	finSent bool // FIN sent on the current path
 }
 
-func (s *sendStream) end() uint64  { return s.base + uint64(len(s.buf)) }
-func (s *sendStream) unacked() int { return len(s.buf) }
+func (s *sendStream) end() uint64  { return s.base + uint64(s.buf.len()) }
+func (s *sendStream) unacked() int { return s.buf.len() }
 
 // write appends p as the application writes it; bytes below end() are
 // regenerated output the stream already holds and are dropped.
@@ -35,7 +35,7 @@ func (s *sendStream) write(p []byte) {
 		p = p[k:]
 		s.app += k
 	}
-	s.buf = append(s.buf, p...)
+	s.buf.push(p)
 	s.app += uint64(len(p))
 }
 
@@ -47,18 +47,15 @@ func (s *sendStream) ack(off uint64, beyondOK bool) error {
 		if !beyondOK {
 			return fmt.Errorf("%w: ack %d beyond end %d", errProtocol, off, s.end())
 		}
-		s.buf = nil
+		s.buf.drop(s.buf.len())
 		s.base, s.sent = off, off
 		return nil
 	}
 	if off <= s.base {
 		return nil
 	}
-	s.buf = s.buf[off-s.base:]
+	s.buf.drop(int(off - s.base))
 	s.base = off
-	if len(s.buf) == 0 {
-		s.buf = nil
-	}
 	if s.sent < off {
 		s.sent = off
 	}
@@ -78,12 +75,9 @@ func (s *sendStream) rewind(off uint64) error {
 // next returns up to max unsent bytes and marks them sent.
 func (s *sendStream) next(max int) (uint64, []byte) {
 	off := s.sent
-	b := s.buf[off-s.base:]
-	if len(b) > max {
-		b = b[:max]
-	}
+	b := s.buf.slice(int(off-s.base), max)
 	s.sent += uint64(len(b))
-	return off, b[:len(b):len(b)]
+	return off, b
 }
 
 // needFin reports whether a FIN is due on the current path.
@@ -94,16 +88,16 @@ func (s *sendStream) needFin() bool { return s.fin && !s.finSent && s.sent == s.
 // a server keeps them from the last snapshot on (the input log).
 type recvStream struct {
 	base    uint64
-	buf     []byte
+	buf     byteQueue
 	read    uint64
 	fin     bool
 	finOff  uint64
 	keepLog bool
 }
 
-func (r *recvStream) end() uint64 { return r.base + uint64(len(r.buf)) }
+func (r *recvStream) end() uint64 { return r.base + uint64(r.buf.len()) }
 func (r *recvStream) unread() int { return int(r.end() - r.read) }
-func (r *recvStream) logLen() int { return len(r.buf) }
+func (r *recvStream) logLen() int { return r.buf.len() }
 
 // push adds bytes that start at off, ignoring any the stream already holds.
 // It returns how many bytes were new.
@@ -121,7 +115,7 @@ func (r *recvStream) push(off uint64, p []byte) (int, error) {
 	if r.fin && end+uint64(len(p)) > r.finOff {
 		return 0, fmt.Errorf("%w: data beyond FIN at %d", errProtocol, r.finOff)
 	}
-	r.buf = append(r.buf, p...)
+	r.buf.push(p)
 	return len(p), nil
 }
 
@@ -135,7 +129,7 @@ func (r *recvStream) setFin(off uint64) error {
 
 // readInto copies unread bytes to p.
 func (r *recvStream) readInto(p []byte) int {
-	n := copy(p, r.buf[r.read-r.base:])
+	n := r.buf.copyAt(int(r.read-r.base), p)
 	r.read += uint64(n)
 	if !r.keepLog {
 		r.trim(r.read)
@@ -150,9 +144,6 @@ func (r *recvStream) trim(off uint64) {
 	if off <= r.base {
 		return
 	}
-	r.buf = r.buf[off-r.base:]
+	r.buf.drop(int(off - r.base))
 	r.base = off
-	if len(r.buf) == 0 {
-		r.buf = nil
-	}
 }

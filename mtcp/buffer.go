@@ -1,0 +1,149 @@
+package mtcp
+
+import "sync"
+
+// byteQueue is a FIFO of bytes kept in blocks. Consumed blocks are
+// recycled, so a bulk stream does not reallocate or move bytes, and an empty
+// queue holds no memory, so an idle connection costs little.
+//
+// A path writer sends slices of the blocks without holding the lock; while
+// pinned, consumed blocks are parked instead of recycled, and handed to the
+// pool when the writer unpins.
+type byteQueue struct {
+	blocks [][]byte // len = filled, cap = block size
+	off    int      // consumed bytes of blocks[0]
+	n      int      // unconsumed bytes
+	pinned int
+	parked [][]byte
+}
+
+const (
+	minBlock = 2 << 10
+	maxBlock = 64 << 10
+)
+
+var blockPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, maxBlock)
+	return &b
+}}
+
+func (q *byteQueue) len() int { return q.n }
+
+func (q *byteQueue) push(p []byte) {
+	for len(p) > 0 {
+		if len(q.blocks) == 0 || len(q.blocks[len(q.blocks)-1]) == cap(q.blocks[len(q.blocks)-1]) {
+			q.blocks = append(q.blocks, q.newBlock(len(p)))
+		}
+		last := &q.blocks[len(q.blocks)-1]
+		k := copy((*last)[len(*last):cap(*last)], p)
+		*last = (*last)[:len(*last)+k]
+		p = p[k:]
+		q.n += k
+	}
+}
+
+// newBlock sizes blocks from small (a short message) to maxBlock (bulk).
+func (q *byteQueue) newBlock(want int) []byte {
+	size := minBlock
+	if len(q.blocks) > 0 {
+		size = 2 * cap(q.blocks[len(q.blocks)-1])
+	}
+	for size < want && size < maxBlock {
+		size *= 2
+	}
+	if size >= maxBlock {
+		return (*blockPool.Get().(*[]byte))[:0]
+	}
+	return make([]byte, 0, size)
+}
+
+// drop consumes n bytes.
+func (q *byteQueue) drop(n int) {
+	q.n -= n
+	for n > 0 {
+		avail := len(q.blocks[0]) - q.off
+		if n < avail {
+			q.off += n
+			return
+		}
+		n -= avail
+		q.release(q.blocks[0])
+		q.blocks[0] = nil
+		q.blocks = q.blocks[1:]
+		q.off = 0
+	}
+	if len(q.blocks) == 0 {
+		q.blocks = nil
+	}
+}
+
+func (q *byteQueue) release(b []byte) {
+	if cap(b) != maxBlock {
+		return
+	}
+	if q.pinned > 0 {
+		q.parked = append(q.parked, b)
+		return
+	}
+	b = b[:0]
+	blockPool.Put(&b)
+}
+
+func (q *byteQueue) pin() { q.pinned++ }
+
+func (q *byteQueue) unpin() {
+	q.pinned--
+	if q.pinned == 0 {
+		for _, b := range q.parked {
+			q.release(b)
+		}
+		q.parked = nil
+	}
+}
+
+// slice returns the contiguous unconsumed bytes from index i to the end of
+// their block, at most max.
+func (q *byteQueue) slice(i, max int) []byte {
+	i += q.off
+	for _, b := range q.blocks {
+		if i < len(b) {
+			b = b[i:]
+			if len(b) > max {
+				b = b[:max]
+			}
+			return b[:len(b):len(b)]
+		}
+		i -= len(b)
+	}
+	return nil
+}
+
+// copyAt copies unconsumed bytes from index i into p.
+func (q *byteQueue) copyAt(i int, p []byte) int {
+	n := 0
+	for n < len(p) {
+		b := q.slice(i+n, len(p)-n)
+		if len(b) == 0 {
+			break
+		}
+		n += copy(p[n:], b)
+	}
+	return n
+}
+
+// bytesFrom returns a copy of the unconsumed bytes from index i to j.
+func (q *byteQueue) bytesFrom(i, j int) []byte {
+	if j <= i {
+		return nil
+	}
+	out := make([]byte, j-i)
+	q.copyAt(i, out)
+	return out
+}
+
+// queueOf makes a queue holding a copy of b.
+func queueOf(b []byte) byteQueue {
+	var q byteQueue
+	q.push(b)
+	return q
+}
