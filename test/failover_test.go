@@ -51,7 +51,12 @@ const (
 	// the outcome written and the commit in flight, so the front-end cannot
 	// know whether it committed.
 	slowCommit
+	// slowLongStatement: a statement sleeps failoverLongSleep, longer
+	// than a front-end waits to release a lease.
+	slowLongStatement
 )
+
+const failoverLongSleep = "10" // seconds
 
 var slowPoints = []struct {
 	name string
@@ -181,12 +186,7 @@ func testStuckFrontEndIsFenced(t *testing.T, slow slowPoint, how string, stop, r
 	streams := append([][]byte{first.bytes()}, streamBytes(retries)...)
 	streams = append(streams, streamBytes(replay)...)
 	c.check(ctx, t, batchID, streams)
-	if os.Getenv("HAFE_TEST_LOGS") != "" {
-		for _, fe := range c.fes {
-			logs, _ := fe.Logs(ctx)
-			t.Logf("---- %s ----\n%s", fe.Alias, logs)
-		}
-	}
+	c.dumpLogs(ctx, t)
 }
 
 // TestFailoverPostgresRestart: PostgreSQL restarts a third into a batch run
@@ -298,6 +298,17 @@ func startFailoverCluster(t *testing.T, frontEnds int, slow slowPoint, extra ...
 		return harness.HafeConfig{Alias: id, Args: harness.ServeArgs(pg.NetworkURL, id, append(slices.Clone(frontEndFlags), extra...)...)}
 	})
 	return &failoverCluster{pg: pg, fes: fes, body: failoverBatch(failoverSlots, slow, "")}
+}
+
+// dumpLogs logs every front-end's output when HAFE_TEST_LOGS is set.
+func (c *failoverCluster) dumpLogs(ctx context.Context, t *testing.T) {
+	if os.Getenv("HAFE_TEST_LOGS") == "" {
+		return
+	}
+	for _, fe := range c.fes {
+		logs, _ := fe.Logs(ctx)
+		t.Logf("---- %s ----\n%s", fe.Alias, logs)
+	}
 }
 
 // slotOwner says who recorded slot seq's outcome, and how.
@@ -539,6 +550,9 @@ func failoverBatch(n int, slow slowPoint, tag string) []byte {
 		}
 		if seq == failoverSlowSlot && slow == slowStatement {
 			t.SQL[3].Query = `SELECT pg_sleep(` + failoverSlowSleep + `)`
+		}
+		if seq == failoverSlowSlot && slow == slowLongStatement {
+			t.SQL[3].Query = `SELECT pg_sleep(` + failoverLongSleep + `)`
 		}
 		if seq%failoverAbortEvery == 0 {
 			t.SQL = append(t.SQL, stmt{Query: `SELECT 1/0`})

@@ -1,0 +1,122 @@
+package test
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+)
+
+// The tests in this file show bugs found in hafe and not fixed yet. They
+// skip unless HAFE_KNOWN_BUGS is set, so that `make test` stays green; run
+// them with
+//
+//	HAFE_KNOWN_BUGS=1 go test -count=1 -run KnownBug ./test/ -v
+//
+// and drop the skip with the fix.
+func knownBug(t *testing.T, what string) {
+	t.Helper()
+	if os.Getenv("HAFE_KNOWN_BUGS") == "" {
+		t.Skipf("known bug: %s (set HAFE_KNOWN_BUGS=1 to run)", what)
+	}
+}
+
+// TestKnownBugFrontEndRestartedUnderItsName: fe1 is killed mid-batch and
+// comes straight back under the same name (a supervisor restarting a
+// crashed process), heartbeating again but knowing nothing of the batch.
+// The batch runs nowhere, so the client's retry on fe2 must be able to take
+// it over once fe1's old process is gone.
+//
+// Known bug: hafe decides "the owner is alive" from the member row's
+// heartbeat alone (backendext.CreateBatch, batchColumns), and a restarted
+// fe1 refreshes that row, so fe2 answers 409 batch_in_progress "still
+// running on front-end fe1" for as long as fe1 lives.
+func TestKnownBugFrontEndRestartedUnderItsName(t *testing.T) {
+	knownBug(t, "a batch orphaned by a crashed front-end stays 409 on every other front-end once it restarts under the same name")
+	c := startFailoverCluster(t, 2, slowStatement)
+	fe1, fe2 := c.fes[0], c.fes[1]
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	const key = "failover-restarted"
+	body := c.body
+
+	first := mustStartBatch(ctx, t, fe1, key, body)
+	if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
+		t.Fatalf("fe1 stream before the kill: %v", err)
+	}
+	if err := fe1.Kill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.waitEnd(ctx, 30*time.Second); err != nil {
+		t.Fatalf("fe1's stream did not end after the kill: %v", err)
+	}
+	requireCutOff(t, "fe1", first)
+	if err := fe1.Start(ctx); err != nil {
+		t.Fatalf("start fe1 again: %v", err)
+	}
+
+	// 40 tries over 20s: twenty times --owner-liveness.
+	second, err := startBatchRetrying(ctx, t, fe2, key, body, 40)
+	if err != nil {
+		rows := c.rows(ctx, t, first.batchID)
+		t.Fatalf("retry on fe2 while a restarted fe1 heartbeats: %v (batch: %s, owner %q)", err, rows, c.owner(ctx, t, first.batchID))
+	}
+	if err := second.waitEnd(ctx, 90*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	batchID := sameBatch(t, first, []*capture{second})
+	c.check(ctx, t, batchID, [][]byte{first.bytes(), second.bytes()})
+	c.dumpLogs(ctx, t)
+}
+
+// TestKnownBugHangUpDuringLongStatement: the client hangs up on fe1 while
+// a slot runs a statement longer than the 5s fe1 gives itself to release
+// the batch's lease. fe1's request is cancelled, but pgx only drops its end
+// of the connection (DeadlineContextWatcherHandler, no cancel request): the
+// server goes on with the statement and keeps the batch row locked, so
+// fe1's ReleaseBatch times out and the batch stays owned by fe1. fe1 is
+// alive and heartbeating, so every other front-end answers 409
+// batch_in_progress "still running on front-end fe1" for good, although
+// nothing runs the batch (only a retry on fe1 itself takes it back).
+func TestKnownBugHangUpDuringLongStatement(t *testing.T) {
+	knownBug(t, "a client hang-up during a statement longer than 5s leaves the batch owned by the live front-end: 409 everywhere else")
+	c := startFailoverCluster(t, 2, slowLongStatement)
+	fe1, fe2 := c.fes[0], c.fes[1]
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	const key = "hang-up-long"
+
+	first := mustStartBatch(ctx, t, fe1, key, c.body)
+	if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
+		t.Fatalf("fe1 stream before hanging up: %v", err)
+	}
+	first.close()
+	requireCutOff(t, "fe1", first)
+	if os.Getenv("HAFE_TEST_LOGS") != "" {
+		time.Sleep(300 * time.Millisecond)
+		db := connect(ctx, t, c.pg)
+		rows, _ := db.Query(ctx, `SELECT application_name, state, query FROM pg_stat_activity WHERE application_name LIKE 'hafe/%'`)
+		var app, state, query string
+		for rows.Next() {
+			rows.Scan(&app, &state, &query)
+			t.Logf("session %s %s %q", app, state, query)
+		}
+		db.Close(ctx)
+	}
+
+	// 60 tries over 30s: three times the statement, thirty times
+	// --owner-liveness.
+	second, err := startBatchRetrying(ctx, t, fe2, key, c.body, 60)
+	if err != nil {
+		for _, l := range logLines(ctx, fe1, "release", "interrupted") {
+			t.Logf("fe1: %s", l)
+		}
+		t.Fatalf("retry on fe2 after hanging up on fe1: %v (batch owner %q)", err, c.owner(ctx, t, first.batchID))
+	}
+	if err := second.waitEnd(ctx, 90*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	batchID := sameBatch(t, first, []*capture{second})
+	c.check(ctx, t, batchID, [][]byte{first.bytes(), second.bytes()})
+	c.dumpLogs(ctx, t)
+}
