@@ -98,6 +98,7 @@ type Executor struct {
 
 	mu      sync.Mutex
 	running map[string]bool // batch ids executing in this process
+	known   sync.Map        // SQL text that prepared fine before: safe to chain
 }
 
 // NewExecutor returns an executor that runs batches on pool as cfg.Owner.
@@ -244,36 +245,51 @@ func (e *Executor) markStopped(id string) {
 // the summary (whose Line is the response's last line). Slots that already
 // have an outcome are reported from it and not run again. If Run returns an
 // error the batch is not finished; a later Open with the same key resumes it.
-func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []byte) error) (Summary, error) {
-	sum := Summary{BatchID: l.BatchID, Transactions: len(b.Transactions)}
+func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []byte) error) (sum Summary, err error) {
+	sum = Summary{BatchID: l.BatchID, Transactions: len(b.Transactions)}
+	defer func() {
+		if err != nil {
+			e.Release(l)
+		}
+	}()
 	outcomes, err := e.recorded(ctx, l)
 	if err != nil {
-		e.Release(l)
 		return sum, err
 	}
-	for i, t := range b.Transactions {
-		seq := i + 1
-		o, ok := outcomes[seq]
-		if !ok {
-			if l.Finished {
-				e.Release(l)
-				return sum, fmt.Errorf("batch %s is done but slot %d has no outcome", l.BatchID, seq)
-			}
-			if o, err = e.runSlot(ctx, l, seq, t, b.Isolation); err != nil {
-				e.Release(l)
-				return sum, err
-			}
-		}
+	c := &chain{e: e, l: l, iso: b.Isolation, emit: func(o backendext.Outcome) error {
 		if o.Status == StatusCommitted {
 			sum.Committed++
 		} else {
 			sum.Aborted++
 		}
 		if err := emit(o.Report); err != nil {
-			e.Release(l)
-			return sum, fmt.Errorf("report slot %d: %w", seq, err)
+			return fmt.Errorf("report slot %d: %w", o.Seq, err)
+		}
+		return nil
+	}}
+	defer c.close(ctx)
+	for i, t := range b.Transactions {
+		seq := i + 1
+		if o, ok := outcomes[seq]; ok {
+			if err := c.flush(ctx); err != nil {
+				return sum, err
+			}
+			if err := c.emit(o); err != nil {
+				return sum, err
+			}
+			continue
+		}
+		if l.Finished {
+			return sum, fmt.Errorf("batch %s is done but slot %d has no outcome", l.BatchID, seq)
+		}
+		if err := c.step(ctx, seq, t); err != nil {
+			return sum, err
 		}
 	}
+	if err := c.flush(ctx); err != nil {
+		return sum, err
+	}
+	c.close(ctx)
 	sum.Done = true
 	if !l.Finished {
 		err := backendext.FinishBatch(ctx, e.pool, l.BatchID, l.Epoch)

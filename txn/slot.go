@@ -49,14 +49,15 @@ func (e *attemptError) Unwrap() error { return e.err }
 // runSlot brings slot seq to an outcome and returns it. Every path ends in
 // the same place: the outcome recorded in the back-end (G5). After losing
 // the database it first looks the outcome up, so an ambiguous commit is
-// settled by the record, never by running the slot twice.
-func (e *Executor) runSlot(ctx context.Context, l *Lease, seq int, t Transaction, iso Isolation) (o backendext.Outcome, err error) {
+// settled by the record, never by running the slot twice. first, when not
+// nil, is the failure of an attempt already made (attempts of them).
+func (e *Executor) runSlot(ctx context.Context, l *Lease, seq int, t Transaction, iso Isolation, first error, attempts int) (o backendext.Outcome, err error) {
 	var (
-		attempts  int
 		abort     *SlotError // set once the slot is known to abort
 		lookup    bool       // the outcome may exist: read it before acting
 		lostSince time.Time
 	)
+	err = first
 	for {
 		if err := ctx.Err(); err != nil {
 			return o, err
@@ -75,9 +76,12 @@ func (e *Executor) runSlot(ctx context.Context, l *Lease, seq int, t Transaction
 			}
 			continue
 		}
-		if abort != nil {
+		switch {
+		case err != nil:
+			// first: decide from it below.
+		case abort != nil:
 			o, err = e.record(ctx, l, seq, StatusAborted, renderReport(Report{Seq: seq, Status: StatusAborted, Error: abort}), attempts)
-		} else {
+		default:
 			attempts++
 			o, err = e.attempt(ctx, l, seq, t, iso, attempts)
 		}
@@ -88,6 +92,7 @@ func (e *Executor) runSlot(ctx context.Context, l *Lease, seq int, t Transaction
 		if !errors.As(err, &ae) {
 			return o, err
 		}
+		err = nil
 		switch ae.fault {
 		case faultRetry:
 			if attempts < e.cfg.MaxAttempts {
@@ -152,32 +157,25 @@ func (e *Executor) attempt(ctx context.Context, l *Lease, seq int, t Transaction
 	}
 	defer conn.Release()
 
+	sent, args, err := sentStatements(t)
+	if err != nil {
+		return backendext.Outcome{}, err
+	}
 	b := &pgx.Batch{}
 	b.Queue(iso.beginSQL())
-	sent := make([]string, len(t.Statements))
-	for i, s := range t.Statements {
-		query, args, err := s.sent()
-		if err != nil {
-			return backendext.Outcome{}, &attemptError{fault: faultAbort, err: err,
-				slot: &SlotError{Code: "invalid_arguments", Message: err.Error(), Statement: i + 1}}
-		}
-		sent[i] = query
-		b.Queue(query, args...)
+	for i, q := range sent {
+		b.Queue(q, args[i]...)
 	}
 	results, err := e.runStatements(ctx, conn.Conn().SendBatch(ctx, b), sent)
 	if err != nil {
 		rollback(ctx, conn.Conn())
 		return backendext.Outcome{}, err
 	}
-	report := renderReport(Report{Seq: seq, Status: StatusCommitted, Results: results})
-	if len(report) > e.cfg.Limits.MaxReportBytes {
+	o, err := e.committedOutcome(l, seq, results, attempts)
+	if err != nil {
 		rollback(ctx, conn.Conn())
-		return backendext.Outcome{}, &attemptError{fault: faultAbort, slot: &SlotError{
-			Code:    "result_too_large",
-			Message: fmt.Sprintf("the transaction's results take %d bytes, more than the limit of %d", len(report), e.cfg.Limits.MaxReportBytes),
-		}}
+		return backendext.Outcome{}, err
 	}
-	o := backendext.Outcome{BatchID: l.BatchID, Seq: seq, Status: StatusCommitted, Report: report, Epoch: l.Epoch, Owner: e.cfg.Owner, Attempts: attempts}
 	return o, e.commitOutcome(ctx, conn.Conn(), o, false)
 }
 
@@ -258,6 +256,7 @@ func (e *Executor) runStatements(ctx context.Context, br pgx.BatchResults, sent 
 		}
 		results = append(results, res)
 	}
+	e.markKnown(sent)
 	return results, nil
 }
 
