@@ -39,8 +39,37 @@ func serveStateEcho(c *Conn, stateSize int) {
 	}
 }
 
-func benchCluster(b *testing.B, n, stateSize int) *testCluster {
-	tc := newCluster(&testing.T{}, n, nil, nil)
+// phaseTotals sums the servers' per-phase durations.
+type phaseTotals struct {
+	mu                                            sync.Mutex
+	prepareRequest, waitReply, reinstate, prepare time.Duration
+}
+
+func (p *phaseTotals) add(s MigrationStats) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.prepareRequest += s.PrepareRequest
+	p.waitReply += s.WaitReply
+	p.reinstate += s.Reinstate
+	p.prepare += s.PrepareReply
+}
+
+func (p *phaseTotals) report(b *testing.B) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := float64(b.N)
+	b.ReportMetric(float64(p.prepareRequest.Microseconds())/n, "srv-prepare-req-µs/op")
+	b.ReportMetric(float64(p.waitReply.Microseconds())/n, "srv-wait-reply-µs/op")
+	b.ReportMetric(float64(p.reinstate.Microseconds())/n, "srv-reinstate-µs/op")
+	b.ReportMetric(float64(p.prepare.Microseconds())/n, "origin-prepare-reply-µs/op")
+}
+
+func benchCluster(b *testing.B, n, stateSize int, phases *phaseTotals) *testCluster {
+	tc := newCluster(&testing.T{}, n, nil, func(cfg *ListenConfig) {
+		if phases != nil {
+			cfg.OnMigration = phases.add
+		}
+	})
 	for _, l := range tc.lns {
 		go func() {
 			for {
@@ -98,6 +127,35 @@ func BenchmarkMigration(b *testing.B) {
 			b.StartTimer()
 		}
 	})
+	b.Run("baseline-rtt", func(b *testing.B) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			nc, err := ln.Accept()
+			if err == nil {
+				defer nc.Close()
+				_, _ = io.Copy(nc, nc)
+			}
+		}()
+		nc, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer nc.Close()
+		one := make([]byte, 1)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if _, err := nc.Write(one); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(nc, one); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	for _, size := range []int{0, 5 << 10, 10 << 10} {
 		for _, standby := range []bool{false, true} {
 			name := fmt.Sprintf("lazy-state-%dkB", size>>10)
@@ -110,7 +168,8 @@ func BenchmarkMigration(b *testing.B) {
 }
 
 func benchMigrate(b *testing.B, stateSize int, standby bool) {
-	tc := benchCluster(b, 2, stateSize)
+	var phases phaseTotals
+	tc := benchCluster(b, 2, stateSize, &phases)
 	d := &Dialer{Servers: tc.addrs, Standby: standby, Triggers: Triggers{KeepAlive: time.Minute, PathTimeout: time.Hour}}
 	c, err := d.DialMTCP(context.Background(), tc.addrs[0])
 	if err != nil {
@@ -126,7 +185,15 @@ func benchMigrate(b *testing.B, stateSize int, standby bool) {
 			b.Fatal(err)
 		}
 	}
-	roundTrip() // the state is exported and the peer channel will be warm
+	roundTrip() // the state is exported
+	// Warm the peer channels both ways, then count from zero.
+	for _, a := range []string{tc.addrs[1], tc.addrs[0]} {
+		if err := c.Migrate(context.Background(), a); err != nil {
+			b.Fatal(err)
+		}
+		roundTrip()
+	}
+	phases = phaseTotals{}
 	var initiate, wait, complete, usedStandby time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -165,6 +232,7 @@ func benchMigrate(b *testing.B, stateSize int, standby bool) {
 	if standby {
 		b.ReportMetric(float64(usedStandby)/n, "standby-used")
 	}
+	phases.report(b)
 }
 
 // BenchmarkThroughput compares bulk transfer client→server over MTCP and

@@ -331,7 +331,7 @@ func (l *Listener) freezeState(m wire.Migrate) (wire.ConnState, *RefusalError) {
 	}
 	s.counter = m.Counter
 	if p := c.path; p != nil {
-		p.close()
+		go p.close() // off the critical path: the new server waits for our reply
 		c.path = nil
 	}
 	c.setStateLocked(stateMigrated, ErrMigrated)
