@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-		"net"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
