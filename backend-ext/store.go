@@ -142,15 +142,17 @@ func FenceBlockers(ctx context.Context, db DB, pid uint32) (int, error) {
 }
 
 // InsertOutcomeSQL writes a slot's outcome inside the slot's transaction,
-// as its last statement before COMMIT. It is also the lease check
-// (hafe.lease_epoch): it fails unless the batch is still at the owner's
-// epoch, and it share-locks the batch row until the transaction ends, so a
-// claim (which updates that row) waits for the commit, and an owner fenced
-// by a claim cannot commit. It never succeeds without inserting, so COMMIT
-// may be pipelined behind it. Take its arguments from OutcomeArgs and pass
-// its result to OutcomeInserted.
+// as its last statement before COMMIT. It is also the lease check: the
+// epoch it stores is read from the batch row, share-locked until the
+// transaction ends, and only if it is still the owner's; otherwise it is
+// NULL and the insert fails (not-null violation on epoch). So a claim, which
+// updates that row, waits for the commit, and an owner fenced by a claim
+// cannot commit. It never succeeds without inserting, so COMMIT may be
+// pipelined behind it. Take its arguments from OutcomeArgs and pass its
+// result to OutcomeInserted.
 const InsertOutcomeSQL = `INSERT INTO hafe.outcomes (batch_id, seq, status, report, xid, epoch, owner, attempts)
-	VALUES ($1, $2, $3, $4, pg_current_xact_id(), hafe.lease_epoch($1, $5), $6, $7)`
+	VALUES ($1, $2, $3, $4, pg_current_xact_id(),
+		(SELECT epoch FROM hafe.batches WHERE batch_id = $1 AND epoch = $5 FOR SHARE), $6, $7)`
 
 // OutcomeArgs are InsertOutcomeSQL's arguments for o.
 func OutcomeArgs(o Outcome) []any {
@@ -165,8 +167,8 @@ func OutcomeInserted(tag pgconn.CommandTag, err error) error {
 	switch {
 	case errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "outcomes_pkey":
 		return ErrOutcomeExists
-	case errors.As(err, &pgErr) && pgErr.Code == "HF001":
-		return fmt.Errorf("%w: %s", ErrFenced, pgErr.Message)
+	case errors.As(err, &pgErr) && pgErr.Code == "23502" && pgErr.TableName == "outcomes" && pgErr.ColumnName == "epoch":
+		return ErrFenced
 	case err != nil:
 		return err
 	case tag.RowsAffected() != 1:

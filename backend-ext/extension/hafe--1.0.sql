@@ -64,23 +64,6 @@ LANGUAGE sql AS $$
     RETURNING epoch
 $$;
 
--- lease_epoch returns p_epoch if the batch is still at that epoch, and
--- share-locks the batch row until the transaction ends; otherwise it raises
--- HF001, which aborts the transaction. The outcome insert calls it, so an
--- owner whose lease moved on can never commit, even with COMMIT already
--- pipelined behind the insert.
-CREATE FUNCTION lease_epoch(p_batch uuid, p_epoch bigint) RETURNS bigint
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM 1 FROM @extschema@.batches WHERE batch_id = p_batch AND epoch = p_epoch FOR SHARE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'lease on batch % lost: epoch % is not current', p_batch, p_epoch
-            USING ERRCODE = 'HF001';
-    END IF;
-    RETURN p_epoch;
-END
-$$;
-
 -- fence_blockers terminates the hafe sessions that block backend p_pid (a
 -- claim stuck behind a dead owner's open transaction) and returns how many
 -- it signalled. Sessions of other applications are never touched.
