@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -157,6 +158,16 @@ func TestRatePolicyMovesAwayFromASlowedServer(t *testing.T) {
 		}()
 	}
 	d := sc.dialer(Triggers{KeepAlive: time.Second, PathTimeout: time.Minute, Rate: &RatePolicy{Interval: 50 * time.Millisecond}})
+	var mu sync.Mutex
+	slowed := false
+	movedAfterSlowdown := 0
+	d.OnMigration = func(s MigrationStats) {
+		mu.Lock()
+		defer mu.Unlock()
+		if slowed && s.Err == nil && s.From == sc.addrs[0] && s.To == sc.addrs[1] {
+			movedAfterSlowdown++
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c, err := d.DialMTCP(ctx, sc.addrs[0])
@@ -166,7 +177,7 @@ func TestRatePolicyMovesAwayFromASlowedServer(t *testing.T) {
 	defer c.Close()
 	const total, slowAt = 1 << 20, 256 << 10
 	buf := make([]byte, 4096)
-	slowed := false
+	onAtSlowdown := ""
 	for off := uint64(0); off < total; {
 		// A bounded wait: without a migration the rest would take minutes.
 		_ = c.SetReadDeadline(time.Now().Add(time.Minute))
@@ -180,8 +191,12 @@ func TestRatePolicyMovesAwayFromASlowedServer(t *testing.T) {
 			}
 		}
 		off += uint64(n)
-		if !slowed && off >= slowAt {
-			slowed = true
+		mu.Lock()
+		slow := !slowed && off >= slowAt
+		slowed = slowed || slow
+		mu.Unlock()
+		if slow {
+			onAtSlowdown = c.Server()
 			slow := fast
 			slow.Bandwidth = 20 << 10
 			if err := sc.net.SetLinkOneWay(sc.servers[0], sc.client, slow); err != nil {
@@ -189,8 +204,13 @@ func TestRatePolicyMovesAwayFromASlowedServer(t *testing.T) {
 			}
 		}
 	}
-	if s := c.Server(); s != sc.addrs[1] {
-		t.Fatalf("client ended on %s, want %s", s, sc.addrs[1])
+	// Not "ends on s2": on a loaded machine the policy may also fire on
+	// the healthy server; what matters is that it left the slowed one.
+	mu.Lock()
+	n := movedAfterSlowdown
+	mu.Unlock()
+	if n == 0 && onAtSlowdown != sc.addrs[1] {
+		t.Fatal("the rate policy never moved the connection off the slowed server")
 	}
 	_ = c.Close()
 	sc.waitIdle(t)
