@@ -142,8 +142,9 @@ func resolve(seq int, tr txnRequest, catalog *hafesql.Catalog, allowRawSQL bool,
 			named[k] = argValue(v)
 		}
 		stmts := make([]txn.Statement, len(t.Statements))
-		for i, q := range t.Statements {
-			stmts[i] = txn.Statement{Query: q, Named: named}
+		for i := range t.Statements {
+			q, args := t.Call(i, named)
+			stmts[i] = txn.Statement{Query: q, Args: args}
 		}
 		return txn.Transaction{Statements: stmts}, nil
 	case tr.SQL != nil:

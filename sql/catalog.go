@@ -1,6 +1,7 @@
 package sql
 
 import (
+	"context"
 	"embed"
 	"fmt"
 	"io/fs"
@@ -9,6 +10,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/jackc/pgx/v5"
 )
 
 //go:embed templates/*.sql
@@ -26,6 +29,11 @@ type Template struct {
 	Doc        string   // the leading comment lines
 	Statements []string // each without its trailing semicolon
 	Args       []string // every @name used, sorted
+	// Positional are the statements with @name rewritten to $1, $2, …
+	// once, here, rather than on every call; ArgOrder[i] names the
+	// arguments of Positional[i] in order.
+	Positional []string
+	ArgOrder   [][]string
 }
 
 // Catalog is the set of templates a front-end accepts.
@@ -119,17 +127,43 @@ func Parse(name, text string) (*Template, error) {
 		return nil, fmt.Errorf("template %s has no statements", name)
 	}
 	t.Doc = strings.Join(doc, " ")
-	seen := map[string]bool{}
+	// pgx's own rewriter decides what is an argument (not @x inside a
+	// string literal or a comment), exactly as it would on every call.
+	names := pgx.NamedArgs{}
 	for _, s := range t.Statements {
 		for _, m := range argPattern.FindAllStringSubmatch(s, -1) {
-			if !seen[m[1]] {
-				seen[m[1]] = true
-				t.Args = append(t.Args, m[1])
+			names[m[1]] = m[1]
+		}
+	}
+	seen := map[string]bool{}
+	for _, s := range t.Statements {
+		q, args, err := names.RewriteQuery(context.Background(), nil, s, nil)
+		if err != nil {
+			return nil, fmt.Errorf("template %s: %w", name, err)
+		}
+		order := make([]string, len(args))
+		for i, a := range args {
+			order[i], _ = a.(string)
+			if !seen[order[i]] {
+				seen[order[i]] = true
+				t.Args = append(t.Args, order[i])
 			}
 		}
+		t.Positional = append(t.Positional, q)
+		t.ArgOrder = append(t.ArgOrder, order)
 	}
 	sort.Strings(t.Args)
 	return t, nil
+}
+
+// Call returns statement i's positional query and its arguments taken from
+// args by name.
+func (t *Template) Call(i int, args map[string]any) (string, []any) {
+	vals := make([]any, len(t.ArgOrder[i]))
+	for j, name := range t.ArgOrder[i] {
+		vals[j] = args[name]
+	}
+	return t.Positional[i], vals
 }
 
 // Get returns the template called name.

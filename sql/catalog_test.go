@@ -50,6 +50,13 @@ func TestParseKeepsOperatorsThatLookLikeArgs(t *testing.T) {
 	if !reflect.DeepEqual(tp.Args, []string{"doc"}) || len(tp.Statements) != 2 {
 		t.Fatalf("%+v", tp)
 	}
+	if q, args := tp.Call(0, map[string]any{"doc": "{}"}); q != `SELECT $1::jsonb @> '{"a":1}'` || !reflect.DeepEqual(args, []any{"{}"}) {
+		t.Fatalf("call: %q %v", q, args)
+	}
+	lit, err := Parse("literal", "SELECT '@notarg', @real -- @comment\n;")
+	if err != nil || !reflect.DeepEqual(lit.Args, []string{"real"}) {
+		t.Fatalf("args inside literals or comments: %+v %v", lit, err)
+	}
 	if _, err := Parse("empty", "-- nothing\n"); err == nil {
 		t.Fatal("a template without statements parsed")
 	}
