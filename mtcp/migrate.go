@@ -90,18 +90,7 @@ func (l *Listener) acceptMigrate(nc net.Conn, br *bufio.Reader, payload []byte) 
 	}
 	stats.StateBytes = len(st.State) + len(st.Input) + len(st.Output)
 	acc := wire.AppendAccepted(nil, wire.Accepted{RecvOff: c.in.end(), Self: l.cfg.Self, Servers: l.serverList()})
-	if _, err := nc.Write(acc); err != nil {
-		// The client will try again elsewhere; this copy waits detached.
-		c.mu.Lock()
-		c.setStateLocked(stateDetached, nil)
-		c.sv.detachedLocked(c)
-		c.mu.Unlock()
-		l.mu.Lock()
-		l.conns[c.id] = c
-		l.mu.Unlock()
-		return false
-	}
-	ok := l.register(c, nc, br, c.out.base)
+	ok := l.register(c, nc, br, c.out.base, acc)
 	stats.Reinstate = time.Since(t2)
 	l.report(stats)
 	return ok

@@ -183,3 +183,25 @@ func TestUnauthenticatedPeerIsRefused(t *testing.T) {
 	typ, p = rawExchange(t, closed.addrs[0], wire.AppendPeerHello(nil, wire.PeerHello{}))
 	wantRefusal(t, typ, p, RefuseUnauthenticated)
 }
+
+// TestMigrateRightAfterDialAndMigrate: the server has the connection in
+// its table before the client hears of it, so a MIGRATE sent at once finds
+// it (after a dial, and after a migration).
+func TestMigrateRightAfterDialAndMigrate(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 2, nil, nil)
+	tc.echo()
+	for i := 0; i < 20; i++ {
+		c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := 1; k <= 3; k++ {
+			if err := c.Migrate(context.Background(), tc.addrs[k%2]); err != nil {
+				t.Fatalf("round %d, migration %d: %v", i, k, err)
+			}
+		}
+		echoCheck(t, c)
+		_ = c.Close()
+	}
+}

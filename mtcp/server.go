@@ -319,15 +319,15 @@ func (l *Listener) acceptNew(nc net.Conn, br *bufio.Reader, payload []byte) bool
 		}
 	}
 	w := wire.AppendWelcome(nil, wire.Welcome{ConnID: c.id, Secret: c.secret, Self: l.cfg.Self, Servers: l.serverList()})
-	if _, err := nc.Write(w); err != nil {
-		return false
-	}
-	return l.register(c, nc, br, 0)
+	return l.register(c, nc, br, 0, w)
 }
 
-// register attaches a first path to a new or migrated-in connection and
-// hands it to Accept.
-func (l *Listener) register(c *Conn, nc net.Conn, br *bufio.Reader, resume uint64) bool {
+// register adds a new or migrated-in connection to the table, sends the
+// greeting (WELCOME or ACCEPTED) on its first path, attaches the path and
+// hands the connection to Accept. The connection is in the table before
+// the client hears of it, so an immediate MIGRATE finds it. A failed
+// greeting write is left to the path, which then fails like any other.
+func (l *Listener) register(c *Conn, nc net.Conn, br *bufio.Reader, resume uint64, greeting []byte) bool {
 	_ = nc.SetDeadline(time.Time{})
 	l.mu.Lock()
 	if l.closing {
@@ -337,6 +337,11 @@ func (l *Listener) register(c *Conn, nc net.Conn, br *bufio.Reader, resume uint6
 	l.conns[c.id] = c
 	l.mu.Unlock()
 	c.mu.Lock()
+	if c.state.terminal() {
+		c.mu.Unlock()
+		return false
+	}
+	_, _ = nc.Write(greeting)
 	if err := c.attachLocked(newPath(c, nc, br), resume); err != nil {
 		c.mu.Unlock()
 		l.remove(c)
