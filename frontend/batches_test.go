@@ -404,9 +404,6 @@ func TestResultLimitsAbortTheTransaction(t *testing.T) {
 // statement (G6), not a reason to interrupt the batch — a retry would
 // fail the same way forever.
 func TestStatementThatFailsToPrepareAbortsOnlyItsTransaction(t *testing.T) {
-	t.Skip("known bug in txn: pgx prepares a pipeline's statements before it runs them, the prepare error " +
-		"reaches runStatements at the BEGIN result (statement 0) and is classified fatal, so the batch is interrupted " +
-		"(and interrupted again on every retry) instead of this transaction being recorded aborted")
 	url := newDB(t)
 	db := newChecker(t, url)
 	fe := startFrontend(t, url, Config{AllowRawSQL: true}, false)

@@ -7,32 +7,19 @@ import (
 	"time"
 )
 
-// The tests in this file show bugs found in hafe and not fixed yet. They
-// skip unless HAFE_KNOWN_BUGS is set, so that `make test` stays green; run
-// them with
-//
-//	HAFE_KNOWN_BUGS=1 go test -count=1 -run KnownBug ./test/ -v
-//
-// and drop the skip with the fix.
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("HAFE_KNOWN_BUGS") == "" {
-		t.Skipf("known bug: %s (set HAFE_KNOWN_BUGS=1 to run)", what)
-	}
-}
+// The tests in this file pin bugs found in hafe, now fixed.
 
-// TestKnownBugFrontEndRestartedUnderItsName: fe1 is killed mid-batch and
+// TestFrontEndRestartedUnderItsName: fe1 is killed mid-batch and
 // comes straight back under the same name (a supervisor restarting a
 // crashed process), heartbeating again but knowing nothing of the batch.
 // The batch runs nowhere, so the client's retry on fe2 must be able to take
 // it over once fe1's old process is gone.
 //
-// Known bug: hafe decides "the owner is alive" from the member row's
-// heartbeat alone (backendext.CreateBatch, batchColumns), and a restarted
-// fe1 refreshes that row, so fe2 answers 409 batch_in_progress "still
-// running on front-end fe1" for as long as fe1 lives.
-func TestKnownBugFrontEndRestartedUnderItsName(t *testing.T) {
-	knownBug(t, "a batch orphaned by a crashed front-end stays 409 on every other front-end once it restarts under the same name")
+// It was a bug: hafe decided "the owner is alive" from the member row's
+// heartbeat alone, and a restarted fe1 refreshes that row, so fe2 answered
+// 409 for as long as fe1 lived. Now a batch records its owner's run
+// (incarnation) and only that run's heartbeats count.
+func TestFrontEndRestartedUnderItsName(t *testing.T) {
 	c := startFailoverCluster(t, 2, slowStatement)
 	fe1, fe2 := c.fes[0], c.fes[1]
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
@@ -69,17 +56,17 @@ func TestKnownBugFrontEndRestartedUnderItsName(t *testing.T) {
 	c.dumpLogs(ctx, t)
 }
 
-// TestKnownBugHangUpDuringLongStatement: the client hangs up on fe1 while
+// TestHangUpDuringLongStatement: the client hangs up on fe1 while
 // a slot runs a statement longer than the 5s fe1 gives itself to release
 // the batch's lease. fe1's request is cancelled, but pgx only drops its end
 // of the connection (DeadlineContextWatcherHandler, no cancel request): the
 // server goes on with the statement and keeps the batch row locked, so
 // fe1's ReleaseBatch times out and the batch stays owned by fe1. fe1 is
-// alive and heartbeating, so every other front-end answers 409
-// batch_in_progress "still running on front-end fe1" for good, although
-// nothing runs the batch (only a retry on fe1 itself takes it back).
-func TestKnownBugHangUpDuringLongStatement(t *testing.T) {
-	knownBug(t, "a client hang-up during a statement longer than 5s leaves the batch owned by the live front-end: 409 everywhere else")
+// alive and heartbeating, so every other front-end answered 409 for good.
+// Fixed: a slot no longer locks the batch row while its statements run
+// (the lease check is the outcome insert, at the end), so the release
+// goes through.
+func TestHangUpDuringLongStatement(t *testing.T) {
 	c := startFailoverCluster(t, 2, slowLongStatement)
 	fe1, fe2 := c.fes[0], c.fes[1]
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
