@@ -66,12 +66,13 @@ func main() {
 	stop()
 	if err != nil {
 		var ex exitError
-		if errors.As(err, &ex) {
+		switch {
+		case errors.As(err, &ex):
 			os.Exit(ex.code)
+		case errors.Is(err, flag.ErrHelp):
+			os.Exit(0) // --help asked for the usage, which was printed
 		}
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "hafe:", err)
-		}
+		fmt.Fprintln(os.Stderr, "hafe:", err)
 		os.Exit(2)
 	}
 }
