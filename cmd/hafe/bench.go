@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"hafe.dev/hafe/internal/batchbench"
 	"hafe.dev/hafe/internal/mtcpbench"
 	"hafe.dev/hafe/internal/pgtemp"
+	"hafe.dev/hafe/mtcp"
 	hafesql "hafe.dev/hafe/sql"
 )
 
@@ -264,6 +267,63 @@ func runBenchMigrate(ctx context.Context, args []string, stdout, stderr io.Write
 
 const idleClientsCommand = "mtcp-idle-clients"
 
-func runBenchStream(ctx context.Context, args []string, stdout, stderr io.Writer) error { return nil }
-func runBenchMTCP(ctx context.Context, args []string, stdout, stderr io.Writer) error   { return nil }
-func runIdleClients(ctx context.Context, args []string, stdout io.Writer) error         { return nil }
+func runBenchStream(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench stream", "bench stream [--out DIR] [flags]",
+		"Reproduces the seed's streaming experiment on loopback: server s1 streams\n"+
+			"chunks at a steady pace and slows down after --slow-after bytes; the\n"+
+			"client's rate policy (smoothed inbound rate below 75% of the highest seen)\n"+
+			"migrates to s2, which continues the stream from the last snapshot. Checks\n"+
+			"every byte, writes stream.csv and stream.png to --out and prints the\n"+
+			"effective throughput against the pre-slowdown rate.", stderr)
+	var (
+		out       = fs.String("out", "./bench-out", "directory for stream.csv and stream.png")
+		total     = fs.Int("total", 1<<20, "bytes streamed")
+		chunk     = fs.Int("chunk", 1<<10, "bytes per chunk")
+		slowAfter = fs.Int("slow-after", 32<<10, "s1 slows down after this many bytes")
+		period    = fs.Duration("period", time.Millisecond, "time between chunks of a healthy server")
+		slowdown  = fs.Float64("slowdown", 4, "s1's time between chunks is multiplied by this after the slow-down")
+		interval  = fs.Duration("interval", 20*time.Millisecond, "the rate policy's sampling interval")
+	)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *total < 1 || *chunk < 1 || *slowAfter < 1 || *slowAfter >= *total || *period <= 0 || *slowdown <= 1 || *interval <= 0 {
+		return errors.New("bench stream: need 0 < --slow-after < --total, --chunk ≥ 1, --period and --interval > 0, --slowdown > 1")
+	}
+	res, err := mtcpbench.RunStream(ctx, mtcpbench.StreamConfig{
+		Total: *total, Chunk: *chunk, SlowAfter: *slowAfter, Period: *period, Slowdown: *slowdown,
+		Rate: mtcp.RatePolicy{Interval: *interval},
+	})
+	if err != nil {
+		return fmt.Errorf("bench stream: %w", err)
+	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		return err
+	}
+	csvPath, pngPath := filepath.Join(*out, "stream.csv"), filepath.Join(*out, "stream.png")
+	if err := writeFile(csvPath, res.WriteCSV); err != nil {
+		return err
+	}
+	if err := writeFile(pngPath, res.WritePNG); err != nil {
+		return err
+	}
+	fmt.Fprint(stdout, res.Summary())
+	fmt.Fprintf(stdout, "trace: %s (%d rows), plot: %s\n\n", csvPath, len(res.Trace), pngPath)
+	fmt.Fprintln(stdout, res.Verdict())
+	return nil
+}
+
+// writeFile creates path and fills it with write.
+func writeFile(path string, write func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := write(f); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}
+func runBenchMTCP(ctx context.Context, args []string, stdout, stderr io.Writer) error { return nil }
+func runIdleClients(ctx context.Context, args []string, stdout io.Writer) error       { return nil }
