@@ -31,6 +31,7 @@ func TestFailoverKilledFrontEndWithConcurrentBatches(t *testing.T) {
 	if err := firsts[0].waitLines(ctx, failoverFaultAfter); err != nil {
 		t.Fatalf("fe1 stream before the kill: %v", err)
 	}
+	c.waitSlowSlot(ctx, t, "fe1")
 	if err := fe1.Kill(ctx); err != nil {
 		t.Fatal(err)
 	}

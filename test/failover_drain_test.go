@@ -22,6 +22,7 @@ func TestFailoverDrainedFrontEnd(t *testing.T) {
 			if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
 				t.Fatalf("fe1 stream before SIGTERM: %v", err)
 			}
+			c.waitSlowSlot(ctx, t, "fe1")
 			if err := fe1.Signal(ctx, "TERM"); err != nil {
 				t.Fatal(err)
 			}
@@ -59,6 +60,7 @@ func TestFailoverClientHangsUp(t *testing.T) {
 			if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
 				t.Fatalf("fe1 stream before hanging up: %v", err)
 			}
+			c.waitSlowSlot(ctx, t, "fe1")
 			first.close()
 			requireCutOff(t, "fe1", first)
 

@@ -2,7 +2,6 @@ package test
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 )
@@ -31,6 +30,7 @@ func TestFrontEndRestartedUnderItsName(t *testing.T) {
 	if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
 		t.Fatalf("fe1 stream before the kill: %v", err)
 	}
+	c.waitSlowSlot(ctx, t, "fe1")
 	if err := fe1.Kill(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -77,20 +77,9 @@ func TestHangUpDuringLongStatement(t *testing.T) {
 	if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
 		t.Fatalf("fe1 stream before hanging up: %v", err)
 	}
+	c.waitSlowSlot(ctx, t, "fe1")
 	first.close()
 	requireCutOff(t, "fe1", first)
-	if os.Getenv("HAFE_TEST_LOGS") != "" {
-		time.Sleep(300 * time.Millisecond)
-		db := connect(ctx, t, c.pg)
-		rows, _ := db.Query(ctx, `SELECT application_name, state, query FROM pg_stat_activity WHERE application_name LIKE 'hafe/%'`)
-		var app, state, query string
-		for rows.Next() {
-			rows.Scan(&app, &state, &query)
-			t.Logf("session %s %s %q", app, state, query)
-		}
-		db.Close(ctx)
-	}
-
 	// 60 tries over 30s: three times the statement, thirty times
 	// --owner-liveness.
 	second, err := startBatchRetrying(ctx, t, fe2, key, c.body, 60)

@@ -22,6 +22,7 @@ func TestFailoverChainOfKills(t *testing.T) {
 	if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
 		t.Fatalf("fe1 stream before the kill: %v", err)
 	}
+	c.waitSlowSlot(ctx, t, "fe1")
 	if err := fe1.Kill(ctx); err != nil {
 		t.Fatal(err)
 	}
