@@ -108,6 +108,7 @@ type Conn struct {
 	ackTimer   *time.Timer
 	ackArmed   bool
 	peerClosed bool
+	appClosed  bool // server: the application closed; the stream lingers until delivered
 	rwait      chan struct{} // closed when Read may make progress
 	wwait      chan struct{} // closed when Write may make progress
 	dwait      chan struct{} // closed when the receive buffer drains
@@ -189,7 +190,7 @@ func waitChan(p *chan struct{}) chan struct{} {
 func (c *Conn) Read(b []byte) (int, error) {
 	for {
 		c.mu.Lock()
-		if c.state.terminal() {
+		if c.state.terminal() || c.appClosed {
 			err := c.stateErrLocked()
 			c.mu.Unlock()
 			return 0, c.opErr("read", err)
@@ -225,8 +226,12 @@ func (c *Conn) Read(b []byte) (int, error) {
 	}
 }
 
-// stateErrLocked is the error of a connection in a terminal state.
+// stateErrLocked is the error of a connection in a terminal state (or
+// closed by its application).
 func (c *Conn) stateErrLocked() error {
+	if c.appClosed && !c.state.terminal() {
+		return net.ErrClosed
+	}
 	switch c.state {
 	case stateClosed:
 		return net.ErrClosed
@@ -247,7 +252,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 		c.mu.Lock()
 		var err error
 		switch {
-		case c.state.terminal():
+		case c.state.terminal() || c.appClosed:
 			err = c.stateErrLocked()
 		case c.out.appFin:
 			err = ErrWriteClosed
@@ -297,7 +302,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 func (c *Conn) CloseWrite() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state.terminal() {
+	if c.state.terminal() || c.appClosed {
 		return c.opErr("close", c.stateErrLocked())
 	}
 	if !c.out.appFin {
@@ -318,6 +323,9 @@ func (c *Conn) CloseWrite() error {
 // sent on the current path (for at most the linger time), then the peer
 // reads EOF.
 func (c *Conn) Close() error {
+	if c.sv != nil {
+		return c.closeServer()
+	}
 	c.mu.Lock()
 	if c.state.terminal() {
 		err := c.stateErrLocked()
@@ -336,12 +344,41 @@ func (c *Conn) Close() error {
 		_ = p.nc.SetDeadline(time.Now().Add(closeLinger))
 	}
 	c.mu.Unlock()
-	if c.sv != nil {
+	c.cl.closed(c)
+	return nil
+}
+
+// closeServer closes a server end for the application at once, while the
+// connection lingers, reattachable and migratable, until the client has
+// everything: the path sends the rest of the output, FIN and CLOSE, and
+// the client's CLOSE in answer ends the connection.
+func (c *Conn) closeServer() error {
+	c.mu.Lock()
+	if c.state.terminal() || c.appClosed {
+		err := c.stateErrLocked()
+		c.mu.Unlock()
+		if err == ErrMigrated {
+			return nil
+		}
+		return c.opErr("close", net.ErrClosed)
+	}
+	c.appClosed = true
+	if !c.out.appFin {
+		c.out.appFin = true
+		c.out.fin = c.out.fin || c.out.app == c.out.end()
+	}
+	c.notifyReadLocked()
+	c.notifyWriteLocked()
+	if c.peerClosed {
+		c.setStateLocked(stateClosed, net.ErrClosed)
+		c.mu.Unlock()
 		c.sv.closed(c)
+		return nil
 	}
-	if c.cl != nil {
-		c.cl.closed(c)
+	if p := c.path; p != nil {
+		p.wakeWriter()
 	}
+	c.mu.Unlock()
 	return nil
 }
 
@@ -416,6 +453,18 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 		c.peerClosed = true
 		c.notifyReadLocked()
 		c.notifyWriteLocked()
+		if c.cl != nil {
+			// Everything the server sent has arrived: say so with our
+			// own CLOSE (the server lingers until it hears it).
+			c.setStateLocked(statePeerClosed, nil)
+			c.cl.peerClosedLocked(c)
+			p.retire(wire.AppendClose(nil))
+			return nil
+		}
+		if c.appClosed {
+			c.setStateLocked(stateClosed, net.ErrClosed)
+			go c.sv.closed(c)
+		}
 		return errPeerClosedPath
 	case wire.TypePing:
 		v, err := wire.ParseOffset(payload)
@@ -493,7 +542,9 @@ func (c *Conn) onAckTimer() {
 func (c *Conn) pathFailed(p *path, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p.close()
+	if !p.retiring { // a retiring path's writer sends its last frame and closes it
+		p.close()
+	}
 	if c.path != p {
 		return
 	}
@@ -528,7 +579,7 @@ func (c *Conn) attachLocked(p *path, resume uint64) error {
 	}
 	if old := c.path; old != nil && old != p {
 		if c.cl != nil {
-			old.retire() // tell the old server the connection moved
+			old.retire(wire.AppendMoved(nil)) // tell the old server the connection moved
 		} else {
 			old.close()
 		}

@@ -34,7 +34,8 @@ type path struct {
 	// Guarded by c.mu.
 	ctrl     []byte // queued control frames
 	closing  bool   // send remaining data, FIN and CLOSE, then shut down
-	retiring bool   // replaced by a new path: send MOVED, then shut down
+	retiring bool   // send the queued control frames and bye, then shut down
+	bye      []byte
 	started  bool
 
 	frames atomic.Uint64 // frames received, for the client's progress check
@@ -74,14 +75,15 @@ func (p *path) start() {
 	go p.writeLoop()
 }
 
-// retire makes the writer send MOVED and close the path; called with c.mu
-// held. The old server learns its copy of the connection is stale.
-func (p *path) retire() {
+// retire makes the writer send the queued control frames and bye, then
+// close the path; called with c.mu held.
+func (p *path) retire(bye []byte) {
 	if !p.started {
 		p.close()
 		return
 	}
 	p.retiring = true
+	p.bye = bye
 	p.wakeWriter()
 }
 
@@ -187,7 +189,7 @@ func (p *path) writeLoop() {
 				p.ctrl = nil
 				c.mu.Unlock()
 				_ = p.nc.SetWriteDeadline(time.Now().Add(time.Second))
-				_, _ = p.nc.Write(append(ctrl, wire.AppendMoved(nil)...))
+				_, _ = p.nc.Write(append(ctrl, p.bye...))
 				p.close()
 				return
 			}
@@ -216,7 +218,7 @@ func (p *path) writeLoop() {
 				c.out.finSent = true
 				bufs = append(bufs, wire.AppendOffset(nil, wire.TypeFin, c.out.end()))
 			}
-			closing := p.closing && c.out.sent == c.out.end() && len(bufs) == 0
+			closing := (p.closing || c.appClosed) && c.out.sent == c.out.end() && (!c.out.fin || c.out.finSent) && len(bufs) == 0
 			if total > 0 {
 				c.out.buf.pin()
 			}

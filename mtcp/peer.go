@@ -18,179 +18,135 @@ import (
 // ErrPeerAuth: a peer could not prove it holds the cluster key.
 var ErrPeerAuth = errors.New("mtcp: peer authentication failed")
 
-// peerPool keeps one authenticated peer channel per origin address and
-// multiplexes FETCH requests over it.
+// peerPool keeps authenticated peer channels to other servers, idle ones
+// per address, and runs one FETCH at a time on each: the requester writes
+// and reads the answer itself, with no dispatching goroutine in between.
 type peerPool struct {
 	l      *Listener
 	mu     sync.Mutex
-	conns  map[string]*peerConn
+	idle   map[string][]*peerConn
+	all    map[*peerConn]struct{} // for close
 	closed bool
 }
 
+// maxIdlePeerConns bounds the idle channels kept per peer.
+const maxIdlePeerConns = 4
+
 func newPeerPool(l *Listener) *peerPool {
-	return &peerPool{l: l, conns: make(map[string]*peerConn)}
+	return &peerPool{l: l, idle: make(map[string][]*peerConn), all: make(map[*peerConn]struct{})}
 }
 
 type peerConn struct {
-	addr  string
-	ready chan struct{} // closed when dialled (err set on failure)
-	err   error
-	nc    net.Conn
-	wmu   sync.Mutex
-
-	mu      sync.Mutex
-	next    uint64
-	pending map[uint64]chan wire.Transfer
-	dead    error
+	addr string
+	nc   net.Conn
+	br   *bufio.Reader
+	next uint64
 }
 
 // fetch asks the origin at addr to hand over the connection named in m.
+// A pooled channel that turns out dead is replaced once.
 func (pp *peerPool) fetch(ctx context.Context, addr string, m wire.Migrate) (wire.Transfer, error) {
-	pc, err := pp.get(ctx, addr)
-	if err != nil {
-		return wire.Transfer{}, err
-	}
-	ch := make(chan wire.Transfer, 1)
-	pc.mu.Lock()
-	if pc.dead != nil {
-		err := pc.dead
-		pc.mu.Unlock()
-		pp.forget(pc)
-		return wire.Transfer{}, err
-	}
-	pc.next++
-	req := pc.next
-	pc.pending[req] = ch
-	pc.mu.Unlock()
-	defer func() {
-		pc.mu.Lock()
-		delete(pc.pending, req)
-		pc.mu.Unlock()
-	}()
-	pc.wmu.Lock()
-	_ = pc.nc.SetWriteDeadline(time.Now().Add(pp.l.cfg.PeerTimeout))
-	_, err = pc.nc.Write(wire.AppendFetch(nil, wire.Fetch{Req: req, Migrate: m}))
-	pc.wmu.Unlock()
-	if err != nil {
-		pc.fail(err)
-		pp.forget(pc)
-		return wire.Transfer{}, err
-	}
-	select {
-	case tr, ok := <-ch:
-		if !ok {
-			return wire.Transfer{}, fmt.Errorf("mtcp: peer %s: channel closed", addr)
+	for attempt := 0; ; attempt++ {
+		pc, reused, err := pp.take(ctx, addr)
+		if err != nil {
+			return wire.Transfer{}, err
 		}
-		return tr, nil
-	case <-ctx.Done():
-		return wire.Transfer{}, ctx.Err()
+		tr, err := pc.request(ctx, m)
+		if err == nil {
+			pp.put(pc)
+			return tr, nil
+		}
+		pp.discard(pc)
+		if !reused || attempt > 0 || ctx.Err() != nil {
+			return wire.Transfer{}, err
+		}
 	}
 }
 
-func (pp *peerPool) get(ctx context.Context, addr string) (*peerConn, error) {
+func (pc *peerConn) request(ctx context.Context, m wire.Migrate) (wire.Transfer, error) {
+	pc.next++
+	t, payload, err := exchange(ctx, pc.nc, pc.br, wire.AppendFetch(nil, wire.Fetch{Req: pc.next, Migrate: m}), time.Minute)
+	if err != nil {
+		return wire.Transfer{}, err
+	}
+	if t != wire.TypeTransfer {
+		return wire.Transfer{}, errUnexpected(t)
+	}
+	tr, err := wire.ParseTransfer(payload)
+	if err == nil && tr.Req != pc.next {
+		err = fmt.Errorf("%w: transfer for request %d, want %d", errProtocol, tr.Req, pc.next)
+	}
+	return tr, err
+}
+
+// take returns an idle channel to addr or dials a new one.
+func (pp *peerPool) take(ctx context.Context, addr string) (pc *peerConn, reused bool, err error) {
 	pp.mu.Lock()
 	if pp.closed {
 		pp.mu.Unlock()
-		return nil, net.ErrClosed
+		return nil, false, net.ErrClosed
 	}
-	pc := pp.conns[addr]
-	if pc == nil {
-		pc = &peerConn{addr: addr, ready: make(chan struct{}), pending: make(map[uint64]chan wire.Transfer)}
-		pp.conns[addr] = pc
-		pp.l.wg.Add(1)
-		go pp.dial(pc)
-	}
-	pp.mu.Unlock()
-	select {
-	case <-pc.ready:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	if pc.err != nil {
-		pp.forget(pc)
-		return nil, pc.err
-	}
-	return pc, nil
-}
-
-func (pp *peerPool) forget(pc *peerConn) {
-	pp.mu.Lock()
-	if pp.conns[pc.addr] == pc {
-		delete(pp.conns, pc.addr)
+	if l := pp.idle[addr]; len(l) > 0 {
+		pc = l[len(l)-1]
+		pp.idle[addr] = l[:len(l)-1]
+		pp.mu.Unlock()
+		return pc, true, nil
 	}
 	pp.mu.Unlock()
-}
-
-// dial opens and authenticates a peer channel, then reads replies on it
-// until it fails.
-func (pp *peerPool) dial(pc *peerConn) {
-	defer pp.l.wg.Done()
-	cfg := &pp.l.cfg
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.PeerTimeout)
-	nc, br, err := peerHandshake(ctx, cfg, pc.addr)
-	cancel()
-	pp.mu.Lock()
-	if err == nil && pp.closed {
-		_ = nc.Close()
-		err = net.ErrClosed
-	}
-	pc.nc, pc.err = nc, err
-	pp.mu.Unlock()
-	close(pc.ready)
+	ctx, cancel := context.WithTimeout(ctx, pp.l.cfg.PeerTimeout)
+	defer cancel()
+	nc, br, err := peerHandshake(ctx, &pp.l.cfg, addr)
 	if err != nil {
-		pp.l.log.Info("peer channel", "peer", pc.addr, "err", err)
+		return nil, false, err
+	}
+	pc = &peerConn{addr: addr, nc: nc, br: br}
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	if pp.closed {
+		_ = nc.Close()
+		return nil, false, net.ErrClosed
+	}
+	pp.all[pc] = struct{}{}
+	return pc, false, nil
+}
+
+func (pp *peerPool) put(pc *peerConn) {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	if pp.closed || len(pp.idle[pc.addr]) >= maxIdlePeerConns {
+		delete(pp.all, pc)
+		_ = pc.nc.Close()
 		return
 	}
-	var hdr [wire.HeaderLen]byte
-	for {
-		t, payload, err := wire.ReadFrame(br, &hdr, nil)
-		if err == nil && t != wire.TypeTransfer {
-			err = errUnexpected(t)
-		}
-		var tr wire.Transfer
-		if err == nil {
-			tr, err = wire.ParseTransfer(payload)
-		}
-		if err != nil {
-			pc.fail(err)
-			pp.forget(pc)
-			return
-		}
-		pc.mu.Lock()
-		if ch := pc.pending[tr.Req]; ch != nil {
-			select {
-			case ch <- tr:
-			default:
-			}
-		}
-		pc.mu.Unlock()
-	}
+	pp.idle[pc.addr] = append(pp.idle[pc.addr], pc)
 }
 
-func (pc *peerConn) fail(err error) {
-	pc.mu.Lock()
-	if pc.dead == nil {
-		pc.dead = err
-		for _, ch := range pc.pending {
-			close(ch)
-		}
-		pc.pending = map[uint64]chan wire.Transfer{}
-	}
-	pc.mu.Unlock()
+func (pp *peerPool) discard(pc *peerConn) {
+	pp.mu.Lock()
+	delete(pp.all, pc)
+	pp.mu.Unlock()
 	_ = pc.nc.Close()
+}
+
+// warm opens a channel to addr ahead of the first migration.
+func (pp *peerPool) warm(addr string) {
+	pc, _, err := pp.take(pp.l.ctx, addr)
+	if err != nil {
+		pp.l.log.Debug("warm peer channel", "peer", addr, "err", err)
+		return
+	}
+	pp.put(pc)
 }
 
 func (pp *peerPool) close() {
 	pp.mu.Lock()
 	pp.closed = true
-	conns := pp.conns
-	pp.conns = map[string]*peerConn{}
+	all := pp.all
+	pp.all = map[*peerConn]struct{}{}
+	pp.idle = map[string][]*peerConn{}
 	pp.mu.Unlock()
-	for _, pc := range conns {
-		<-pc.ready
-		if pc.err == nil {
-			pc.fail(net.ErrClosed)
-		}
+	for pc := range all {
+		_ = pc.nc.Close()
 	}
 }
 
@@ -203,6 +159,8 @@ func peerHandshake(ctx context.Context, cfg *ListenConfig, addr string) (net.Con
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
 	}
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	if cfg.PeerTLSConfig != nil {
 		tc := tls.Client(nc, cfg.PeerTLSConfig)
 		if err := tc.HandshakeContext(ctx); err != nil {
@@ -243,6 +201,9 @@ func peerHandshake(ctx context.Context, cfg *ListenConfig, addr string) (net.Con
 	auth := wire.PeerAuth{MAC: peerProof(cfg.ClusterKey, peerLabelClient, hello.Nonce, ch.Nonce)}
 	if _, err := nc.Write(wire.AppendPeerAuth(nil, auth)); err != nil {
 		return fail(err)
+	}
+	if !stop() {
+		return fail(ctx.Err())
 	}
 	_ = nc.SetDeadline(time.Time{})
 	return nc, br, nil

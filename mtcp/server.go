@@ -93,6 +93,8 @@ type Listener struct {
 	accept chan *Conn
 	peers  *peerPool
 	closed chan struct{}
+	ctx    context.Context // ends when the Listener closes
+	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
 	mu       sync.Mutex
@@ -128,9 +130,21 @@ func NewListener(ln net.Listener, cfg ListenConfig) *Listener {
 		raw:      make(map[net.Conn]struct{}),
 		servers:  append([]string(nil), cfg.Servers...),
 	}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.peers = newPeerPool(l)
 	l.wg.Add(1)
 	go l.serve()
+	if len(cfg.ClusterKey) > 0 {
+		for _, s := range cfg.Servers {
+			if s != cfg.Self {
+				l.wg.Add(1)
+				go func() {
+					defer l.wg.Done()
+					l.peers.warm(s)
+				}()
+			}
+		}
+	}
 	return l
 }
 
@@ -163,6 +177,7 @@ func (l *Listener) Close() error {
 	}
 	l.closing = true
 	close(l.closed)
+	l.cancel()
 	for nc := range l.raw {
 		_ = nc.Close()
 	}
@@ -433,6 +448,7 @@ func (s *serverSide) onDetachedTimeout(c *Conn) {
 		c.mu.Unlock()
 		return
 	}
+	c.log.Info("client did not come back; connection dropped", "after", s.ln.cfg.DetachedTimeout, "app_closed", c.appClosed)
 	c.setStateLocked(stateFailed, ErrLost)
 	c.mu.Unlock()
 	s.closed(c)
@@ -460,10 +476,13 @@ func (s *serverSide) closed(c *Conn) {
 		s.detached.Stop()
 	}
 	migrated := c.state == stateMigrated
+	counter := s.counter
 	c.mu.Unlock()
 	if st := s.ln.cfg.Store; st != nil && !migrated {
+		// Conditional: a stale copy (another server claimed the
+		// connection with a higher counter) must not delete the record.
 		ctx, cancel := context.WithTimeout(context.Background(), s.ln.cfg.HandshakeTimeout)
-		_ = st.Delete(ctx, c.id)
+		_ = st.Delete(ctx, c.id, counter)
 		cancel()
 	}
 }
@@ -486,7 +505,7 @@ func (c *Conn) ExportStateContext(ctx context.Context, state []byte) error {
 	}
 	st := append([]byte(nil), state...)
 	c.mu.Lock()
-	if c.state.terminal() {
+	if c.state.terminal() || c.appClosed {
 		err := c.stateErrLocked()
 		c.mu.Unlock()
 		return c.opErr("export", err)

@@ -54,8 +54,10 @@ type SnapshotStore interface {
 	Save(ctx context.Context, rec *SnapshotRecord) error
 	// Load returns the connection's record or ErrNoSnapshot.
 	Load(ctx context.Context, id ConnID) (*SnapshotRecord, error)
-	// Delete forgets the connection; deleting a missing record is no error.
-	Delete(ctx context.Context, id ConnID) error
+	// Delete forgets the connection if the stored record's Counter is at
+	// most counter (a stale owner cannot delete its successor's record);
+	// deleting a missing record is no error.
+	Delete(ctx context.Context, id ConnID, counter uint64) error
 }
 
 // MemStore is an in-memory SnapshotStore, for tests and single-process use.
@@ -95,10 +97,12 @@ func (s *MemStore) Load(ctx context.Context, id ConnID) (*SnapshotRecord, error)
 	return cloneRecord(rec), nil
 }
 
-func (s *MemStore) Delete(ctx context.Context, id ConnID) error {
+func (s *MemStore) Delete(ctx context.Context, id ConnID, counter uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.recs, id)
+	if rec, ok := s.recs[id]; ok && rec.Counter <= counter {
+		delete(s.recs, id)
+	}
 	return nil
 }
 
