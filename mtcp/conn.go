@@ -108,7 +108,7 @@ type Conn struct {
 	ackTimer   *time.Timer
 	ackArmed   bool
 	peerClosed bool
-	appClosed  bool // server: the application closed; the stream lingers until delivered
+	appClosed  bool          // server: the application closed; the stream lingers until delivered
 	rwait      chan struct{} // closed when Read may make progress
 	wwait      chan struct{} // closed when Write may make progress
 	dwait      chan struct{} // closed when the receive buffer drains
