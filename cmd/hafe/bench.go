@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -265,8 +267,6 @@ func runBenchMigrate(ctx context.Context, args []string, stdout, stderr io.Write
 	return nil
 }
 
-const idleClientsCommand = "mtcp-idle-clients"
-
 func runBenchStream(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("bench stream", "bench stream [--out DIR] [flags]",
 		"Reproduces the seed's streaming experiment on loopback: server s1 streams\n"+
@@ -325,5 +325,66 @@ func writeFile(path string, write func(io.Writer) error) error {
 	}
 	return f.Close()
 }
-func runBenchMTCP(ctx context.Context, args []string, stdout, stderr io.Writer) error { return nil }
-func runIdleClients(ctx context.Context, args []string, stdout io.Writer) error       { return nil }
+func runBenchMTCP(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench mtcp", "bench mtcp [flags]",
+		"Moves bulk data over raw TCP and over an MTCP connection on loopback, both\n"+
+			"directions, in alternating rounds, and prints the rates side by side. Then\n"+
+			"measures the Go memory one idle server connection holds, MTCP and raw TCP,\n"+
+			"with the client ends in a child process (this binary, re-run).", stderr)
+	var (
+		mib    = fs.Int("mib", 128, "MiB per transfer")
+		rounds = fs.Int("rounds", 5, "transfers per side and direction; the median counts")
+		conns  = fs.Int("conns", 500, "idle connections measured (0: skip the memory measurement)")
+	)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *mib < 1 || *rounds < 1 || *conns < 0 {
+		return errors.New("bench mtcp: need --mib ≥ 1, --rounds ≥ 1 and --conns ≥ 0")
+	}
+	tp, err := mtcpbench.RunThroughput(ctx, mtcpbench.ThroughputConfig{Bytes: int64(*mib) << 20, Rounds: *rounds})
+	if err != nil {
+		return fmt.Errorf("bench mtcp: %w", err)
+	}
+	fmt.Fprint(stdout, tp.Table())
+	verdicts := tp.Verdicts()
+	if *conns > 0 {
+		self, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("bench mtcp: %w", err)
+		}
+		spawn := mtcpbench.CommandSpawner(func(ctx context.Context, addr string, n int, raw bool) *exec.Cmd {
+			return exec.CommandContext(ctx, self, "bench", idleClientsCommand, "--raw="+strconv.FormatBool(raw), addr, strconv.Itoa(n))
+		})
+		mem, err := mtcpbench.RunIdleMemory(ctx, mtcpbench.IdleConfig{Conns: *conns, Spawn: spawn})
+		if err != nil {
+			return fmt.Errorf("bench mtcp: %w", err)
+		}
+		fmt.Fprintln(stdout)
+		fmt.Fprint(stdout, mem.Table())
+		verdicts = append(verdicts, mem.Verdict())
+	}
+	fmt.Fprintln(stdout)
+	for _, v := range verdicts {
+		fmt.Fprintln(stdout, v)
+	}
+	return nil
+}
+
+// idleClientsCommand is the hidden benchmark bench mtcp runs in a child
+// process: it holds the client ends of the idle connections measured, so
+// that only the server's memory is counted.
+const idleClientsCommand = "mtcp-idle-clients"
+
+func runIdleClients(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet(idleClientsCommand, flag.ContinueOnError)
+	raw := fs.Bool("raw", false, "raw TCP instead of MTCP")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(fs.Arg(1))
+	if fs.NArg() != 2 || err != nil || n < 1 {
+		return errors.New("usage: hafe bench " + idleClientsCommand + " [--raw] ADDR N")
+	}
+	return mtcpbench.RunIdleClients(ctx, fs.Arg(0), n, *raw, os.Stdin, stdout)
+}

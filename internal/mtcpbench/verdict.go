@@ -27,5 +27,5 @@ func (v Verdict) String() string {
 	if !v.Met() {
 		word = "MISSES"
 	}
-	return fmt.Sprintf("%-58s %8.2f%s  %s the target %s %g%s", v.What, v.Value, v.Unit, word, op, v.Target, v.Unit)
+	return fmt.Sprintf("%-58s %8.3f%s  %s the target %s %g%s", v.What, v.Value, v.Unit, word, op, v.Target, v.Unit)
 }
