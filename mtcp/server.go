@@ -44,7 +44,8 @@ type ListenConfig struct {
 	// PeerTimeout bounds a lazy fetch from the origin. Default 3s.
 	PeerTimeout time.Duration
 	// DetachedTimeout is how long a connection without a path waits for
-	// its client to come back before it fails with ErrLost. Default 60s.
+	// its client to come back before it fails with ErrLost. Default 60s;
+	// keep it above the clients' Dialer.RecoverTimeout.
 	DetachedTimeout time.Duration
 	// StandbyTimeout is how long a warm standby path may idle. Default 5m.
 	StandbyTimeout time.Duration

@@ -65,7 +65,10 @@ func newSimCluster(t *testing.T, n int, link simnet.LinkConfig) *simCluster {
 
 func (sc *simCluster) dialer(tr Triggers) *Dialer {
 	return &Dialer{
-		Servers: sc.addrs, Triggers: tr, Logger: testLogger(),
+		// Attempts on a partitioned server give up well before the
+		// servers' DetachedTimeout (3s here) drops the connection.
+		HandshakeTimeout: 500 * time.Millisecond,
+		Servers:          sc.addrs, Triggers: tr, Logger: testLogger(),
 		DialPath: func(ctx context.Context, addr string) (net.Conn, error) {
 			return sc.client.DialContext(ctx, "tcp", addr)
 		},
