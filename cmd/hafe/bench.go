@@ -235,11 +235,14 @@ func runBenchMigrate(ctx context.Context, args []string, stdout, stderr io.Write
 			"back and forth between two servers on loopback (lazy transfer over the\n"+
 			"peer channel), for each application state size, with and without a warm\n"+
 			"standby path, interleaved with a plain TCP connect plus one round trip.\n"+
-			"Prints the mean time of every phase on all three parties and the ratios.", stderr)
+			"Prints the mean time of every phase on all three parties and the ratios.\n"+
+			"With --delay it runs on a simulated network (gVisor netstack) whose links\n"+
+			"add that one-way delay, where round trips dominate as on the seed's LAN.", stderr)
 	var (
 		runs   = fs.Int("runs", 200, "measured migrations per variant")
 		sizes  = fs.String("sizes", "0,5,10", "application state sizes in kB, comma-separated")
 		warmup = fs.Int("warmup", 10, "unmeasured migrations per connection first")
+		delay  = fs.Duration("delay", 0, "run on a simulated network with this one-way link delay instead of loopback")
 	)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -252,10 +255,10 @@ func runBenchMigrate(ctx context.Context, args []string, stdout, stderr io.Write
 		}
 		sz = append(sz, k<<10)
 	}
-	if *runs < 1 || *warmup < 1 {
-		return errors.New("bench migrate: need --runs ≥ 1 and --warmup ≥ 1")
+	if *runs < 1 || *warmup < 1 || *delay < 0 {
+		return errors.New("bench migrate: need --runs ≥ 1, --warmup ≥ 1 and --delay ≥ 0")
 	}
-	res, err := mtcpbench.RunMigrate(ctx, mtcpbench.MigrateConfig{Runs: *runs, Sizes: sz, Warmup: *warmup})
+	res, err := mtcpbench.RunMigrate(ctx, mtcpbench.MigrateConfig{Runs: *runs, Sizes: sz, Warmup: *warmup, Delay: *delay})
 	if err != nil {
 		return fmt.Errorf("bench migrate: %w", err)
 	}

@@ -22,16 +22,22 @@ type cluster struct {
 	closing bool
 }
 
-// newCluster starts n listeners on 127.0.0.1 sharing a fresh cluster key.
-// mod, if set, adjusts server i's configuration; serve runs on every
-// accepted connection of server i in its own goroutine.
+// newCluster starts n listeners on loopback sharing a fresh cluster key;
+// see newClusterOn.
 func newCluster(n int, mod func(i int, cfg *mtcp.ListenConfig), serve func(i int, c *mtcp.Conn)) (*cluster, error) {
+	return newClusterOn(loopback{}, n, mod, serve)
+}
+
+// newClusterOn starts n listeners on hosts 0…n-1 of tr sharing a fresh
+// cluster key. mod, if set, adjusts server i's configuration; serve runs
+// on every accepted connection of server i in its own goroutine.
+func newClusterOn(tr transport, n int, mod func(i int, cfg *mtcp.ListenConfig), serve func(i int, c *mtcp.Conn)) (*cluster, error) {
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	cl := &cluster{conns: make(map[*mtcp.Conn]struct{})}
 	var raws []net.Listener
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	for i := range n {
+		ln, self, err := tr.listen(i)
 		if err != nil {
 			for _, r := range raws {
 				_ = r.Close()
@@ -39,10 +45,10 @@ func newCluster(n int, mod func(i int, cfg *mtcp.ListenConfig), serve func(i int
 			return nil, fmt.Errorf("listen: %w", err)
 		}
 		raws = append(raws, ln)
-		cl.addrs = append(cl.addrs, ln.Addr().String())
+		cl.addrs = append(cl.addrs, self)
 	}
 	for i, ln := range raws {
-		cfg := mtcp.ListenConfig{Servers: cl.addrs, ClusterKey: key}
+		cfg := mtcp.ListenConfig{Servers: cl.addrs, ClusterKey: key, Self: cl.addrs[i], PeerDial: tr.dialFrom(i)}
 		if mod != nil {
 			mod(i, &cfg)
 		}

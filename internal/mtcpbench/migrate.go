@@ -23,6 +23,9 @@ type MigrateConfig struct {
 	// Warmup is how many unmeasured migrations each connection makes first
 	// (peer channels, the Go runtime). Default 10.
 	Warmup int
+	// Delay, if set, runs everything on a simulated network whose links
+	// add this one-way delay, instead of the kernel's loopback.
+	Delay time.Duration
 }
 
 func (c *MigrateConfig) fill() {
@@ -62,7 +65,8 @@ type Variant struct {
 
 // MigrateResult is RunMigrate's measurement.
 type MigrateResult struct {
-	Runs int
+	Runs    int
+	Network string // where it ran
 	// Baseline is the mean of a plain TCP connect plus a one-byte round
 	// trip on loopback, measured interleaved with the migrations.
 	Baseline, BaselineMedian time.Duration
@@ -133,7 +137,16 @@ func RunMigrate(ctx context.Context, cfg MigrateConfig) (*MigrateResult, error) 
 			return nil, fmt.Errorf("state size %d: want a multiple of 1 kB below 256 kB", s)
 		}
 	}
-	res := &MigrateResult{Runs: cfg.Runs}
+	var tr transport = loopback{}
+	if cfg.Delay > 0 {
+		sim, err := newSimulated(2, cfg.Delay)
+		if err != nil {
+			return nil, err
+		}
+		defer sim.Close()
+		tr = sim
+	}
+	res := &MigrateResult{Runs: cfg.Runs, Network: tr.String()}
 	var runs []*variantRun
 	for _, standby := range []bool{false, true} {
 		for _, size := range cfg.Sizes {
@@ -165,21 +178,21 @@ func RunMigrate(ctx context.Context, cfg MigrateConfig) (*MigrateResult, error) 
 		}
 		r.serverReports++
 	}
-	cl, err := newCluster(2, func(_ int, c *mtcp.ListenConfig) { c.OnMigration = onMigration },
+	cl, err := newClusterOn(tr, 2, func(_ int, c *mtcp.ListenConfig) { c.OnMigration = onMigration },
 		func(_ int, c *mtcp.Conn) { serveStateEcho(c) })
 	if err != nil {
 		return nil, err
 	}
 	defer cl.Close()
 
-	echo, err := newTCPEcho()
+	echo, err := newTCPEcho(tr)
 	if err != nil {
 		return nil, err
 	}
 	defer echo.Close()
 
 	for _, r := range runs {
-		d := &mtcp.Dialer{Servers: cl.addrs, Standby: r.v.Standby,
+		d := &mtcp.Dialer{Servers: cl.addrs, Standby: r.v.Standby, DialPath: tr.dialFrom(-1),
 			Triggers: mtcp.Triggers{KeepAlive: time.Minute, PathTimeout: time.Hour}}
 		c, err := d.DialMTCP(ctx, cl.addrs[0])
 		if err != nil {
@@ -237,7 +250,7 @@ func RunMigrate(ctx context.Context, cfg MigrateConfig) (*MigrateResult, error) 
 	measuring = true
 	mu.Unlock()
 
-	rttConn, err := net.Dial("tcp", echo.ln.Addr().String())
+	rttConn, err := echo.dial()
 	if err != nil {
 		return nil, err
 	}
@@ -329,18 +342,21 @@ func roundTrip(c net.Conn) error {
 	return nil
 }
 
-// tcpEcho is the baseline's server: plain TCP, echoing.
+// tcpEcho is the baseline's server: plain TCP, echoing, on the host after
+// the servers.
 type tcpEcho struct {
-	ln net.Listener
-	wg sync.WaitGroup
+	ln     net.Listener
+	addr   string
+	dialer dialFunc
+	wg     sync.WaitGroup
 }
 
-func newTCPEcho() (*tcpEcho, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func newTCPEcho(tr transport) (*tcpEcho, error) {
+	ln, addr, err := tr.listen(2)
 	if err != nil {
 		return nil, err
 	}
-	e := &tcpEcho{ln: ln}
+	e := &tcpEcho{ln: ln, addr: addr, dialer: tr.dialFrom(-1)}
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
@@ -360,10 +376,17 @@ func newTCPEcho() (*tcpEcho, error) {
 	return e, nil
 }
 
+func (e *tcpEcho) dial() (net.Conn, error) {
+	if e.dialer == nil {
+		return net.Dial("tcp", e.addr)
+	}
+	return e.dialer(context.Background(), e.addr)
+}
+
 // connectRTT times a TCP connect plus a one-byte round trip.
 func (e *tcpEcho) connectRTT() (time.Duration, error) {
 	t0 := time.Now()
-	nc, err := net.Dial("tcp", e.ln.Addr().String())
+	nc, err := e.dial()
 	if err != nil {
 		return 0, err
 	}
@@ -376,7 +399,7 @@ func (e *tcpEcho) connectRTT() (time.Duration, error) {
 
 // meanRTT times n one-byte round trips on one established connection.
 func (e *tcpEcho) meanRTT(n int) (time.Duration, error) {
-	nc, err := net.Dial("tcp", e.ln.Addr().String())
+	nc, err := e.dial()
 	if err != nil {
 		return 0, err
 	}
@@ -450,7 +473,7 @@ func (r *MigrateResult) Table() string {
 		row("", "total (client, median)", vs, func(v Variant) string { return us(v.Median) })
 		row("", "state transferred (B)", vs, func(v Variant) string { return fmt.Sprintf("%9d", v.Transferred) })
 	}
-	fmt.Fprintf(&b, "One-way lazy migration between two servers on loopback, mean of %d runs, µs\n\n", r.Runs)
+	fmt.Fprintf(&b, "One-way lazy migration between two servers, mean of %d runs, µs\non %s\n\n", r.Runs, r.Network)
 	header("state size", r.Lazy)
 	phaseRows(r.Lazy)
 	row("baseline", "TCP connect + 1 RTT", r.Lazy, func(Variant) string { return us(r.Baseline) })
