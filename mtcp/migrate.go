@@ -344,11 +344,21 @@ func (l *Listener) freezeState(m wire.Migrate) (wire.ConnState, *RefusalError) {
 	return st, nil
 }
 
-// trimOutput drops transferred output the client already has.
+// trimOutput drops transferred output the client already has, and output
+// past the snapshot, which the new server's application regenerates: only
+// the gap between the two needs to travel.
 func trimOutput(st *wire.ConnState, recv uint64) {
 	if recv > st.OutOff {
 		st.Output = st.Output[recv-st.OutOff:]
 		st.OutOff = recv
+	}
+	if end := st.OutOff + uint64(len(st.Output)); end > st.SnapOut {
+		keep := uint64(0)
+		if st.SnapOut > st.OutOff {
+			keep = st.SnapOut - st.OutOff
+		}
+		st.Output = st.Output[:keep]
+		st.OutFin = false
 	}
 }
 

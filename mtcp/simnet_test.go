@@ -54,7 +54,7 @@ func newSimCluster(t *testing.T, n int, link simnet.LinkConfig) *simCluster {
 			t.Fatal(err)
 		}
 		l := NewListener(raw, ListenConfig{
-			Self: sc.addrs[i], Servers: sc.addrs, ClusterKey: testKey, Logger: testLogger(), DetachedTimeout: 3 * time.Second,
+			Self: sc.addrs[i], Servers: sc.addrs, ClusterKey: testKey, Logger: testLogger(), DetachedTimeout: 10 * time.Second,
 			PeerDial: func(ctx context.Context, addr string) (net.Conn, error) { return h.DialContext(ctx, "tcp", addr) },
 		})
 		sc.lns = append(sc.lns, l)
@@ -66,8 +66,8 @@ func newSimCluster(t *testing.T, n int, link simnet.LinkConfig) *simCluster {
 func (sc *simCluster) dialer(tr Triggers) *Dialer {
 	return &Dialer{
 		// Attempts on a partitioned server give up well before the
-		// servers' DetachedTimeout (3s here) drops the connection.
-		HandshakeTimeout: 500 * time.Millisecond,
+		// servers' DetachedTimeout (10s here) drops the connection.
+		HandshakeTimeout: 2 * time.Second,
 		Servers:          sc.addrs, Triggers: tr, Logger: testLogger(),
 		DialPath: func(ctx context.Context, addr string) (net.Conn, error) {
 			return sc.client.DialContext(ctx, "tcp", addr)
