@@ -276,7 +276,8 @@ func runBenchStream(ctx context.Context, args []string, stdout, stderr io.Writer
 			"chunks at a steady pace and slows down after --slow-after bytes; the\n"+
 			"client's rate policy (smoothed inbound rate below 75% of the highest seen)\n"+
 			"migrates to s2, which continues the stream from the last snapshot. Checks\n"+
-			"every byte, writes stream.csv and stream.png to --out and prints the\n"+
+			"every byte, writes stream.csv, stream.png and stream-start.png (the first\n"+
+			"moments, enlarged) to --out and prints the\n"+
 			"effective throughput against the pre-slowdown rate.", stderr)
 	var (
 		out       = fs.String("out", "./bench-out", "directory for stream.csv and stream.png")
@@ -303,15 +304,17 @@ func runBenchStream(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return err
 	}
-	csvPath, pngPath := filepath.Join(*out, "stream.csv"), filepath.Join(*out, "stream.png")
-	if err := writeFile(csvPath, res.WriteCSV); err != nil {
-		return err
-	}
-	if err := writeFile(pngPath, res.WritePNG); err != nil {
-		return err
+	csvPath, pngPath, zoomPath := filepath.Join(*out, "stream.csv"), filepath.Join(*out, "stream.png"), filepath.Join(*out, "stream-start.png")
+	for _, f := range []struct {
+		path  string
+		write func(io.Writer) error
+	}{{csvPath, res.WriteCSV}, {pngPath, res.WritePNG}, {zoomPath, res.WriteZoomPNG}} {
+		if err := writeFile(f.path, f.write); err != nil {
+			return err
+		}
 	}
 	fmt.Fprint(stdout, res.Summary())
-	fmt.Fprintf(stdout, "trace: %s (%d rows), plot: %s\n\n", csvPath, len(res.Trace), pngPath)
+	fmt.Fprintf(stdout, "trace: %s (%d rows), plots: %s, %s\n\n", csvPath, len(res.Trace), pngPath, zoomPath)
 	fmt.Fprintln(stdout, res.Verdict())
 	return nil
 }

@@ -69,13 +69,16 @@ func TestBenchStreamWritesTraceAndPlot(t *testing.T) {
 	if len(rows) < 2 || rows[len(rows)-1][1] != "40960" {
 		t.Errorf("CSV has %d rows, last %v", len(rows), rows[len(rows)-1])
 	}
-	p, err := os.Open(filepath.Join(dir, "stream.png"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	if _, err := png.Decode(p); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"stream.png", "stream-start.png"} {
+		p, err := os.Open(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = png.Decode(p)
+		p.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
 	}
 }
 

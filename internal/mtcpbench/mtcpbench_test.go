@@ -101,6 +101,13 @@ func TestStreamDeliversExactlyTheStreamAndWritesTraceAndPlot(t *testing.T) {
 	if b := img.Bounds(); b.Dx() < 100 || b.Dy() < 100 {
 		t.Errorf("plot is %v", b)
 	}
+	buf.Reset()
+	if err := res.WriteZoomPNG(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := png.Decode(&buf); err != nil {
+		t.Fatal(err)
+	}
 	if res.PreRate <= 0 || res.Effective <= 0 {
 		t.Errorf("rates not computed: %+v", res)
 	}

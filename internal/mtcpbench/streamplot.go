@@ -33,7 +33,7 @@ func (r *StreamResult) Chart() plot.Chart {
 			Color: color.RGBA{160, 160, 160, 255},
 		})
 	}
-	c.Markers = append(c.Markers, plot.Marker{X: ms(r.SlowdownAt), Label: "slow-down"})
+	c.Markers = append(c.Markers, plot.Marker{X: ms(r.SlowdownAt), Label: "slowed"})
 	for _, m := range r.Migrations {
 		c.Markers = append(c.Markers, plot.Marker{X: ms(m.T), Label: m.From + "->" + m.To})
 	}
@@ -42,3 +42,32 @@ func (r *StreamResult) Chart() plot.Chart {
 
 // WritePNG renders Chart as a PNG image.
 func (r *StreamResult) WritePNG(w io.Writer) error { return r.Chart().WritePNG(w) }
+
+// ZoomChart is Chart cut to the interesting start: until three times the
+// last migration's time (or the slow-down's, without a migration).
+func (r *StreamResult) ZoomChart() plot.Chart {
+	c := r.Chart()
+	end := 3 * r.SlowdownAt
+	if n := len(r.Migrations); n > 0 {
+		end = 3 * r.Migrations[n-1].T
+	}
+	limit := ms(end)
+	c.Title += " (start)"
+	for i, s := range c.Series {
+		k := 0
+		for k < len(s.X) && s.X[k] <= limit {
+			k++
+		}
+		if k < len(s.X) && k > 0 && s.X[k] != s.X[k-1] {
+			// End the line at the limit, interpolated.
+			f := (limit - s.X[k-1]) / (s.X[k] - s.X[k-1])
+			s.X = append(s.X[:k:k], limit)
+			s.Y = append(s.Y[:k:k], s.Y[k-1]+f*(s.Y[k]-s.Y[k-1]))
+		}
+		c.Series[i] = s
+	}
+	return c
+}
+
+// WriteZoomPNG renders ZoomChart as a PNG image.
+func (r *StreamResult) WriteZoomPNG(w io.Writer) error { return r.ZoomChart().WritePNG(w) }
