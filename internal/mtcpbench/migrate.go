@@ -74,10 +74,10 @@ type MigrateResult struct {
 	// connection, measured interleaved with the migrations (so under the
 	// same conditions: goroutines parked, caches cold); HotRTT is the same
 	// in a tight loop, the best case.
-	RTT, HotRTT time.Duration
-	Lazy        []Variant // by size
-	Standby     []Variant // by size
-	Failures    int       // migrations that failed and were retried
+	RTT, RTTMedian, HotRTT time.Duration
+	Lazy                   []Variant // by size
+	Standby                []Variant // by size
+	Failures               int       // migrations that failed and were retried
 }
 
 // variantRun is one connection being migrated back and forth.
@@ -284,7 +284,7 @@ func RunMigrate(ctx context.Context, cfg MigrateConfig) (*MigrateResult, error) 
 			}
 		}
 	}
-	res.RTT = mean(rtts)
+	res.RTT, res.RTTMedian = mean(rtts), median(rtts)
 	if res.HotRTT, err = echo.meanRTT(cfg.Runs); err != nil {
 		return nil, err
 	}
@@ -486,19 +486,23 @@ func (r *MigrateResult) Table() string {
 		row("", "standby path used", r.Standby, func(v Variant) string { return fmt.Sprintf("%9s", fmt.Sprintf("%d/%d", v.StandbyUsed, r.Runs)) })
 		row("baseline", "TCP round trip (RTT)", r.Standby, func(Variant) string { return us(r.RTT) })
 		row("ratio", "migration / RTT", r.Standby, func(v Variant) string { return fmt.Sprintf("%8.2fx", ratio(v.Total, r.RTT)) })
+		row("", "medians' ratio", r.Standby, func(v Variant) string { return fmt.Sprintf("%8.2fx", ratio(v.Median, r.RTTMedian)) })
 		row("", "migration / baseline", r.Standby, func(v Variant) string { return fmt.Sprintf("%8.2fx", ratio(v.Total, r.Baseline)) })
 	}
 	fmt.Fprintf(&b, "\nbaseline TCP connect + 1 RTT: mean %.1f µs, median %.1f µs\n",
 		float64(r.Baseline.Nanoseconds())/1000, float64(r.BaselineMedian.Nanoseconds())/1000)
-	fmt.Fprintf(&b, "TCP round trip on an open connection: %.1f µs interleaved with the migrations, %.1f µs back to back\n",
-		float64(r.RTT.Nanoseconds())/1000, float64(r.HotRTT.Nanoseconds())/1000)
+	fmt.Fprintf(&b, "TCP round trip on an open connection: mean %.1f µs, median %.1f µs interleaved with the migrations, %.1f µs back to back\n",
+		float64(r.RTT.Nanoseconds())/1000, float64(r.RTTMedian.Nanoseconds())/1000, float64(r.HotRTT.Nanoseconds())/1000)
+	b.WriteString("verdicts below take the worse of the ratio of means and the ratio of medians\n")
 	if r.Failures > 0 {
 		fmt.Fprintf(&b, "%d migration attempts failed and were retried\n", r.Failures)
 	}
 	return b.String()
 }
 
-// Verdicts compares the result with the targets of issue 3.
+// Verdicts compares the result with the targets of issue 3. Each figure
+// is the worse of the ratio of means and the ratio of medians: on a shared
+// machine a few preempted runs can move a mean either way.
 func (r *MigrateResult) Verdicts() []Verdict {
 	var vs []Verdict
 	for _, v := range r.Lazy {
@@ -513,14 +517,14 @@ func (r *MigrateResult) Verdicts() []Verdict {
 		}
 		vs = append(vs, Verdict{
 			What:   fmt.Sprintf("lazy migration, %d kB state / TCP connect+RTT", v.StateBytes>>10),
-			Value:  ratio(v.Total, r.Baseline),
+			Value:  max(ratio(v.Total, r.Baseline), ratio(v.Median, r.BaselineMedian)),
 			Target: limit, AtMost: true, Unit: "x",
 		})
 	}
 	for _, v := range r.Standby {
 		vs = append(vs, Verdict{
 			What:   fmt.Sprintf("warm-standby migration, %d kB state, in round trips", v.StateBytes>>10),
-			Value:  ratio(v.Total, r.RTT),
+			Value:  max(ratio(v.Total, r.RTT), ratio(v.Median, r.RTTMedian)),
 			Target: 3, AtMost: true, Unit: " RTT",
 		})
 	}
