@@ -64,10 +64,17 @@ func (p *phaseTotals) report(b *testing.B) {
 	b.ReportMetric(float64(p.prepare.Microseconds())/n, "origin-prepare-reply-µs/op")
 }
 
-func benchCluster(b *testing.B, n, stateSize int, phases *phaseTotals) *testCluster {
-	tc := newCluster(&testing.T{}, n, nil, func(cfg *ListenConfig) {
+func benchCluster(b *testing.B, n, stateSize int, phases *phaseTotals, eager bool) *testCluster {
+	var store SnapshotStore
+	if eager {
+		store = NewMemStore()
+	}
+	tc := newCluster(&testing.T{}, n, store, func(cfg *ListenConfig) {
 		if phases != nil {
 			cfg.OnMigration = phases.add
+		}
+		if eager {
+			cfg.ClusterKey = nil // no peer channel: every migration reads the store
 		}
 	})
 	for _, l := range tc.lns {
@@ -162,14 +169,15 @@ func BenchmarkMigration(b *testing.B) {
 			if standby {
 				name += "-standby"
 			}
-			b.Run(name, func(b *testing.B) { benchMigrate(b, size, standby) })
+			b.Run(name, func(b *testing.B) { benchMigrate(b, size, standby, false) })
 		}
+		b.Run(fmt.Sprintf("eager-state-%dkB", size>>10), func(b *testing.B) { benchMigrate(b, size, false, true) })
 	}
 }
 
-func benchMigrate(b *testing.B, stateSize int, standby bool) {
+func benchMigrate(b *testing.B, stateSize int, standby, eager bool) {
 	var phases phaseTotals
-	tc := benchCluster(b, 2, stateSize, &phases)
+	tc := benchCluster(b, 2, stateSize, &phases, eager)
 	d := &Dialer{Servers: tc.addrs, Standby: standby, Triggers: Triggers{KeepAlive: time.Minute, PathTimeout: time.Hour}}
 	c, err := d.DialMTCP(context.Background(), tc.addrs[0])
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -23,7 +24,7 @@ type simCluster struct {
 	addrs   []string
 }
 
-func newSimCluster(t *testing.T, n int, link simnet.LinkConfig) *simCluster {
+func newSimCluster(t testing.TB, n int, link simnet.LinkConfig) *simCluster {
 	t.Helper()
 	sc := &simCluster{net: simnet.New(simnet.Config{Seed: 7})}
 	t.Cleanup(func() { _ = sc.net.Close() })
@@ -230,4 +231,108 @@ func (sc *simCluster) waitIdle(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// BenchmarkMigrationRoundTripsSimnet counts a migration in round trips: on
+// links with a 2 ms one-way delay, the time of one migration divided by
+// the round-trip time (a plain TCP connect costs 1 RTT, so connect + one
+// exchange is 2).
+func BenchmarkMigrationRoundTripsSimnet(b *testing.B) {
+	const delay = 2 * time.Millisecond
+	rtt := 2 * delay
+	b.Run("baseline-tcp-connect-rtt", func(b *testing.B) {
+		sc := newSimCluster(b, 1, simnet.LinkConfig{Delay: delay})
+		_ = sc.lns[0].Close() // free the port for a plain echo server
+		ln, err := sc.servers[0].Listen("tcp", ":81")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				nc, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() { defer nc.Close(); _, _ = io.Copy(nc, nc) }()
+			}
+		}()
+		one := make([]byte, 1)
+		var total time.Duration
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			t0 := time.Now()
+			nc, err := sc.client.DialContext(context.Background(), "tcp", "10.0.0.2:81")
+			if err != nil {
+				b.Fatal(err)
+			}
+			_, _ = nc.Write(one)
+			if _, err := io.ReadFull(nc, one); err != nil {
+				b.Fatal(err)
+			}
+			total += time.Since(t0)
+			b.StopTimer()
+			nc.Close()
+			b.StartTimer()
+		}
+		b.ReportMetric(float64(total)/float64(b.N)/float64(rtt), "RTTs/op")
+	})
+	for _, standby := range []bool{false, true} {
+		name := "lazy"
+		if standby {
+			name = "lazy-standby"
+		}
+		b.Run(name, func(b *testing.B) {
+			sc := newSimCluster(b, 2, simnet.LinkConfig{Delay: delay})
+			for _, l := range sc.lns {
+				go func() {
+					for {
+						c, err := l.AcceptMTCP()
+						if err != nil {
+							return
+						}
+						go serveStateEcho(c, 10<<10)
+					}
+				}()
+			}
+			d := sc.dialer(Triggers{KeepAlive: time.Minute, PathTimeout: time.Hour})
+			d.Standby = standby
+			c, err := d.DialMTCP(context.Background(), sc.addrs[0])
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			one := make([]byte, 1)
+			// Warm the peer channels both ways.
+			for _, a := range []string{sc.addrs[1], sc.addrs[0]} {
+				if err := c.Migrate(context.Background(), a); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var total time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				target := sc.addrs[(i+1)%2]
+				b.StopTimer()
+				_, _ = c.Write(one)
+				_, _ = io.ReadFull(c, one)
+				for k := 0; standby && k < 1000; k++ {
+					c.mu.Lock()
+					ready := c.cl.standby != nil && c.cl.standby.addr == target
+					c.mu.Unlock()
+					if ready {
+						break
+					}
+					time.Sleep(time.Millisecond)
+				}
+				b.StartTimer()
+				t0 := time.Now()
+				if err := c.Migrate(context.Background(), target); err != nil {
+					b.Fatal(err)
+				}
+				total += time.Since(t0)
+			}
+			b.ReportMetric(float64(total)/float64(b.N)/float64(rtt), "RTTs/migration")
+		})
+	}
 }
