@@ -26,33 +26,33 @@ func NewSnapshotStore(db DB, owner string) *SnapshotStore {
 	return &SnapshotStore{db: db, owner: owner}
 }
 
-// SaveSnapshotSQL stores a record unless a newer one is stored; it matches
-// no row when the save is stale. Arguments come from SnapshotArgs, so a
-// caller can pipeline it into its own transaction (a slot's, say).
-const SaveSnapshotSQL = `INSERT INTO hafe.snapshots AS s
+// saveFirstSQL stores a connection's first record, or replaces a stored
+// (0, 0) one; saveNextSQL replaces the record at (PrevCounter, PrevSeq).
+// Either matches no row when the stored record is another version: the save
+// is stale (compare-and-swap, as mtcp.SnapshotStore asks).
+const (
+	saveFirstSQL = `INSERT INTO hafe.snapshots AS s
 		(conn_id, owner, secret, counter, seq, in_offset, out_offset, state, out_tail, updated_at)
 	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
 	ON CONFLICT (conn_id) DO UPDATE SET owner = EXCLUDED.owner, secret = EXCLUDED.secret,
 		counter = EXCLUDED.counter, seq = EXCLUDED.seq, in_offset = EXCLUDED.in_offset,
 		out_offset = EXCLUDED.out_offset, state = EXCLUDED.state, out_tail = EXCLUDED.out_tail, updated_at = now()
-	WHERE (s.counter, s.seq) < (EXCLUDED.counter, EXCLUDED.seq)`
-
-// SnapshotArgs are SaveSnapshotSQL's arguments.
-func SnapshotArgs(owner string, rec *mtcp.SnapshotRecord) []any {
-	return []any{rec.ConnID[:], owner, rec.Secret, int64(rec.Counter), int64(rec.Seq),
-		int64(rec.InOffset), int64(rec.OutOffset), nonNil(rec.State), nonNil(rec.OutTail)}
-}
-
-func nonNil(b []byte) []byte {
-	if b == nil {
-		return []byte{}
-	}
-	return b
-}
+	WHERE s.counter = 0 AND s.seq = 0`
+	saveNextSQL = `UPDATE hafe.snapshots SET owner = $2, secret = $3, counter = $4, seq = $5,
+		in_offset = $6, out_offset = $7, state = $8, out_tail = $9, updated_at = now()
+	WHERE conn_id = $1 AND counter = $10 AND seq = $11`
+)
 
 // Save implements mtcp.SnapshotStore: durable once it returns.
 func (s *SnapshotStore) Save(ctx context.Context, rec *mtcp.SnapshotRecord) error {
-	tag, err := s.db.Exec(ctx, SaveSnapshotSQL, SnapshotArgs(s.owner, rec)...)
+	args := []any{rec.ConnID[:], s.owner, rec.Secret, int64(rec.Counter), int64(rec.Seq),
+		int64(rec.InOffset), int64(rec.OutOffset), nonNil(rec.State), nonNil(rec.OutTail)}
+	query := saveFirstSQL
+	if rec.PrevCounter != 0 || rec.PrevSeq != 0 {
+		query = saveNextSQL
+		args = append(args, int64(rec.PrevCounter), int64(rec.PrevSeq))
+	}
+	tag, err := s.db.Exec(ctx, query, args...)
 	if err != nil {
 		return fmt.Errorf("save snapshot %s: %w", rec.ConnID, err)
 	}
@@ -60,6 +60,13 @@ func (s *SnapshotStore) Save(ctx context.Context, rec *mtcp.SnapshotRecord) erro
 		return mtcp.ErrStale
 	}
 	return nil
+}
+
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
 }
 
 // Load implements mtcp.SnapshotStore.
@@ -78,9 +85,10 @@ func (s *SnapshotStore) Load(ctx context.Context, id mtcp.ConnID) (*mtcp.Snapsho
 	return rec, nil
 }
 
-// Delete implements mtcp.SnapshotStore.
-func (s *SnapshotStore) Delete(ctx context.Context, id mtcp.ConnID) error {
-	_, err := s.db.Exec(ctx, "DELETE FROM hafe.snapshots WHERE conn_id = $1", id[:])
+// Delete implements mtcp.SnapshotStore: a record of a later owner (higher
+// counter) stays.
+func (s *SnapshotStore) Delete(ctx context.Context, id mtcp.ConnID, counter uint64) error {
+	_, err := s.db.Exec(ctx, "DELETE FROM hafe.snapshots WHERE conn_id = $1 AND counter <= $2", id[:], int64(counter))
 	if err != nil {
 		return fmt.Errorf("delete snapshot %s: %w", id, err)
 	}

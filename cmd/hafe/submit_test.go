@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -75,7 +76,7 @@ func runSubmitBinary(t *testing.T, bin string, stdin string, args ...string) sub
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	cmd.Stdin = strings.NewReader(stdin)
-	cmd.Env = withoutHafeEnv(cmd.Environ()) // no token or URL from the caller's environment
+	cmd.Env = slices.DeleteFunc(cmd.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "HAFE_") }) // no token or URL from the caller's environment
 	err := cmd.Run()
 	r := submitRun{stdout: out.String(), stderr: errOut.String()}
 	var ee *exec.ExitError

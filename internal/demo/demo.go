@@ -1,0 +1,626 @@
+package demo
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	stdlog "log"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/testcontainers/testcontainers-go"
+	tclog "github.com/testcontainers/testcontainers-go/log"
+	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
+
+	backendext "hafe.dev/hafe/backend-ext"
+	"hafe.dev/hafe/client"
+	"hafe.dev/hafe/internal/pgtemp"
+	hafesql "hafe.dev/hafe/sql"
+)
+
+// Options configure a run; see cmd/hafe's demo flags for their meaning.
+type Options struct {
+	// Postgres is "auto", "local" or "container".
+	Postgres     string
+	Transactions int
+	KillAt       int
+	Seed         uint64
+	Keep         bool
+}
+
+// Run narrates one demo run on out and returns an error when a check fails
+// or the run is interrupted.
+func Run(ctx context.Context, opts Options, out io.Writer) error {
+	d := &demo{out: out, start: time.Now()}
+	err := d.run(ctx, opts.Postgres, opts.Transactions, opts.KillAt, opts.Seed, opts.Keep)
+	if err != nil && ctx.Err() != nil {
+		d.say("interrupted; everything started was stopped and removed")
+		return fmt.Errorf("demo: %w", context.Cause(ctx))
+	}
+	return err
+}
+
+// demo is one run: what it started (stopped in reverse order) and its
+// narration.
+type demo struct {
+	out      io.Writer
+	start    time.Time
+	cleanups []func()
+	work     string
+	children map[string]*child
+}
+
+func (d *demo) say(format string, args ...any) {
+	fmt.Fprintf(d.out, "[%5.2fs] %s\n", time.Since(d.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+func (d *demo) atExit(f func()) { d.cleanups = append(d.cleanups, f) }
+
+func (d *demo) run(ctx context.Context, pgSource string, n, killAt int, seed uint64, keep bool) (err error) {
+	defer func() {
+		for i := len(d.cleanups) - 1; i >= 0; i-- {
+			d.cleanups[i]()
+		}
+	}()
+	if d.work, err = os.MkdirTemp("", "hafe-demo-"); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	d.atExit(func() {
+		if keep || (err != nil && ctx.Err() == nil) {
+			d.say("logs kept in %s", d.work)
+			return
+		}
+		os.RemoveAll(d.work)
+	})
+
+	dbURL, err := d.startPostgres(ctx, pgSource)
+	if err != nil {
+		return err
+	}
+	if err := d.installBank(ctx, dbURL); err != nil {
+		return err
+	}
+	d.children = map[string]*child{}
+	var urls []string
+	for i := 1; i <= 3; i++ {
+		c, err := d.startFrontEnd(ctx, dbURL, fmt.Sprintf("fe%d", i))
+		if err != nil {
+			return err
+		}
+		urls = append(urls, c.url)
+	}
+	d.atExit(d.stopFrontEnds)
+	if err := d.waitReady(ctx); err != nil {
+		return err
+	}
+	d.say("front-ends ready: fe1 %s, fe2 %s, fe3 %s (heartbeat 200ms; a front-end silent for 1s counts as gone)", urls[0], urls[1], urls[2])
+
+	batch := demoBatch(n, seed)
+	body, _ := json.Marshal(map[string]any{"transactions": batch})
+	res, err := d.submit(ctx, urls, body, n, killAt)
+	if err != nil {
+		return err
+	}
+	return d.verify(ctx, dbURL, batch, res)
+}
+
+// startPostgres starts the throwaway server and returns a database URL.
+func (d *demo) startPostgres(ctx context.Context, source string) (string, error) {
+	if source != "container" {
+		bin, err := pgtemp.FindBinDir()
+		if err == nil {
+			d.say("starting a throwaway PostgreSQL from %s (initdb in a temporary directory)", bin)
+			s, err := pgtemp.Start(ctx, pgtemp.Options{BinDir: bin})
+			if err != nil {
+				return "", fmt.Errorf("demo: %w", err)
+			}
+			d.atExit(func() { s.Stop(); d.say("PostgreSQL stopped and its directory removed") })
+			url, err := s.NewDatabase(ctx, "hafe_demo")
+			if err != nil {
+				return "", fmt.Errorf("demo: %w", err)
+			}
+			d.say("PostgreSQL ready on 127.0.0.1:%d", s.Port())
+			return url, nil
+		}
+		if source == "local" {
+			return "", fmt.Errorf("demo: %w", err)
+		}
+		d.say("no PostgreSQL server binaries here (%v); using a container instead", err)
+	}
+	return d.startContainer(ctx)
+}
+
+func (d *demo) startContainer(ctx context.Context) (string, error) {
+	// This machine may look like a container (/.dockerenv); without the
+	// override testcontainers dials the default gateway, not the published
+	// port. Ryuk would need a registry; the container is removed below.
+	for k, v := range map[string]string{"TESTCONTAINERS_HOST_OVERRIDE": "localhost", "TESTCONTAINERS_RYUK_DISABLED": "true"} {
+		if _, ok := os.LookupEnv(k); !ok {
+			os.Setenv(k, v)
+		}
+	}
+	image := os.Getenv("HAFE_PG_IMAGE")
+	if image == "" {
+		image = "hafe-postgres:15"
+	}
+	logFile, err := os.Create(filepath.Join(d.work, "postgres-container.log"))
+	if err != nil {
+		return "", fmt.Errorf("demo: %w", err)
+	}
+	d.atExit(func() { logFile.Close() })
+	logger := stdlog.New(logFile, "", stdlog.LstdFlags)
+	tclog.SetDefault(logger)
+	d.say("starting PostgreSQL in a container from image %s (testcontainers)", image)
+	c, err := tcpostgres.Run(ctx, image,
+		tcpostgres.WithDatabase("hafe_demo"), tcpostgres.WithUsername("postgres"), tcpostgres.WithPassword("hafe-demo"),
+		tcpostgres.BasicWaitStrategies(), testcontainers.WithLogger(logger),
+		testcontainers.WithLabels(map[string]string{"dev.hafe.demo": "true"}))
+	if c != nil {
+		d.atExit(func() {
+			if err := testcontainers.TerminateContainer(c); err != nil {
+				d.say("removing the PostgreSQL container: %v", err)
+				return
+			}
+			d.say("PostgreSQL container removed")
+		})
+	}
+	if err != nil {
+		return "", fmt.Errorf("demo: start PostgreSQL container from %s (build it with test/images/build-postgres.sh, or set HAFE_PG_IMAGE): %w", image, err)
+	}
+	url, err := c.ConnectionString(ctx, "sslmode=disable")
+	if err != nil {
+		return "", fmt.Errorf("demo: %w", err)
+	}
+	d.say("PostgreSQL ready in container %.12s", c.GetContainerID())
+	return url, nil
+}
+
+func (d *demo) installBank(ctx context.Context, dbURL string) error {
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return fmt.Errorf("demo: connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	res, err := backendext.Install(ctx, conn, backendext.InstallOptions{}, nil)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	if _, err := conn.Exec(ctx, hafesql.DemoSchema()); err != nil {
+		return fmt.Errorf("demo: load the demo bank: %w", err)
+	}
+	d.say("installed hafe %s (%s) and the demo bank: 100 accounts of 1000.00, 100000.00 in all", res.To, res.Mode)
+	return nil
+}
+
+// child is a front-end process.
+type child struct {
+	id   string
+	url  string
+	log  string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func (d *demo) startFrontEnd(ctx context.Context, dbURL, id string) (*child, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("demo: find the hafe binary: %w", err)
+	}
+	port, err := freeLocalPort()
+	if err != nil {
+		return nil, err
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	logPath := filepath.Join(d.work, id+".log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	cmd := exec.Command(self, "serve", "--db", dbURL, "--listen", addr, "--id", id,
+		"--heartbeat", "200ms", "--owner-liveness", "1s", "--fence-grace", "1s", "--drain-timeout", "1s")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Env = withoutHafeEnv(os.Environ())
+	// Own process group, so a Ctrl-C reaches only us and we stop the
+	// children in order; and killed with us if we die without cleaning up.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return nil, fmt.Errorf("demo: start front-end %s: %w", id, err)
+	}
+	c := &child{id: id, url: "http://" + addr, log: logPath, cmd: cmd, done: make(chan struct{})}
+	go func() { cmd.Wait(); logFile.Close(); close(c.done) }()
+	d.children[id] = c
+	d.atExit(func() { c.stop() })
+	d.say("started front-end %s: pid %d, %s", id, cmd.Process.Pid, c.url)
+	return c, nil
+}
+
+// stopFrontEnds stops the front-ends that still run, all at once.
+func (d *demo) stopFrontEnds() {
+	var wg sync.WaitGroup
+	running := 0
+	for _, c := range d.children {
+		if !c.exited() {
+			running++
+			wg.Go(c.stop)
+		}
+	}
+	wg.Wait()
+	if running > 0 {
+		d.say("front-ends stopped")
+	}
+}
+
+// stop ends the process: SIGTERM, then SIGKILL if it lingers.
+func (c *child) stop() {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(3 * time.Second):
+		c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
+func (c *child) kill() {
+	c.cmd.Process.Kill()
+	<-c.done
+}
+
+func (c *child) exited() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func withoutHafeEnv(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "HAFE_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func freeLocalPort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("demo: find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// waitReady waits until every front-end answers /readyz.
+func (d *demo) waitReady(ctx context.Context) error {
+	hc := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(15 * time.Second)
+	for _, id := range []string{"fe1", "fe2", "fe3"} {
+		c := d.children[id]
+		for {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.url+"/readyz", nil)
+			resp, err := hc.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					break
+				}
+			}
+			switch {
+			case ctx.Err() != nil:
+				return ctx.Err()
+			case c.exited():
+				return fmt.Errorf("demo: front-end %s exited at start: %s", id, tail(c.log, 5))
+			case time.Now().After(deadline):
+				return fmt.Errorf("demo: front-end %s not ready after 15s: %s", id, tail(c.log, 5))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+func tail(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// transfer is one transaction of the demo batch.
+type transfer struct {
+	Template string       `json:"template"`
+	Args     transferArgs `json:"args"`
+}
+
+type transferArgs struct {
+	From   int         `json:"from"`
+	To     int         `json:"to"`
+	Amount json.Number `json:"amount"`
+}
+
+// demoBatch makes n transfers between random accounts: most small, every
+// twentieth large enough that it aborts unless its account has grown.
+func demoBatch(n int, seed uint64) []transfer {
+	r := rand.New(rand.NewPCG(seed, 0x686166652d64656d))
+	out := make([]transfer, n)
+	for i := range out {
+		from := 1 + r.IntN(100)
+		to := 1 + r.IntN(99)
+		if to >= from {
+			to++
+		}
+		cents := 100 + r.IntN(30000)
+		if i%20 == 19 {
+			cents = 150000 + r.IntN(250000)
+		}
+		out[i] = transfer{"transfer", transferArgs{from, to, json.Number(fmt.Sprintf("%d.%02d", cents/100, cents%100))}}
+	}
+	return out
+}
+
+// submitted is what the client saw.
+type submitted struct {
+	sum    client.Summary
+	status map[int]string // seq -> status as reported
+	lines  map[int]string
+}
+
+func (d *demo) submit(ctx context.Context, urls []string, body []byte, n, killAt int) (*submitted, error) {
+	res := &submitted{status: map[int]string{}, lines: map[int]string{}}
+	killed := ""
+	name := map[string]string{}
+	for _, c := range d.children {
+		name[c.url] = c.id
+	}
+	begin := time.Now()
+	var killTime time.Time
+	observe := func(e client.Event) {
+		switch e.Kind {
+		case client.EventAttempt:
+			if e.Attempt == 1 {
+				d.say("submitting %d transfers to fe1 with Idempotency-Key %s", n, res.sum.IdempotencyKey)
+			}
+		case client.EventStream:
+			if e.Resumed {
+				d.say("%s answered 200 with Hafe-Resumed: true, batch %s: it took the batch over (%.2fs after the kill)", e.FrontEnd, e.BatchID, time.Since(killTime).Seconds())
+			} else {
+				d.say("%s answered 200, batch %s: streaming one line per transaction", e.FrontEnd, e.BatchID)
+			}
+		case client.EventReplayed:
+			d.say("%s replayed the %d lines already received, byte for byte identical to %s's (checked), not shown twice", e.FrontEnd, e.Replayed, killed)
+		case client.EventRetry:
+			var api *client.APIError
+			var se *client.StreamError
+			switch {
+			case errors.As(e.Err, &api) && api.Status == 409:
+				d.say("%s: 409 %s: %s's heartbeat is not yet 1s old, so it may still be running the batch; Retry-After %v, next try on %s",
+					name[e.URL], api.Code, killed, api.RetryAfter, name[e.Next])
+			case errors.As(e.Err, &se):
+				d.say("the stream from %s broke after %d lines (%v); retrying with the same key and body on %s in %v", name[e.URL], se.Lines, se.Err, name[e.Next], e.Wait.Round(time.Millisecond))
+			default:
+				d.say("attempt %d on %s failed: %v; retrying on %s in %v", e.Attempt, name[e.URL], e.Err, name[e.Next], e.Wait.Round(time.Millisecond))
+			}
+		}
+	}
+	c, err := client.New(client.Config{FrontEnds: urls, MaxAttempts: 10, MinBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second, Observe: observe})
+	if err != nil {
+		return nil, err
+	}
+	firstAbort := true
+	key := client.NewIdempotencyKey()
+	res.sum.IdempotencyKey = key
+	sum, err := c.Submit(ctx, client.Request{Body: body, IdempotencyKey: key, OnLine: func(l client.Line) error {
+		if l.Done {
+			d.say("summary line from %s: %s", l.FrontEnd, l.Bytes)
+			return nil
+		}
+		res.status[l.Seq] = l.Status
+		res.lines[l.Seq] = string(l.Bytes)
+		if l.Seq == 1 {
+			d.say("line 1 from %s: %s", l.FrontEnd, shorten(l.Bytes, 110))
+		}
+		if l.Status == "aborted" && firstAbort {
+			firstAbort = false
+			d.say("line %d from %s: %s", l.Seq, l.FrontEnd, shorten(l.Bytes, 110))
+		}
+		if l.Seq == killAt && killed == "" {
+			victim := d.children[l.FrontEnd]
+			if victim == nil {
+				return fmt.Errorf("unknown front-end %q is serving", l.FrontEnd)
+			}
+			killed = l.FrontEnd
+			d.say("%d of %d lines in: kill -9 %s (pid %d), the front-end serving this batch", l.Seq, n, l.FrontEnd, victim.cmd.Process.Pid)
+			victim.kill()
+			killTime = time.Now()
+		}
+		return nil
+	}})
+	res.sum = sum
+	if err != nil {
+		return res, fmt.Errorf("demo: submit: %w", err)
+	}
+	d.say("batch done in %.2fs: %d committed, %d aborted (insufficient funds); %d attempts, front-ends %s",
+		time.Since(begin).Seconds(), sum.Committed, sum.Aborted, sum.Attempts, strings.Join(sum.FrontEnds, " -> "))
+	if sum.Attempts == 1 {
+		// The client lagged: fe1 had sent every line before it died. Ask
+		// the others for the batch again; they must replay it identically.
+		d.say("%s had sent all %d lines before the kill landed; asking the others for the batch again with the same key", killed, n)
+		return res, d.resubmit(ctx, urls[1:], observe, body, key, killed, res)
+	}
+	return res, nil
+}
+
+// resubmit sends the finished batch again with its key to the front-ends
+// still alive, and checks that their replay is the first stream, byte for
+// byte.
+func (d *demo) resubmit(ctx context.Context, urls []string, observe func(client.Event), body []byte, key, killed string, res *submitted) error {
+	c, err := client.New(client.Config{FrontEnds: urls, MaxAttempts: 10, MinBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second, Observe: observe})
+	if err != nil {
+		return err
+	}
+	same := 0
+	sum, err := c.Submit(ctx, client.Request{Body: body, IdempotencyKey: key, OnLine: func(l client.Line) error {
+		if !l.Done && res.lines[l.Seq] == string(l.Bytes) {
+			same++
+		}
+		return nil
+	}})
+	if err != nil {
+		return fmt.Errorf("demo: submit again: %w", err)
+	}
+	if same != len(res.lines) || sum.Transactions != len(res.lines) || sum.Committed != res.sum.Committed {
+		return fmt.Errorf("demo: the replay differs from %s's stream: %d of %d lines identical", killed, same, len(res.lines))
+	}
+	d.say("%s replayed all %d lines, byte for byte identical to %s's; nothing ran again", strings.Join(sum.FrontEnds, ", "), same, killed)
+	res.sum.Attempts += sum.Attempts
+	res.sum.FrontEnds = append(res.sum.FrontEnds, sum.FrontEnds...)
+	return nil
+}
+
+func shorten(b []byte, n int) string {
+	if len(b) <= n {
+		return string(b)
+	}
+	return string(b[:n]) + "…"
+}
+
+// verify checks from the database that every transfer ran exactly once.
+func (d *demo) verify(ctx context.Context, dbURL string, batch []transfer, res *submitted) error {
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return fmt.Errorf("demo: connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	d.say("checking from the database:")
+	failed := 0
+	check := func(ok bool, format string, args ...any) {
+		mark := "ok  "
+		if !ok {
+			mark = "FAIL"
+			failed++
+		}
+		fmt.Fprintf(d.out, "          %s %s\n", mark, fmt.Sprintf(format, args...))
+	}
+
+	rows, err := conn.Query(ctx, `SELECT seq, status, report FROM hafe.outcomes WHERE batch_id = $1`, res.sum.BatchID)
+	if err != nil {
+		return fmt.Errorf("demo: read outcomes: %w", err)
+	}
+	outcomes := map[int]int{}
+	dbStatus := map[int]string{}
+	sameLines, committed := 0, 0
+	for rows.Next() {
+		var seq int
+		var status, report string
+		if err := rows.Scan(&seq, &status, &report); err != nil {
+			return fmt.Errorf("demo: read outcomes: %w", err)
+		}
+		outcomes[seq]++
+		dbStatus[seq] = status
+		if status == "committed" {
+			committed++
+		}
+		if res.lines[seq] == report {
+			sameLines++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("demo: read outcomes: %w", err)
+	}
+	once := len(outcomes) == len(batch)
+	for seq := 1; seq <= len(batch); seq++ {
+		once = once && outcomes[seq] == 1
+	}
+	check(once, "every one of the %d slots has exactly one outcome", len(batch))
+	check(committed == res.sum.Committed, "committed outcomes in the database: %d; reported to the client: %d", committed, res.sum.Committed)
+	check(sameLines == len(batch), "the %d lines the client kept are the reports the database recorded, byte for byte", sameLines)
+
+	// Replaying the committed transfers once each, in order, must give
+	// exactly the balances in the database: a transfer run twice, or a
+	// lost one, would show.
+	want := map[int]int64{}
+	for id := 1; id <= 100; id++ {
+		want[id] = 100000
+	}
+	for i, t := range batch {
+		if dbStatus[i+1] == "committed" {
+			c := cents(t.Args.Amount)
+			want[t.Args.From] -= c
+			want[t.Args.To] += c
+		}
+	}
+	rows, err = conn.Query(ctx, `SELECT id, (balance * 100)::bigint FROM accounts`)
+	if err != nil {
+		return fmt.Errorf("demo: read balances: %w", err)
+	}
+	mismatched, accounts := 0, 0
+	var total int64
+	for rows.Next() {
+		var id int
+		var bal int64
+		if err := rows.Scan(&id, &bal); err != nil {
+			return fmt.Errorf("demo: read balances: %w", err)
+		}
+		accounts++
+		total += bal
+		if want[id] != bal {
+			mismatched++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("demo: read balances: %w", err)
+	}
+	check(mismatched == 0 && accounts == 100, "all 100 balances equal the committed transfers applied once each (%d differ)", mismatched)
+	check(total == 10000000, "sum of balances: %d.%02d (was 100000.00)", total/100, total%100)
+	var owners []string
+	rows, err = conn.Query(ctx, `SELECT owner || ' wrote ' || count(*) FROM hafe.outcomes WHERE batch_id = $1 GROUP BY owner ORDER BY min(seq)`, res.sum.BatchID)
+	if err == nil {
+		owners, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	var epoch int64
+	var owner string
+	if err == nil {
+		err = conn.QueryRow(ctx, `SELECT epoch, coalesce(owner, '-') FROM hafe.batches WHERE batch_id = $1`, res.sum.BatchID).Scan(&epoch, &owner)
+	}
+	if err != nil {
+		return fmt.Errorf("demo: read the batch: %w", err)
+	}
+	fmt.Fprintf(d.out, "          outcomes: %s; the batch's lease is at epoch %d (each takeover fences the previous owner)\n", strings.Join(owners, ", "), epoch)
+	if failed > 0 {
+		return fmt.Errorf("demo: %d checks failed", failed)
+	}
+	d.say("every transfer ran once: the batch survived the crash of %s", strings.Join(res.sum.FrontEnds[:1], ""))
+	return nil
+}
+
+// cents reads "12.34" as 1234.
+func cents(n json.Number) int64 {
+	whole, frac, _ := strings.Cut(string(n), ".")
+	w, _ := strconv.ParseInt(whole, 10, 64)
+	f, _ := strconv.ParseInt((frac + "00")[:2], 10, 64)
+	return w*100 + f
+}
