@@ -114,7 +114,7 @@ func (c Chart) Render() *image.RGBA {
 		for j := 1; j < len(s.X) && j < len(s.Y); j++ {
 			line(img, px(s.X[j-1]), py(s.Y[j-1]), px(s.X[j]), py(s.Y[j]), col)
 		}
-		text(img, area.Min.X+10, area.Min.Y+14+14*(i+len(c.Markers)), "— "+s.Name, col)
+		text(img, area.Min.X+10, area.Min.Y+14+14*(i+len(c.Markers)), "-- "+s.Name, col)
 	}
 	text(img, marginLeft, 20, c.Title, black)
 	text(img, area.Min.X+area.Dx()/2-len(c.XLabel)*3, height-12, c.XLabel, black)
