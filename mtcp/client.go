@@ -562,8 +562,11 @@ func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string, ifDown 
 		return err
 	}
 	c.mu.Lock()
-	if c.state.terminal() {
+	if c.state.terminal() || c.state == statePeerClosed {
+		// The stream ended while we migrated: tell the new server, so
+		// its copy does not wait for us.
 		c.mu.Unlock()
+		_, _ = nc.Write(wire.AppendClose(nil))
 		_ = nc.Close()
 		return c.opErr("migrate", net.ErrClosed)
 	}

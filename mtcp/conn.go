@@ -450,6 +450,11 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 		c.notifyReadLocked()
 		c.maybeAckLocked(p, true)
 	case wire.TypeClose:
+		if c.path != p {
+			// A CLOSE from a server we already left (its copy went on
+			// to the end): the current server sends its own.
+			return nil
+		}
 		c.peerClosed = true
 		c.notifyReadLocked()
 		c.notifyWriteLocked()
