@@ -47,6 +47,15 @@
 // server needs. Claims in the store are compare-and-swap on the record's
 // (Counter, Seq) version, so two servers never both own a connection.
 //
+// # Closing
+//
+// Close on a server end returns at once, but the connection lingers,
+// reattachable and migratable, until the client has every byte: the server
+// sends the rest of its output, FIN and CLOSE, and the client's CLOSE in
+// answer ends it (or ListenConfig.DetachedTimeout, if the client never
+// comes back). Close on a client end sends what is buffered, FIN and CLOSE
+// on the current path and does not migrate any more.
+//
 // # Triggers, apart from the mechanism
 //
 // Conn.Migrate moves a client connection on request. The client's trigger
