@@ -1,11 +1,17 @@
 package mtcp
 
 import (
+	"bufio"
 	"context"
+	"errors"
+	"io"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"testing"
 	"time"
+
+	"hafe.dev/hafe/mtcp/internal/wire"
 )
 
 func TestRateEstimatorFiresBelowFractionOfPeak(t *testing.T) {
@@ -271,4 +277,60 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatal("condition not reached")
+}
+
+// TestServerDropsAClientThatVanished: a client whose host disappears
+// leaves a path that never fails; the server's idle sweep detaches it and
+// the detached timeout ends it. A live client's keepalives keep it.
+func TestServerDropsAClientThatVanished(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 1, nil, func(cfg *ListenConfig) {
+		cfg.IdleTimeout = 200 * time.Millisecond
+		cfg.DetachedTimeout = 200 * time.Millisecond
+	})
+	accepted := make(chan *Conn, 2)
+	go func() {
+		for {
+			c, err := tc.lns[0].AcceptMTCP()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	// The vanished client: a bare TCP connection that said HELLO, then
+	// nothing, and never closes.
+	raw, err := net.Dial("tcp", tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	typ, _, err := exchange(context.Background(), raw, bufio.NewReader(raw), wire.AppendHello(nil, wire.Hello{Version: wire.Version}), 10*time.Second)
+	if err != nil || typ != wire.TypeWelcome {
+		t.Fatal(typ, err)
+	}
+	srv := <-accepted
+	if _, err := srv.Read(make([]byte, 1)); !errors.Is(err, ErrLost) {
+		t.Fatalf("server read on a vanished client: %v", err)
+	}
+	waitFor(t, func() bool { return tc.lns[0].NumConns() == 0 })
+
+	// A live, idle client keeps its connection through many sweeps.
+	d := testDialer(tc)
+	d.Triggers.KeepAlive = 40 * time.Millisecond
+	c, err := d.DialMTCP(context.Background(), tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	srv = <-accepted
+	defer srv.Close()
+	time.Sleep(time.Second)
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(srv, b); err != nil || b[0] != 'x' {
+		t.Fatalf("idle but live connection: %v", err)
+	}
 }

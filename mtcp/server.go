@@ -47,6 +47,11 @@ type ListenConfig struct {
 	// its client to come back before it fails with ErrLost. Default 60s;
 	// keep it above the clients' Dialer.RecoverTimeout.
 	DetachedTimeout time.Duration
+	// IdleTimeout: a path on which nothing (not even the client's
+	// keepalive pings) arrives for this long is taken for dead and the
+	// connection detaches. Keep it above the clients' Triggers.KeepAlive.
+	// Default 30s.
+	IdleTimeout time.Duration
 	// StandbyTimeout is how long a warm standby path may idle. Default 5m.
 	StandbyTimeout time.Duration
 	// MigratedRetention is how long a migrated-away connection's state can
@@ -76,6 +81,7 @@ func (c *ListenConfig) fill(ln net.Listener) {
 	setDefault(&c.PeerTimeout, 3*time.Second)
 	setDefault(&c.DetachedTimeout, 60*time.Second)
 	setDefault(&c.StandbyTimeout, 5*time.Minute)
+	setDefault(&c.IdleTimeout, 30*time.Second)
 	setDefault(&c.MigratedRetention, 30*time.Second)
 }
 
@@ -133,8 +139,9 @@ func NewListener(ln net.Listener, cfg ListenConfig) *Listener {
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.peers = newPeerPool(l)
-	l.wg.Add(1)
+	l.wg.Add(2)
 	go l.serve()
+	go l.sweepIdle()
 	if len(cfg.ClusterKey) > 0 {
 		for _, s := range cfg.Servers {
 			if s != cfg.Self {
@@ -191,6 +198,46 @@ func (l *Listener) Close() error {
 	l.peers.close()
 	l.wg.Wait()
 	return err
+}
+
+// sweepIdle periodically runs onIdleSweep until the Listener closes.
+func (l *Listener) sweepIdle() {
+	defer l.wg.Done()
+	t := time.NewTicker(l.cfg.IdleTimeout / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.closed:
+			return
+		case now := <-t.C:
+			l.onIdleSweep(now)
+		}
+	}
+}
+
+// onIdleSweep detaches connections whose path has been silent for
+// IdleTimeout: a client that vanished without a FIN (host crash, cut
+// cable) leaves a path that never fails on its own.
+func (l *Listener) onIdleSweep(now time.Time) {
+	l.mu.Lock()
+	conns := l.connList()
+	l.mu.Unlock()
+	for _, c := range conns {
+		c.mu.Lock()
+		p, s := c.path, c.sv
+		var dead *path
+		if p != nil {
+			if n := p.frames.Load(); n != s.lastFrames || s.lastMove.IsZero() {
+				s.lastFrames, s.lastMove = n, now
+			} else if now.Sub(s.lastMove) >= l.cfg.IdleTimeout {
+				dead = p
+			}
+		}
+		c.mu.Unlock()
+		if dead != nil {
+			c.pathFailed(dead, errors.New("path idle too long"))
+		}
+	}
 }
 
 // NumConns reports how many connections this server currently owns.
@@ -404,6 +451,8 @@ type serverSide struct {
 	durableSeq   uint64
 	storeCounter uint64     // the counter in the stored record
 	saveMu       sync.Mutex // one Save at a time, so versions chain
+	lastFrames   uint64     // idle sweep: frames seen on the path last time
+	lastMove     time.Time  // and when that count last changed
 	logLost      bool       // input log overflowed since the last snapshot
 	detached     *time.Timer
 }
@@ -456,6 +505,7 @@ func (s *serverSide) onDetachedTimeout(c *Conn) {
 }
 
 func (s *serverSide) attachedLocked() {
+	s.lastMove = time.Time{} // a new path: the idle sweep starts over
 	if s.detached != nil {
 		s.detached.Stop()
 		s.detached = nil
