@@ -90,10 +90,9 @@ func (l *Listener) acceptMigrate(nc net.Conn, br *bufio.Reader, payload []byte) 
 	}
 	stats.StateBytes = len(st.State) + len(st.Input) + len(st.Output)
 	acc := wire.AppendAccepted(nil, wire.Accepted{RecvOff: c.in.end(), Self: l.cfg.Self, Servers: l.serverList()})
+	// If the listener is closing, register fails; the claim stays in the
+	// store, which is where another server takes the connection from.
 	ok := l.register(c, nc, br, c.out.base, acc)
-	if !ok && l.cfg.Store != nil { // the listener is closing: give the claim up
-		_ = l.cfg.Store.Delete(ctx, c.id, m.Counter)
-	}
 	stats.Reinstate = time.Since(t2)
 	l.report(stats)
 	return ok
