@@ -7,16 +7,25 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// ApplicationName is how a front-end's sessions name themselves; fencing
-// only ever terminates sessions with this prefix.
-func ApplicationName(memberID string) string { return "hafe/" + memberID }
+// ApplicationName is how the sessions of one run (incarnation) of a
+// front-end name themselves: "hafe/<id>/<incarnation prefix>", cut to the 63
+// bytes PostgreSQL keeps. Fencing only ever terminates sessions whose name
+// starts with "hafe/", and takes over a dead run's batches by terminating
+// that run's sessions by this name.
+func ApplicationName(memberID, incarnation string) string {
+	name := "hafe/" + memberID
+	if incarnation != "" {
+		name += "/" + incarnation[:min(8, len(incarnation))]
+	}
+	return name[:min(63, len(name))]
+}
 
 // ConfigurePool sets what every front-end session needs: its application
 // name, and idle_in_transaction_session_timeout so that a session left in an
 // open transaction by a hung front-end cannot hold a batch's lock forever.
-func ConfigurePool(cfg *pgxpool.Config, memberID string, idleInTx time.Duration) {
+func ConfigurePool(cfg *pgxpool.Config, memberID, incarnation string, idleInTx time.Duration) {
 	rp := cfg.ConnConfig.RuntimeParams
-	rp["application_name"] = ApplicationName(memberID)
+	rp["application_name"] = ApplicationName(memberID, incarnation)
 	if idleInTx > 0 {
 		rp["idle_in_transaction_session_timeout"] = strconv.FormatInt(idleInTx.Milliseconds(), 10)
 	}

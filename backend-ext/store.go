@@ -40,8 +40,10 @@ type Batch struct {
 	RequestHash []byte
 	NumTxns     int
 	Owner       string // "" when no front-end holds the lease
-	Epoch       int64
-	State       string
+	// OwnerIncarnation is the run of Owner that holds it.
+	OwnerIncarnation string
+	Epoch            int64
+	State            string
 	// OwnerAlive: the owner's current run heartbeats within the liveness
 	// asked for; OwnerHeartbeatAge is how long ago it last did.
 	OwnerAlive        bool
@@ -60,14 +62,14 @@ type Outcome struct {
 }
 
 const batchColumns = `b.batch_id::text, coalesce(b.idem_key, ''), b.request_hash, b.n_txns,
-	coalesce(b.owner, ''), b.epoch, b.state,
+	coalesce(b.owner, ''), coalesce(b.owner_incarnation, ''), b.epoch, b.state,
 	coalesce(m.heartbeat_at > now() - make_interval(secs => $2::float8) AND m.incarnation = b.owner_incarnation, false),
 	coalesce(extract(epoch FROM now() - m.heartbeat_at)::float8, 0)`
 
 func scanBatch(row pgx.Row) (Batch, error) {
 	var b Batch
 	var age float64
-	err := row.Scan(&b.ID, &b.IdemKey, &b.RequestHash, &b.NumTxns, &b.Owner, &b.Epoch, &b.State, &b.OwnerAlive, &age)
+	err := row.Scan(&b.ID, &b.IdemKey, &b.RequestHash, &b.NumTxns, &b.Owner, &b.OwnerIncarnation, &b.Epoch, &b.State, &b.OwnerAlive, &age)
 	b.OwnerHeartbeatAge = time.Duration(age * float64(time.Second))
 	return b, err
 }
@@ -99,7 +101,7 @@ func CreateBatch(ctx context.Context, db DB, id, idemKey string, requestHash []b
 		return Batch{}, false, fmt.Errorf("create batch: %w", err)
 	}
 	if tag.RowsAffected() == 1 {
-		return Batch{ID: id, IdemKey: idemKey, RequestHash: requestHash, NumTxns: numTxns, Owner: owner, Epoch: 1, State: BatchRunning, OwnerAlive: true}, true, nil
+		return Batch{ID: id, IdemKey: idemKey, RequestHash: requestHash, NumTxns: numTxns, Owner: owner, OwnerIncarnation: incarnation, Epoch: 1, State: BatchRunning, OwnerAlive: true}, true, nil
 	}
 	b, err = scanBatch(db.QueryRow(ctx, `SELECT `+batchColumns+`
 		FROM hafe.batches b LEFT JOIN hafe.members m ON m.id = b.owner WHERE b.idem_key = $1`, idemKey, liveness.Seconds()))
@@ -132,6 +134,14 @@ func ClaimBatch(ctx context.Context, db DB, id, owner, incarnation string) (int6
 		return 0, ErrNoBatch
 	}
 	return *epoch, nil
+}
+
+// FenceSessions terminates the sessions of application name app that are
+// inside a transaction; see hafe.fence_sessions.
+func FenceSessions(ctx context.Context, db DB, app string) (int, error) {
+	var n int
+	err := db.QueryRow(ctx, "SELECT hafe.fence_sessions($1)", app).Scan(&n)
+	return n, err
 }
 
 // FenceBlockers terminates the hafe sessions that block backend pid.

@@ -83,7 +83,7 @@ func startFrontEnd(t *testing.T, dbURL, id string, o feOptions) *frontEnd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	backendext.ConfigurePool(cfg, id, time.Minute)
+	backendext.ConfigurePool(cfg, id, "", time.Minute)
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -60,7 +60,7 @@ func newBenchEnv(url string) (*benchEnv, error) {
 			return nil, err
 		}
 		cfg.MaxConns = benchPoolSize
-		backendext.ConfigurePool(cfg, id, time.Minute)
+		backendext.ConfigurePool(cfg, id, "", time.Minute)
 		return pgxpool.NewWithConfig(ctx, cfg)
 	}
 	hp, err := newPool("bench-hafe")

@@ -230,7 +230,7 @@ func startFrontend(t testing.TB, url string, cfg Config, member bool) *frontendU
 	if err != nil {
 		t.Fatal(err)
 	}
-	backendext.ConfigurePool(pcfg, cfg.ID, time.Minute)
+	backendext.ConfigurePool(pcfg, cfg.ID, "", time.Minute)
 	pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)
 	if err != nil {
 		t.Fatal(err)

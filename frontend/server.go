@@ -87,7 +87,8 @@ type Server struct {
 }
 
 // New returns a front-end serving batches on pool. The pool's sessions
-// should be configured with backendext.ConfigurePool(cfg, ID, …).
+// should be configured with backendext.ConfigurePool(cfg, ID,
+// Executor.Incarnation, …).
 func New(pool *pgxpool.Pool, cfg Config, log *slog.Logger) (*Server, error) {
 	if cfg.ID == "" {
 		return nil, errors.New("frontend: Config.ID is required")

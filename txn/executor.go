@@ -23,6 +23,8 @@ type Config struct {
 	// Incarnation tells this run of the front-end from earlier runs under
 	// the same Owner name (default: random). A batch owned by an earlier
 	// incarnation is not running any more, whatever the heartbeats say.
+	// Configure the pool's sessions with the same one
+	// (backendext.ConfigurePool), so that a later owner can fence them.
 	Incarnation string
 	// MaxAttempts bounds how often a slot is tried after serialization
 	// failures and deadlocks (default 5).
@@ -165,6 +167,18 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 	if err != nil {
 		e.markStopped(b.ID)
 		return nil, err
+	}
+	if b.Owner != "" && b.OwnerIncarnation != "" && !(b.Owner == e.cfg.Owner && b.OwnerIncarnation == e.cfg.Incarnation) {
+		// The previous owner's run is gone (or it would have been busy):
+		// a transaction it left open, stuck mid-statement, holds locks this
+		// batch's slots need, and nothing else would end it before
+		// idle_in_transaction_session_timeout.
+		app := backendext.ApplicationName(b.Owner, b.OwnerIncarnation)
+		if n, err := backendext.FenceSessions(ctx, e.pool, app); err != nil {
+			e.log.Warn("fence previous owner's sessions", "batch", b.ID, "sessions", app, "err", err)
+		} else if n > 0 {
+			e.log.Warn("terminated previous owner's open transactions", "batch", b.ID, "sessions", app, "count", n)
+		}
 	}
 	e.log.Info("batch taken over", "batch", b.ID, "previous_owner", b.Owner, "epoch", epoch)
 	return &Lease{BatchID: b.ID, Epoch: epoch, Resumed: true}, nil

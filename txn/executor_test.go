@@ -71,12 +71,17 @@ func newDB(t *testing.T) string {
 }
 
 func newPool(t *testing.T, url, owner string) *pgxpool.Pool {
+	return newPoolRun(t, url, owner, "")
+}
+
+// newPoolRun returns a pool whose sessions belong to run incarnation of owner.
+func newPoolRun(t *testing.T, url, owner, incarnation string) *pgxpool.Pool {
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	backendext.ConfigurePool(cfg, owner, time.Minute)
+	backendext.ConfigurePool(cfg, owner, incarnation, time.Minute)
 	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +91,8 @@ func newPool(t *testing.T, url, owner string) *pgxpool.Pool {
 }
 
 func newExecutor(t *testing.T, url, owner string, cfg Config) (*Executor, *pgxpool.Pool) {
-	p := newPool(t, url, owner)
+	cfg.Incarnation = newUUID()
+	p := newPoolRun(t, url, owner, cfg.Incarnation)
 	cfg.Owner = owner
 	return NewExecutor(p, cfg, nil), p
 }
@@ -346,7 +352,7 @@ func TestClaimTerminatesStuckOwnerSession(t *testing.T) {
 	l1 := open(t, e1, "stuck", 1)
 	// The old owner is in the middle of a slot transaction and hangs.
 	cfg, _ := pgx.ParseConfig(url)
-	cfg.RuntimeParams["application_name"] = backendext.ApplicationName("old")
+	cfg.RuntimeParams["application_name"] = backendext.ApplicationName("old", e1.Incarnation())
 	stuck, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -484,5 +490,45 @@ func TestBatchOfEarlierRunUnderSameNameIsTakenOver(t *testing.T) {
 	}
 	if l.Epoch != 2 {
 		t.Fatalf("epoch %d", l.Epoch)
+	}
+}
+
+func TestTakeoverEndsDeadOwnersTransactionStuckMidStatement(t *testing.T) {
+	url := newDB(t)
+	ctx := context.Background()
+	e1, _ := newExecutor(t, url, "old", Config{})
+	open(t, e1, "midstatement", 1)
+	// The old owner is cut off in the middle of a slot: its transaction
+	// holds account 1's row and has not reached its outcome insert.
+	cfg, _ := pgx.ParseConfig(url)
+	cfg.RuntimeParams["application_name"] = backendext.ApplicationName("old", e1.Incarnation())
+	stuck, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close(ctx)
+	tx, err := stuck.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "UPDATE accounts SET balance = balance - 1 WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+
+	e2, p := newExecutor(t, url, "new", Config{})
+	l := open(t, e2, "midstatement", 1)
+	runCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	sum, err := e2.Run(runCtx, l, Batch{Transactions: []Transaction{transfer(1, 2, 5)}}, (&stream{}).emit)
+	if err != nil || sum.Committed != 1 {
+		t.Fatalf("the new owner could not run the slot past the dead owner's lock: %+v %v", sum, err)
+	}
+	if err := tx.Commit(ctx); err == nil {
+		t.Fatal("the dead owner's transaction committed after the takeover")
+	}
+	var balance int
+	p.QueryRow(ctx, "SELECT balance FROM accounts WHERE id = 1").Scan(&balance)
+	if balance != 95 {
+		t.Fatalf("account 1 holds %d, want 95", balance)
 	}
 }

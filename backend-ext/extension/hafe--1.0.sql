@@ -64,6 +64,23 @@ LANGUAGE sql AS $$
     RETURNING epoch
 $$;
 
+-- fence_sessions terminates the sessions named p_app (one run of a
+-- front-end, see backendext.ApplicationName) that are inside a transaction,
+-- and returns how many it signalled. A front-end calls it when it takes a
+-- batch over from a run that is gone: whatever that run still has open can
+-- only hold locks the new owner needs.
+CREATE FUNCTION fence_sessions(p_app text) RETURNS integer
+LANGUAGE sql AS $$
+    SELECT count(*)::integer FROM (
+        SELECT pg_terminate_backend(a.pid)
+          FROM pg_stat_activity a
+         WHERE a.application_name = p_app
+           AND p_app LIKE 'hafe/%'
+           AND a.xact_start IS NOT NULL
+           AND a.pid <> pg_backend_pid()
+    ) t
+$$;
+
 -- fence_blockers terminates the hafe sessions that block backend p_pid (a
 -- claim stuck behind a dead owner's open transaction) and returns how many
 -- it signalled. Sessions of other applications are never touched.

@@ -112,7 +112,7 @@ func runBenchBatches(ctx context.Context, args []string, stdout, stderr io.Write
 			return nil, fmt.Errorf("--db: %w", err)
 		}
 		cfg.MaxConns = int32(*poolSize)
-		backendext.ConfigurePool(cfg, id, time.Minute)
+		backendext.ConfigurePool(cfg, id, "", time.Minute)
 		return pgxpool.NewWithConfig(ctx, cfg)
 	}
 	hafePool, err := newPool("bench-hafe")

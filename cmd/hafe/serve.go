@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -87,7 +88,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("--db: %w", err)
 	}
 	poolCfg.MaxConns = int32(*poolSize)
-	backendext.ConfigurePool(poolCfg, *id, *idleInTx)
+	// Each run is an incarnation of the front-end: its batches and its
+	// database sessions carry it, so that a later run of the same --id does
+	// not pass for this one.
+	incarnation := rand.Text()
+	backendext.ConfigurePool(poolCfg, *id, incarnation, *idleInTx)
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		ln.Close()
@@ -106,6 +111,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Templates: catalog,
 		Limits:    frontend.Limits{MaxBodyBytes: *maxBody, MaxTransactions: *maxTxns, MaxStatements: *maxStmts},
 		Executor: txn.Config{
+			Incarnation: incarnation,
 			MaxAttempts: *maxAttempts, FenceGrace: *fenceGrace, OwnerLiveness: *liveness, SettleTimeout: *settle,
 			Limits: txn.Limits{MaxRows: *maxRows, MaxReportBytes: *maxReport},
 		},
