@@ -5,8 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -198,46 +196,6 @@ func (l *Listener) Close() error {
 	l.peers.close()
 	l.wg.Wait()
 	return err
-}
-
-// sweepIdle periodically runs onIdleSweep until the Listener closes.
-func (l *Listener) sweepIdle() {
-	defer l.wg.Done()
-	t := time.NewTicker(l.cfg.IdleTimeout / 4)
-	defer t.Stop()
-	for {
-		select {
-		case <-l.closed:
-			return
-		case now := <-t.C:
-			l.onIdleSweep(now)
-		}
-	}
-}
-
-// onIdleSweep detaches connections whose path has been silent for
-// IdleTimeout: a client that vanished without a FIN (host crash, cut
-// cable) leaves a path that never fails on its own.
-func (l *Listener) onIdleSweep(now time.Time) {
-	l.mu.Lock()
-	conns := l.connList()
-	l.mu.Unlock()
-	for _, c := range conns {
-		c.mu.Lock()
-		p, s := c.path, c.sv
-		var dead *path
-		if p != nil {
-			if n := p.frames.Load(); n != s.lastFrames || s.lastMove.IsZero() {
-				s.lastFrames, s.lastMove = n, now
-			} else if now.Sub(s.lastMove) >= l.cfg.IdleTimeout {
-				dead = p
-			}
-		}
-		c.mu.Unlock()
-		if dead != nil {
-			c.pathFailed(dead, errors.New("path idle too long"))
-		}
-	}
 }
 
 // NumConns reports how many connections this server currently owns.
@@ -457,12 +415,6 @@ type serverSide struct {
 	detached     *time.Timer
 }
 
-type snapshot struct {
-	state   []byte
-	in, out uint64
-	seq     uint64
-}
-
 // ackableLocked is how far the client may discard input: everything
 // received in lazy mode, only up to the last durable snapshot in eager mode.
 func (s *serverSide) ackableLocked(c *Conn) uint64 {
@@ -535,191 +487,5 @@ func (s *serverSide) closed(c *Conn) {
 		ctx, cancel := context.WithTimeout(context.Background(), s.ln.cfg.HandshakeTimeout)
 		_ = st.Delete(ctx, c.id, counter)
 		cancel()
-	}
-}
-
-// ExportState records a snapshot: state is the application's state after
-// everything it has read and written so far. In lazy mode it costs no
-// network round trip; in eager mode it returns once the snapshot is saved.
-func (c *Conn) ExportState(state []byte) error {
-	return c.ExportStateContext(context.Background(), state)
-}
-
-// ExportStateContext is ExportState with a context bounding the store's Save.
-func (c *Conn) ExportStateContext(ctx context.Context, state []byte) error {
-	s := c.sv
-	if s == nil {
-		return ErrNotServer
-	}
-	if len(state) > c.lim.MaxState {
-		return fmt.Errorf("%w: %d bytes over %d", ErrStateTooLarge, len(state), c.lim.MaxState)
-	}
-	st := append([]byte(nil), state...)
-	c.mu.Lock()
-	if c.state.terminal() || c.appClosed {
-		err := c.stateErrLocked()
-		c.mu.Unlock()
-		return c.opErr("export", err)
-	}
-	s.snap = snapshot{state: st, in: c.in.read, out: c.out.app, seq: s.snap.seq + 1}
-	c.in.trim(c.in.read)
-	s.logLost = false
-	c.mu.Unlock()
-	if s.ln.cfg.Store == nil {
-		return nil
-	}
-	return c.persist(ctx)
-}
-
-// persist writes the latest snapshot and migration counter to the store
-// (eager mode), then acknowledges input up to the snapshot. A Save refused
-// as stale means another server claimed the connection.
-func (c *Conn) persist(ctx context.Context) error {
-	s := c.sv
-	store := s.ln.cfg.Store
-	s.saveMu.Lock()
-	defer s.saveMu.Unlock()
-	c.mu.Lock()
-	if c.state.terminal() {
-		err := c.stateErrLocked()
-		c.mu.Unlock()
-		return c.opErr("export", err)
-	}
-	rec := &SnapshotRecord{
-		ConnID: c.id, Secret: c.secret, Counter: s.counter, Seq: s.snap.seq,
-		PrevCounter: s.storeCounter, PrevSeq: s.durableSeq,
-		InOffset: s.snap.in, OutOffset: s.snap.out, State: s.snap.state, OutTail: outTailLocked(c, s.snap.out),
-	}
-	c.mu.Unlock()
-	if rec.Counter == rec.PrevCounter && rec.Seq == rec.PrevSeq {
-		return nil
-	}
-	err := store.Save(ctx, rec)
-	if errors.Is(err, ErrStale) {
-		// Our own earlier Save may have landed despite an error.
-		if cur, lerr := store.Load(ctx, c.id); lerr == nil && cur.Counter == rec.Counter && cur.Seq == rec.Seq {
-			err = nil
-		}
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if errors.Is(err, ErrStale) {
-		// Another server claimed the connection (we were unreachable).
-		if p := c.path; p != nil {
-			p.close()
-			c.path = nil
-		}
-		c.setStateLocked(stateMigrated, ErrMigrated)
-		go s.ln.remove(c)
-		return c.opErr("export", ErrMigrated)
-	}
-	if err != nil {
-		return fmt.Errorf("mtcp: save snapshot: %w", err)
-	}
-	s.storeCounter, s.durableSeq, s.durableIn = rec.Counter, rec.Seq, rec.InOffset
-	if p := c.path; p != nil {
-		c.maybeAckLocked(p, true)
-	}
-	return nil
-}
-
-// outTailLocked copies the unacknowledged output below off.
-func outTailLocked(c *Conn, off uint64) []byte {
-	if off <= c.out.base {
-		return nil
-	}
-	return c.out.buf.bytesFrom(0, int(off-c.out.base))
-}
-
-// ImportState returns the application state of the last snapshot on a
-// migrated-in connection; ok is false on a new connection.
-func (c *Conn) ImportState() (state []byte, ok bool) {
-	if c.sv == nil {
-		return nil, false
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]byte(nil), c.sv.imported...), c.sv.hasImported
-}
-
-// Redirect asks the client to migrate to addr (load balancing).
-func (c *Conn) Redirect(addr string) error {
-	if c.sv == nil {
-		return ErrNotServer
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.path == nil || c.state != stateActive {
-		return c.opErr("redirect", c.stateErrOrLost())
-	}
-	c.path.queue(wire.AppendRedirect(nil, wire.Redirect{Addr: addr}))
-	return nil
-}
-
-func (c *Conn) stateErrOrLost() error {
-	if c.state.terminal() {
-		return c.stateErrLocked()
-	}
-	return io.ErrClosedPipe
-}
-
-// SetServers replaces the server list and sends it to every client.
-func (l *Listener) SetServers(addrs []string) {
-	l.mu.Lock()
-	l.servers = append([]string(nil), addrs...)
-	conns := l.connList()
-	l.mu.Unlock()
-	f := wire.AppendServers(nil, wire.Servers{Addrs: addrs})
-	for _, c := range conns {
-		c.mu.Lock()
-		if c.path != nil && c.state == stateActive {
-			c.path.queue(f)
-		}
-		c.mu.Unlock()
-	}
-}
-
-func (l *Listener) connList() []*Conn {
-	cs := make([]*Conn, 0, len(l.conns))
-	for _, c := range l.conns {
-		cs = append(cs, c)
-	}
-	return cs
-}
-
-// Drain takes no new connections and redirects every connection to the
-// other servers, returning when none is left or ctx ends.
-func (l *Listener) Drain(ctx context.Context) error {
-	l.mu.Lock()
-	l.draining = true
-	l.mu.Unlock()
-	next := 0
-	for round := 0; ; round++ {
-		l.mu.Lock()
-		conns := l.connList()
-		targets := make([]string, 0, len(l.servers))
-		for _, s := range l.servers {
-			if s != l.cfg.Self {
-				targets = append(targets, s)
-			}
-		}
-		l.mu.Unlock()
-		if len(conns) == 0 {
-			return nil
-		}
-		if len(targets) == 0 {
-			return fmt.Errorf("mtcp: drain: no other server to move %d connections to", len(conns))
-		}
-		if round%20 == 0 { // re-send every second to connections that did not move yet
-			for _, c := range conns {
-				_ = c.Redirect(targets[next%len(targets)])
-				next++
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("mtcp: drain: %d connections left: %w", len(conns), ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
 	}
 }
