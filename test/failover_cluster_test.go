@@ -135,8 +135,8 @@ func (c *failoverCluster) waitSlowSlot(ctx context.Context, t *testing.T, id str
 	for range 500 { // 10s
 		var query string
 		err := db.QueryRow(ctx, `SELECT coalesce(min(query), '') FROM pg_stat_activity
-			WHERE application_name = $1 AND wait_event = 'PgSleep' AND query NOT LIKE '%pg_sleep(0.05)%'`,
-			"hafe/"+id).Scan(&query)
+			WHERE application_name LIKE $1 AND wait_event = 'PgSleep' AND query NOT LIKE '%pg_sleep(0.05)%'`,
+			"hafe/"+id+"/%").Scan(&query)
 		if err != nil {
 			t.Fatalf("watch %s's sessions: %v", id, err)
 		}

@@ -3,38 +3,21 @@ package test
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
 )
 
-// The tests in this file show bugs found in hafe and not fixed yet. They
-// skip unless HAFE_KNOWN_BUGS is set, so that `make test` stays green; run
-// them with
-//
-//	HAFE_KNOWN_BUGS=1 go test -count=1 -run KnownBug ./test/ -v
-//
-// and drop the skip with the fix (see failover_regressions_test.go).
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("HAFE_KNOWN_BUGS") == "" {
-		t.Skipf("known bug: %s (set HAFE_KNOWN_BUGS=1 to run)", what)
-	}
-}
-
-// TestKnownBugStuckSlotTransactionIsNotFenced: fe1 is cut off the network
-// while slot 21's statements run, so its session ends up idle in the slot's
+// TestStuckSlotTransactionIsFenced: fe1 is cut off the network while slot
+// 21's statements run, so its session ends up idle in the slot's
 // transaction, holding the rows the statements updated (accounts, runs).
-// The retry on fe2 takes the batch over at once — since the lease check
-// moved into the outcome insert (5cfe34e), a slot transaction share-locks
-// the batch row only once it writes its outcome, so the claim does not
-// wait for this one and nobody fences it. fe2 then runs slot 21 itself and
-// blocks on those rows until PostgreSQL's idle_in_transaction_session_timeout
-// ends fe1's session: 30s by default, here 10 minutes. DESIGN G4 says the
-// old owner's session is terminated after the grace period (1s here).
-func TestKnownBugStuckSlotTransactionIsNotFenced(t *testing.T) {
-	knownBug(t, "a cut-off owner's slot transaction that has not written its outcome is never fenced; the new owner waits for idle_in_transaction_session_timeout")
+// The retry on fe2 takes the batch over; a slot transaction share-locks the
+// batch row only once it writes its outcome, so the claim does not wait for
+// this one. Without more, fe2 would run slot 21 itself and block on those
+// rows until PostgreSQL's idle_in_transaction_session_timeout (here 10
+// minutes) ended fe1's session; the takeover terminates the dead run's open
+// transactions instead (DESIGN G4).
+func TestStuckSlotTransactionIsFenced(t *testing.T) {
 	c := startFailoverCluster(t, 2, slowStatement, "--idle-in-transaction-timeout", "10m")
 	fe1, fe2 := c.fes[0], c.fes[1]
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
