@@ -54,7 +54,10 @@ func (s xformState) trailer() []byte {
 // transforms input to output, snapshots at random points (with probability
 // snapP per read), and after the client's half-close writes a trailer
 // naming what it read. It returns when the connection ends or migrates.
-func serveXform(c *Conn, snapP float64, rng *rand.Rand) error {
+func serveXform(c *Conn, snapP float64, rng *rand.Rand, export func(*Conn, []byte) error) error {
+	if export == nil {
+		export = (*Conn).ExportState
+	}
 	defer c.Close()
 	st := newXform()
 	if b, ok := c.ImportState(); ok && len(b) > 0 {
@@ -81,7 +84,7 @@ func serveXform(c *Conn, snapP float64, rng *rand.Rand) error {
 			return err
 		}
 		if st.done || rng.Float64() < snapP {
-			if err := c.ExportState(st.encode()); err != nil {
+			if err := export(c, st.encode()); err != nil {
 				return err
 			}
 		}
@@ -104,7 +107,7 @@ func (tc *testCluster) runXformServers(snapP float64) *sync.WaitGroup {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					err := serveXform(c, snapP, rand.New(rand.NewPCG(uint64(i), uint64(k))))
+					err := serveXform(c, snapP, rand.New(rand.NewPCG(uint64(i), uint64(k))), tc.export)
 					if err != nil && !errors.Is(err, ErrMigrated) {
 						tc.t.Logf("server %d app: %v", i, err)
 					}

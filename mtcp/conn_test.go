@@ -14,10 +14,11 @@ import (
 
 // testCluster is n servers on loopback that know each other.
 type testCluster struct {
-	t     *testing.T
-	lns   []*Listener
-	addrs []string
-	store SnapshotStore
+	t      *testing.T
+	export func(*Conn, []byte) error // how the test application snapshots; nil: ExportState
+	lns    []*Listener
+	addrs  []string
+	store  SnapshotStore
 }
 
 var testKey = []byte("cluster key for tests, 32 bytes!")

@@ -109,3 +109,21 @@ func TestOriginCrashUnderEagerMode(t *testing.T) {
 		})
 	}
 }
+
+// TestSnapshotsSavedByTheApplication: the application writes each snapshot
+// itself (as the batch executor does, inside its own database
+// transaction) with PrepareSnapshot and SnapshotSaved; eager migrations
+// work as with ExportState.
+func TestSnapshotsSavedByTheApplication(t *testing.T) {
+	checkLeaks(t)
+	store := NewMemStore()
+	export := func(c *Conn, state []byte) error {
+		rec, err := c.PrepareSnapshot(state)
+		if err != nil || rec == nil {
+			return err
+		}
+		return c.SnapshotSaved(rec, store.Save(context.Background(), rec))
+	}
+	testRandomMigrations(t, store, 0.3, func(cfg *ListenConfig) { cfg.ClusterKey = nil }, export)
+	waitFor(t, func() bool { return store.Len() == 0 })
+}

@@ -38,7 +38,7 @@ func TestRandomLazyMigrationsKeepStreamsExact(t *testing.T) {
 	}
 }
 
-func testRandomMigrations(t *testing.T, store SnapshotStore, snapP float64, mod func(*ListenConfig)) {
+func testRandomMigrations(t *testing.T, store SnapshotStore, snapP float64, mod func(*ListenConfig), export ...func(*Conn, []byte) error) {
 	var modes [3]atomic.Int64 // lazy, eager, local take-overs
 	tc := newCluster(t, 3, store, func(cfg *ListenConfig) {
 		if mod != nil {
@@ -50,6 +50,9 @@ func testRandomMigrations(t *testing.T, store SnapshotStore, snapP float64, mod 
 			}
 		}
 	})
+	if len(export) > 0 {
+		tc.export = export[0]
+	}
 	wg := tc.runXformServers(snapP)
 	defer wg.Wait()
 	defer func() {

@@ -21,28 +21,35 @@ func (c *Conn) ExportState(state []byte) error {
 
 // ExportStateContext is ExportState with a context bounding the store's Save.
 func (c *Conn) ExportStateContext(ctx context.Context, state []byte) error {
-	s := c.sv
-	if s == nil {
+	if c.sv == nil {
 		return ErrNotServer
 	}
+	if err := c.recordSnapshot(state); err != nil {
+		return err
+	}
+	if c.sv.ln.cfg.Store == nil {
+		return nil
+	}
+	return c.persist(ctx)
+}
+
+// recordSnapshot takes a snapshot at the current offsets and starts a new
+// input log.
+func (c *Conn) recordSnapshot(state []byte) error {
+	s := c.sv
 	if len(state) > c.lim.MaxState {
 		return fmt.Errorf("%w: %d bytes over %d", ErrStateTooLarge, len(state), c.lim.MaxState)
 	}
 	st := append([]byte(nil), state...)
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.state.terminal() || c.appClosed {
-		err := c.stateErrLocked()
-		c.mu.Unlock()
-		return c.opErr("export", err)
+		return c.opErr("export", c.stateErrLocked())
 	}
 	s.snap = snapshot{state: st, in: c.in.read, out: c.out.app, seq: s.snap.seq + 1}
 	c.in.trim(c.in.read)
 	s.logLost = false
-	c.mu.Unlock()
-	if s.ln.cfg.Store == nil {
-		return nil
-	}
-	return c.persist(ctx)
+	return nil
 }
 
 // persist writes the latest snapshot and migration counter to the store
@@ -53,32 +60,69 @@ func (c *Conn) persist(ctx context.Context) error {
 	store := s.ln.cfg.Store
 	s.saveMu.Lock()
 	defer s.saveMu.Unlock()
-	c.mu.Lock()
-	if c.state.terminal() {
-		err := c.stateErrLocked()
-		c.mu.Unlock()
-		return c.opErr("export", err)
+	rec, err := c.snapshotRecord()
+	if err != nil || rec == nil {
+		return err
 	}
-	rec := &SnapshotRecord{
-		ConnID: c.id, Secret: c.secret, Counter: s.counter, Seq: s.snap.seq,
-		PrevCounter: s.storeCounter, PrevSeq: s.durableSeq,
-		InOffset: s.snap.in, OutOffset: s.snap.out, State: s.snap.state, OutTail: outTailLocked(c, s.snap.out),
-	}
-	c.mu.Unlock()
-	if rec.Counter == rec.PrevCounter && rec.Seq == rec.PrevSeq {
-		return nil
-	}
-	err := store.Save(ctx, rec)
+	err = store.Save(ctx, rec)
 	if errors.Is(err, ErrStale) {
 		// Our own earlier Save may have landed despite an error.
 		if cur, lerr := store.Load(ctx, c.id); lerr == nil && cur.Counter == rec.Counter && cur.Seq == rec.Seq {
 			err = nil
 		}
 	}
+	return c.SnapshotSaved(rec, err)
+}
+
+// snapshotRecord is the store record for the latest snapshot, nil when the
+// store already has it.
+func (c *Conn) snapshotRecord() (*SnapshotRecord, error) {
+	s := c.sv
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state.terminal() {
+		return nil, c.opErr("export", c.stateErrLocked())
+	}
+	rec := &SnapshotRecord{
+		ConnID: c.id, Secret: c.secret, Counter: s.counter, Seq: s.snap.seq,
+		PrevCounter: s.storeCounter, PrevSeq: s.durableSeq,
+		InOffset: s.snap.in, OutOffset: s.snap.out, State: s.snap.state, OutTail: outTailLocked(c, s.snap.out),
+	}
+	if rec.Counter == rec.PrevCounter && rec.Seq == rec.PrevSeq {
+		return nil, nil
+	}
+	return rec, nil
+}
+
+// PrepareSnapshot records a snapshot like ExportState but leaves making it
+// durable to the caller, so it can be written in the same database
+// transaction as the application's own effects: store rec with the
+// store's compare-and-swap semantics, then report the outcome with
+// SnapshotSaved. Until then input is acknowledged only up to the previous
+// durable snapshot. Calls must not overlap (prepare, save, report, then
+// the next). rec is nil when there is nothing new to save.
+func (c *Conn) PrepareSnapshot(state []byte) (*SnapshotRecord, error) {
+	if c.sv == nil {
+		return nil, ErrNotServer
+	}
+	if err := c.recordSnapshot(state); err != nil {
+		return nil, err
+	}
+	return c.snapshotRecord()
+}
+
+// SnapshotSaved reports the outcome of saving a record from
+// PrepareSnapshot: nil makes it the durable snapshot (and acknowledges the
+// input it covers); ErrStale means another server claimed the connection,
+// which then fails with ErrMigrated here and in the application.
+func (c *Conn) SnapshotSaved(rec *SnapshotRecord, err error) error {
+	s := c.sv
+	if s == nil {
+		return ErrNotServer
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if errors.Is(err, ErrStale) {
-		// Another server claimed the connection (we were unreachable).
 		if p := c.path; p != nil {
 			p.close()
 			c.path = nil
@@ -89,6 +133,9 @@ func (c *Conn) persist(ctx context.Context) error {
 	}
 	if err != nil {
 		return fmt.Errorf("mtcp: save snapshot: %w", err)
+	}
+	if rec.Counter < s.storeCounter || (rec.Counter == s.storeCounter && rec.Seq <= s.durableSeq) {
+		return nil // an older record than the one already durable
 	}
 	s.storeCounter, s.durableSeq, s.durableIn = rec.Counter, rec.Seq, rec.InOffset
 	if p := c.path; p != nil {
