@@ -44,7 +44,8 @@
 // In eager mode (ListenConfig.Store set) every ExportState is saved before
 // it returns and input is acknowledged to the client as discardable only up
 // to the last saved snapshot, so a crashed origin loses nothing the new
-// server needs. Claims in the store are compare-and-swap on the record's
+// server needs. An application that wants the snapshot in its own database
+// transaction uses PrepareSnapshot and SnapshotSaved instead. Claims in the store are compare-and-swap on the record's
 // (Counter, Seq) version, so two servers never both own a connection.
 //
 // # Closing
