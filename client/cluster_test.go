@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -20,46 +19,16 @@ import (
 	backendext "hafe.dev/hafe/backend-ext"
 	"hafe.dev/hafe/frontend"
 	"hafe.dev/hafe/internal/pgtemp"
+	"hafe.dev/hafe/internal/pgtemp/pgtest"
 	hafesql "hafe.dev/hafe/sql"
 )
 
 var server *pgtemp.Server
 
-func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	s, err := pgtemp.Start(ctx, pgtemp.Options{})
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	server = s
-	code := m.Run()
-	s.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { pgtest.Main(m, &server, nil) }
 
 // newBank makes a fresh database with hafe installed and the demo bank.
-func newBank(t *testing.T) string {
-	t.Helper()
-	ctx := context.Background()
-	url, err := server.NewDatabase(ctx, "client")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(ctx)
-	if _, err := backendext.Install(ctx, c, backendext.InstallOptions{}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Exec(ctx, hafesql.DemoSchema()); err != nil {
-		t.Fatal(err)
-	}
-	return url
-}
+func newBank(t *testing.T) string { return pgtest.Database(t, server, "client", hafesql.DemoSchema()) }
 
 // frontEnd is one front-end served over real TCP by an httptest server,
 // heartbeating like a real one. The owner liveness keeps its default (10 s),

@@ -22,6 +22,7 @@ import (
 
 	backendext "hafe.dev/hafe/backend-ext"
 	"hafe.dev/hafe/internal/pgtemp"
+	"hafe.dev/hafe/internal/pgtemp/pgtest"
 	hafesql "hafe.dev/hafe/sql"
 )
 
@@ -30,23 +31,15 @@ import (
 var server *pgtemp.Server
 
 func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	s, err := pgtemp.Start(ctx, pgtemp.Options{})
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	server = s
-	code := m.Run()
-	if code == 0 && bench == nil {
-		if leaked := leakedGoroutines(); leaked != "" {
-			fmt.Fprintf(os.Stderr, "goroutines left running after the tests:\n%s\n", leaked)
-			code = 1
+	pgtest.Main(m, &server, func(code int) int {
+		if code == 0 && bench == nil {
+			if leaked := leakedGoroutines(); leaked != "" {
+				fmt.Fprintf(os.Stderr, "goroutines left running after the tests:\n%s\n", leaked)
+				return 1
+			}
 		}
-	}
-	s.Stop()
-	os.Exit(code)
+		return code
+	})
 }
 
 // leakedGoroutines waits for the goroutines the tests started (servers,
@@ -87,24 +80,7 @@ const holdLock = `SELECT pg_advisory_xact_lock(42)`
 // newDB makes a fresh database with hafe installed, the demo bank and the
 // effects table, and returns its URL.
 func newDB(t testing.TB) string {
-	t.Helper()
-	ctx := context.Background()
-	url, err := server.NewDatabase(ctx, "frontend")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(ctx)
-	if _, err := backendext.Install(ctx, c, backendext.InstallOptions{}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Exec(ctx, hafesql.DemoSchema()+effectsSchema); err != nil {
-		t.Fatal(err)
-	}
-	return url
+	return pgtest.Database(t, server, "frontend", hafesql.DemoSchema()+effectsSchema)
 }
 
 // checker reads the database the way a test's assertions need.

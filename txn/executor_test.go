@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -16,23 +15,12 @@ import (
 
 	backendext "hafe.dev/hafe/backend-ext"
 	"hafe.dev/hafe/internal/pgtemp"
+	"hafe.dev/hafe/internal/pgtemp/pgtest"
 )
 
 var server *pgtemp.Server
 
-func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	s, err := pgtemp.Start(ctx, pgtemp.Options{})
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	server = s
-	code := m.Run()
-	s.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { pgtest.Main(m, &server, nil) }
 
 const testSchema = `
 CREATE TABLE accounts (id int PRIMARY KEY, balance numeric NOT NULL CHECK (balance >= 0));
@@ -49,26 +37,7 @@ END $$;
 `
 
 // newDB makes a fresh database with hafe installed and the test schema.
-func newDB(t *testing.T) string {
-	t.Helper()
-	ctx := context.Background()
-	url, err := server.NewDatabase(ctx, "txn")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(ctx)
-	if _, err := backendext.Install(ctx, c, backendext.InstallOptions{}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Exec(ctx, testSchema); err != nil {
-		t.Fatal(err)
-	}
-	return url
-}
+func newDB(t *testing.T) string { return pgtest.Database(t, server, "txn", testSchema) }
 
 func newPool(t *testing.T, url, owner string) *pgxpool.Pool {
 	return newPoolRun(t, url, owner, "")
