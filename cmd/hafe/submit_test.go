@@ -14,12 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	backendext "hafe.dev/hafe/backend-ext"
 	"hafe.dev/hafe/frontend"
 	"hafe.dev/hafe/internal/pgtemp"
+	"hafe.dev/hafe/internal/pgtemp/pgtest"
 	hafesql "hafe.dev/hafe/sql"
 )
 
@@ -35,21 +34,7 @@ func startBankFrontEnd(t *testing.T, tokens ...string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pg.Stop() })
-	url, err := pg.NewDatabase(ctx, "submit")
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := backendext.Install(ctx, conn, backendext.InstallOptions{}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, hafesql.DemoSchema()); err != nil {
-		t.Fatal(err)
-	}
+	url := pgtest.Database(t, pg, "submit", hafesql.DemoSchema())
 	pool, err := pgxpool.New(ctx, url)
 	if err != nil {
 		t.Fatal(err)
