@@ -1,6 +1,7 @@
 package frontend
 
 import (
+	"context"
 	"errors"
 	"math"
 	"mime"
@@ -11,6 +12,11 @@ import (
 
 	"hafe.dev/hafe/txn"
 )
+
+// ErrShuttingDown is the cause a server gives the request contexts it
+// cancels when it stops before its batches are done; their clients are
+// still told, with an "interrupted" line, to resume elsewhere.
+var ErrShuttingDown = errors.New("front-end shutting down")
 
 // maxKeyLength bounds Idempotency-Key values.
 const maxKeyLength = 255
@@ -99,7 +105,7 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 	s.metrics.transactions.WithLabelValues(txn.StatusAborted).Add(float64(sum.Aborted))
 	if err != nil {
 		s.metrics.batches.WithLabelValues("interrupted").Inc()
-		if r.Context().Err() == nil {
+		if r.Context().Err() == nil || errors.Is(context.Cause(r.Context()), ErrShuttingDown) {
 			s.log.Warn("batch interrupted", "batch", lease.BatchID, "err", err)
 			// The client gets the reason; the summary line is missing, so
 			// it knows to retry with the same key.

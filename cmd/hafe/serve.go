@@ -123,8 +123,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 
 	// Batches run on their own context: a SIGTERM first lets them finish.
-	batchCtx, cancelBatches := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelBatches()
+	batchCtx, cancelBatches := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancelBatches(nil)
 	srv := &http.Server{
 		Handler:           fe.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -153,7 +153,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case <-drained:
 	case <-shutdownCtx.Done():
 		log.Warn("drain timeout: interrupting running batches; clients resume them elsewhere")
-		cancelBatches()
+		cancelBatches(frontend.ErrShuttingDown)
+		// Let the handlers tell their clients before connections close.
+		select {
+		case <-drained:
+		case <-time.After(2 * time.Second):
+		}
 	}
 	srv.Shutdown(shutdownCtx)
 	srv.Close()

@@ -175,3 +175,58 @@ func waitServeReady(t *testing.T, base string) {
 	}
 	t.Fatalf("%s never became ready", base)
 }
+
+func TestServeTellsClientsWhenTheDrainTimeoutInterruptsThem(t *testing.T) {
+	bin := buildServeBinary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pg, err := pgtemp.Start(ctx, pgtemp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Stop()
+	url, err := pg.NewDatabase(ctx, "drain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := pickServeAddr(t)
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "serve", "--db", url, "--listen", addr, "--id", "fe-drain", "--install", "--allow-raw-sql", "--drain-timeout", "300ms")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer cmd.Process.Kill()
+	waitServeReady(t, "http://"+addr)
+
+	body := `{"transactions":[` + strings.TrimSuffix(strings.Repeat(`{"sql":[{"query":"SELECT pg_sleep(0.2)"}]},`, 20), ",") + `]}`
+	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/batches", strings.NewReader(body))
+	req.Header.Set("Idempotency-Key", "drain-timeout")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	lines := bufio.NewScanner(resp.Body)
+	if !lines.Scan() {
+		t.Fatalf("no first line: %v", lines.Err())
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	var last string
+	for lines.Scan() {
+		last = lines.Text()
+	}
+	if !strings.Contains(last, `"code":"interrupted"`) {
+		t.Fatalf("last line %q; want the interrupted line telling the client to resume\n%s", last, logs.String())
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("hafe serve exited with %v\n%s", err, logs.String())
+		}
+	case <-ctx.Done():
+		t.Fatal("hafe serve did not exit")
+	}
+}
