@@ -216,7 +216,7 @@ type clientSide struct {
 	rate      rateEstimator
 	lastFrame uint64    // progress check: frame count seen last tick
 	lastMove  time.Time // and when it last changed
-	lastRate  time.Time
+	rateClock rateClock
 }
 
 type standbyPath struct {
@@ -280,9 +280,9 @@ func (cl *clientSide) dropStandbyLocked() {
 func (cl *clientSide) resetPolicyLocked(now time.Time) {
 	cl.received = 0
 	cl.lastMove, cl.lastFrame = now, 0
-	cl.lastRate = now
 	if r := cl.d.Triggers.Rate; r != nil {
 		cl.rate = newRateEstimator(*r, now, 0)
+		cl.rateClock = newRateClock(r.Interval, cl.d.Triggers.tick(), now)
 	}
 }
 

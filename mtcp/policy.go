@@ -27,6 +27,16 @@ func (t *Triggers) fill() {
 	}
 }
 
+// tick is the period of the client's trigger timer: often enough for the
+// keepalive and for every rate sample.
+func (t *Triggers) tick() time.Duration {
+	tick := t.KeepAlive / 2
+	if t.Rate != nil && t.Rate.Interval < tick {
+		tick = t.Rate.Interval
+	}
+	return tick
+}
+
 // RatePolicy migrates when the smoothed inbound rate falls below Fraction of
 // the highest smoothed rate seen on the current server. Meant for streaming
 // connections: an idle stream has a low rate too.
@@ -95,6 +105,37 @@ func (r *rateEstimator) observe(now time.Time, total uint64, blocked bool) bool 
 		r.peak = r.ewma
 	}
 	return r.samples > r.p.Warmup && r.peak >= r.p.MinPeak && r.ewma < r.p.Fraction*r.peak
+}
+
+// rateClock decides which ticks of the client's timer take a rate sample.
+// Samples are due on a fixed schedule, one Interval apart; a tick counts
+// for the sample nearest to it, within half a tick either way, so a timer
+// whose period equals the interval uses every tick however it jitters
+// (the estimator divides by the actual time between samples). Pure: it is
+// fed the ticks' timestamps.
+type rateClock struct {
+	interval time.Duration
+	slack    time.Duration // half the timer's period
+	next     time.Time     // when the next sample is due
+}
+
+func newRateClock(interval, tick time.Duration, now time.Time) rateClock {
+	return rateClock{interval: interval, slack: tick / 2, next: now.Add(interval)}
+}
+
+// due reports whether the tick at now takes a sample, and if so schedules
+// the next one.
+func (k *rateClock) due(now time.Time) bool {
+	if now.Before(k.next.Add(-k.slack)) {
+		return false
+	}
+	k.next = k.next.Add(k.interval)
+	if !now.Before(k.next) {
+		// The loop stalled for a whole interval or more (a migration
+		// ran): start the schedule over rather than sample in a burst.
+		k.next = now.Add(k.interval)
+	}
+	return true
 }
 
 // pickServer chooses the attempt-th migration target: the servers after

@@ -54,6 +54,63 @@ func TestRateEstimatorFiresBelowFractionOfPeak(t *testing.T) {
 	}
 }
 
+// TestRateClockUsesEveryJitteredTick: with the trigger timer's period equal
+// to the sampling interval, ticks that arrive early or late (a timer is
+// never exact) each take a sample; a tick that comes a little less than an
+// interval after the previous one must not be dropped.
+func TestRateClockUsesEveryJitteredTick(t *testing.T) {
+	p := RatePolicy{Interval: 20 * time.Millisecond}
+	p.fill()
+	start := time.Unix(1000, 0)
+	// The policy is reset between two ticks of the timer, as after a
+	// migration; the timer's schedule has its own phase.
+	phase := 7 * time.Millisecond
+	k := newRateClock(p.Interval, p.Interval, start)
+	r := newRateEstimator(p, start, 0)
+	rng := rand.New(rand.NewPCG(1, 2))
+	const ticks = 500
+	total, used := uint64(0), 0
+	for i := 1; i <= ticks; i++ {
+		jitter := time.Duration(rng.IntN(9000)-1000) * time.Microsecond // -1ms..+8ms
+		now := start.Add(phase + time.Duration(i)*p.Interval + jitter)
+		total += 20_000
+		if k.due(now) {
+			used++
+			r.observe(now, total, false)
+		}
+	}
+	if used != ticks || r.samples != ticks {
+		t.Fatalf("%d of %d ticks taken as samples (estimator saw %d)", used, ticks, r.samples)
+	}
+}
+
+// TestRateClockSamplesOncePerInterval: a timer faster than the interval
+// (the keepalive wants it) does not make samples more frequent, and after
+// a stall the schedule starts over instead of catching up in a burst.
+func TestRateClockSamplesOncePerInterval(t *testing.T) {
+	const interval, tick = 100 * time.Millisecond, 30 * time.Millisecond
+	start := time.Unix(1000, 0)
+	k := newRateClock(interval, tick, start)
+	used := 0
+	now := start
+	for i := 0; i < 100; i++ { // 3 s
+		now = now.Add(tick)
+		if k.due(now) {
+			used++
+		}
+	}
+	if used < 29 || used > 31 {
+		t.Fatalf("%d samples in 3s at a %v interval", used, interval)
+	}
+	now = now.Add(time.Second) // the loop was busy migrating
+	if !k.due(now) {
+		t.Fatal("no sample after a stall")
+	}
+	if k.due(now.Add(tick)) || k.due(now.Add(2*tick)) {
+		t.Fatal("samples in a burst after a stall")
+	}
+}
+
 func TestRateEstimatorIgnoresTrickles(t *testing.T) {
 	p := RatePolicy{}
 	p.fill()

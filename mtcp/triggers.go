@@ -14,11 +14,7 @@ import (
 // rate policy and redirects into migrations.
 func (cl *clientSide) run(c *Conn) {
 	defer cl.wg.Done()
-	tick := cl.d.Triggers.KeepAlive / 2
-	if r := cl.d.Triggers.Rate; r != nil && r.Interval < tick {
-		tick = r.Interval
-	}
-	t := time.NewTicker(tick)
+	t := time.NewTicker(cl.d.Triggers.tick())
 	defer t.Stop()
 	for {
 		select {
@@ -58,10 +54,9 @@ func (cl *clientSide) onKeepAliveTimer(c *Conn, now time.Time) {
 // onRateTimer feeds the rate policy a sample.
 func (cl *clientSide) onRateTimer(c *Conn, now time.Time) {
 	r := cl.d.Triggers.Rate
-	if r == nil || c.path == nil || now.Sub(cl.lastRate) < r.Interval {
+	if r == nil || c.path == nil || !cl.rateClock.due(now) {
 		return
 	}
-	cl.lastRate = now
 	blocked := c.in.unread() >= c.lim.MaxRecvBuffer/2
 	if cl.rate.observe(now, cl.received, blocked) {
 		cl.want = "rate"
