@@ -1,11 +1,16 @@
 package backendext
 
 import (
+	"net"
 	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
+
+// deadPeerTimeout is how long data sent to the database may stay
+// unacknowledged before the connection counts as dead.
+const deadPeerTimeout = 15 * time.Second
 
 // ApplicationName is how the sessions of one run (incarnation) of a
 // front-end name themselves: "hafe/<id>/<incarnation prefix>", cut to the 63
@@ -29,4 +34,13 @@ func ConfigurePool(cfg *pgxpool.Config, memberID, incarnation string, idleInTx t
 	if idleInTx > 0 {
 		rp["idle_in_transaction_session_timeout"] = strconv.FormatInt(idleInTx.Milliseconds(), 10)
 	}
+	// A front-end cut off from the database must notice within seconds,
+	// not after the kernel's retransmission backoff (minutes): only then
+	// does it stop, settle by lookup, and learn that it was fenced.
+	d := &net.Dialer{
+		Timeout:         10 * time.Second,
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 10 * time.Second, Interval: 5 * time.Second, Count: 3},
+		Control:         setUserTimeout(deadPeerTimeout),
+	}
+	cfg.ConnConfig.DialFunc = d.DialContext
 }
