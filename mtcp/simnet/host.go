@@ -32,6 +32,25 @@ type Host struct {
 	crashOnce sync.Once
 }
 
+// lockedSource makes a seeded math/rand source safe for concurrent use, as
+// stack.Options.RandSource must be.
+type lockedSource struct {
+	mu  sync.Mutex
+	src rand.Source
+}
+
+func (s *lockedSource) Int63() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.src.Int63()
+}
+
+func (s *lockedSource) Seed(seed int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.src.Seed(seed)
+}
+
 func newHost(n *Network, name string, addr netip.Addr, seed uint64) (*Host, error) {
 	h := &Host{net: n, name: name, addr: addr}
 	h.nic = &nic{host: h, mtu: uint32(n.cfg.MTU)}
@@ -40,7 +59,8 @@ func newHost(n *Network, name string, addr netip.Addr, seed uint64) (*Host, erro
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
 		// Connections to the host's own address stay inside its stack.
 		HandleLocal: true,
-		RandSource:  rand.NewSource(int64(seed)),
+		// The stack draws from it on several goroutines at once.
+		RandSource: &lockedSource{src: rand.NewSource(int64(seed))},
 	})
 	h.stack = s
 	sack := tcpip.TCPSACKEnabled(true)
