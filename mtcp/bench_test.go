@@ -208,13 +208,7 @@ func benchMigrate(b *testing.B, stateSize int, standby, eager bool) {
 		target := tc.addrs[(i+1)%2]
 		if standby {
 			b.StopTimer()
-			for k := 0; k < 1000; k++ {
-				c.mu.Lock()
-				ready := c.cl.standby != nil && c.cl.standby.addr == target
-				c.mu.Unlock()
-				if ready {
-					break
-				}
+			for k := 0; k < 1000 && c.Standby() != target; k++ {
 				time.Sleep(time.Millisecond)
 			}
 			b.StartTimer()

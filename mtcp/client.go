@@ -306,6 +306,22 @@ func (c *Conn) Server() string {
 	return c.cl.cur
 }
 
+// Standby returns the address of the server the warm standby path leads
+// to, once that path is open and announced, or "" when there is none (the
+// Dialer has no Standby, the path is still opening, or a migration just
+// used it). A Migrate to that address needs no transport handshake.
+func (c *Conn) Standby() string {
+	if c.cl == nil {
+		return ""
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cl.standby == nil {
+		return ""
+	}
+	return c.cl.standby.addr
+}
+
 // LastMigration returns the client's view of its latest migration.
 func (c *Conn) LastMigration() MigrationStats {
 	if c.cl == nil {

@@ -64,6 +64,7 @@
 // PathTimeout), on the rate policy (RatePolicy: smoothed inbound rate below
 // a fraction of its peak), and on a server's REDIRECT hint (Conn.Redirect,
 // Listener.Drain). Dialer.Standby keeps a warm path to the next server
-// (make-before-break). Servers send their server list on connect and on
+// (make-before-break); Conn.Standby says where it leads once it is open.
+// Servers send their server list on connect and on
 // Listener.SetServers.
 package mtcp

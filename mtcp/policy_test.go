@@ -296,11 +296,7 @@ func TestWarmStandbyCarriesTheMigration(t *testing.T) {
 	defer c.Close()
 	for i := 0; i < 4; i++ {
 		target := tc.addrs[(i+1)%2]
-		waitFor(t, func() bool {
-			c.mu.Lock()
-			defer c.mu.Unlock()
-			return c.cl.standby != nil && c.cl.standby.addr == target
-		})
+		waitFor(t, func() bool { return c.Standby() == target })
 		if err := c.Migrate(context.Background(), target); err != nil {
 			t.Fatal(err)
 		}
@@ -308,6 +304,21 @@ func TestWarmStandbyCarriesTheMigration(t *testing.T) {
 			t.Fatalf("migration %d did not use the standby path", i)
 		}
 		echoCheck(t, c)
+	}
+}
+
+func TestStandbyIsEmptyWithoutAWarmPath(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 2, nil, nil)
+	tc.echo()
+	c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echoCheck(t, c)
+	if s := c.Standby(); s != "" {
+		t.Fatalf("Standby() = %q without Dialer.Standby", s)
 	}
 }
 
