@@ -322,7 +322,12 @@ func (l *Listener) freezeState(m wire.Migrate) (wire.ConnState, *RefusalError) {
 	}
 	s.counter = m.Counter
 	if p := c.path; p != nil {
-		go p.close() // off the critical path: the new server waits for our reply
+		// The frozen path neither reads nor writes the stream any more.
+		// Closing it now would wake the client and both our path
+		// goroutines while the new server waits for our reply; the
+		// client retires it (MOVED) once it has moved, and if the move
+		// fails the close below tells it soon enough.
+		time.AfterFunc(frozenPathLinger, p.close)
 		c.path = nil
 	}
 	c.setStateLocked(stateMigrated, ErrMigrated)
@@ -342,6 +347,10 @@ func (l *Listener) freezeState(m wire.Migrate) (wire.ConnState, *RefusalError) {
 	trimOutput(&st, m.RecvOff)
 	return st, nil
 }
+
+// frozenPathLinger is how long a migrated-away connection's old path stays
+// open, unused, after the origin handed the connection over.
+const frozenPathLinger = 10 * time.Millisecond
 
 // trimOutput drops transferred output the client already has, and output
 // past the snapshot, which the new server's application regenerates: only
