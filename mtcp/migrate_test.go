@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"hafe.dev/hafe/mtcp/internal/wire"
 )
 
 func TestUnmigratedRunMatches(t *testing.T) {
@@ -95,4 +98,76 @@ func testRandomMigrations(t *testing.T, store SnapshotStore, snapP float64, mod 
 	}
 	cwg.Wait()
 	t.Logf("%d migrations; server take-overs: lazy %d, eager %d, local %d", migrations.Load(), modes[0].Load(), modes[1].Load(), modes[2].Load())
+}
+
+// TestClientRecoversWhenTheNewServerDiesAfterTheFetch: a new server takes
+// the state from the origin (which freezes the connection) and dies before
+// it answers the client. The origin closes the frozen path soon after, the
+// client recovers through another server, which fetches the state the
+// origin kept, and the stream goes on.
+func TestClientRecoversWhenTheNewServerDiesAfterTheFetch(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 2, nil, nil)
+	tc.echo()
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dead.Close()
+	fetched := make(chan error, 1)
+	go func() {
+		nc, err := dead.Accept()
+		if err != nil {
+			fetched <- err
+			return
+		}
+		defer nc.Close()
+		var hdr [wire.HeaderLen]byte
+		_, payload, err := wire.ReadFrame(nc, &hdr, nil)
+		if err != nil {
+			fetched <- err
+			return
+		}
+		m, err := wire.ParseMigrate(payload)
+		if err != nil {
+			fetched <- err
+			return
+		}
+		cfg := ListenConfig{ClusterKey: testKey, PeerDial: func(ctx context.Context, addr string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		}}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		pc, br, err := peerHandshake(ctx, &cfg, m.Origin)
+		if err != nil {
+			fetched <- err
+			return
+		}
+		defer pc.Close()
+		typ, _, err := exchange(ctx, pc, br, wire.AppendFetch(nil, wire.Fetch{Req: 1, Migrate: m}), 5*time.Second)
+		if err == nil && typ != wire.TypeTransfer {
+			err = errUnexpected(typ)
+		}
+		fetched <- err // and never answer the client
+	}()
+	d := testDialer(tc)
+	d.HandshakeTimeout = 500 * time.Millisecond
+	c, err := d.DialMTCP(context.Background(), tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echoCheck(t, c)
+	if err := c.Migrate(context.Background(), dead.Addr().String()); err == nil {
+		t.Fatal("migration to a server that never answers succeeded")
+	}
+	if err := <-fetched; err != nil {
+		t.Fatalf("fake new server: %v", err)
+	}
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	echoCheck(t, c)
+	if got := c.Server(); got != tc.addrs[1] {
+		t.Fatalf("client on %s after recovering, want %s", got, tc.addrs[1])
+	}
 }
