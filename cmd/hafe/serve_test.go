@@ -58,31 +58,48 @@ func pickServeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func TestServeFinishesRunningBatchOnSIGTERMThenLeaves(t *testing.T) {
+// servedProcess is a "hafe serve" process on a throwaway PostgreSQL.
+type servedProcess struct {
+	url    string // the database
+	addr   string // the HTTP listener
+	cmd    *exec.Cmd
+	logs   *bytes.Buffer
+	exited chan error
+}
+
+// startServe starts "hafe serve --db … --listen … args…" and waits until it
+// is ready; everything is stopped when the test ends.
+func startServe(t *testing.T, args ...string) *servedProcess {
+	t.Helper()
 	bin := buildServeBinary(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	pg, err := pgtemp.Start(ctx, pgtemp.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pg.Stop()
+	t.Cleanup(func() { pg.Stop() })
 	url, err := pg.NewDatabase(ctx, "serve")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := pickServeAddr(t)
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "serve", "--db", url, "--listen", addr, "--id", "fe-term", "--install", "--allow-raw-sql", "--drain-timeout", "1m")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
+	p := &servedProcess{url: url, addr: pickServeAddr(t), logs: &bytes.Buffer{}, exited: make(chan error, 1)}
+	p.cmd = exec.Command(bin, append([]string{"serve", "--db", url, "--listen", p.addr}, args...)...)
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer cmd.Process.Kill()
-	waitServeReady(t, "http://"+addr)
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() { p.cmd.Process.Kill() })
+	waitServeReady(t, "http://"+p.addr)
+	return p
+}
 
+func TestServeFinishesRunningBatchOnSIGTERMThenLeaves(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := startServe(t, "--id", "fe-term", "--install", "--allow-raw-sql", "--drain-timeout", "1m")
+	addr, cmd, exited, logs, url := p.addr, p.cmd, p.exited, p.logs, p.url
 	body := `{"transactions":[` + strings.TrimSuffix(strings.Repeat(`{"sql":[{"query":"SELECT pg_sleep(0.1)"}]},`, 8), ",") + `]}`
 	resp, err := http.Post("http://"+addr+"/v1/batches", "application/json", strings.NewReader(body))
 	if err != nil {
@@ -177,30 +194,10 @@ func waitServeReady(t *testing.T, base string) {
 }
 
 func TestServeTellsClientsWhenTheDrainTimeoutInterruptsThem(t *testing.T) {
-	bin := buildServeBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	pg, err := pgtemp.Start(ctx, pgtemp.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pg.Stop()
-	url, err := pg.NewDatabase(ctx, "drain")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := pickServeAddr(t)
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "serve", "--db", url, "--listen", addr, "--id", "fe-drain", "--install", "--allow-raw-sql", "--drain-timeout", "300ms")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer cmd.Process.Kill()
-	waitServeReady(t, "http://"+addr)
-
+	p := startServe(t, "--id", "fe-drain", "--install", "--allow-raw-sql", "--drain-timeout", "300ms")
+	addr, cmd, exited, logs := p.addr, p.cmd, p.exited, p.logs
 	body := `{"transactions":[` + strings.TrimSuffix(strings.Repeat(`{"sql":[{"query":"SELECT pg_sleep(0.2)"}]},`, 20), ",") + `]}`
 	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/batches", strings.NewReader(body))
 	req.Header.Set("Idempotency-Key", "drain-timeout")
