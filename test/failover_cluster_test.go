@@ -127,6 +127,27 @@ func startFailoverCluster(t *testing.T, frontEnds int, slow slowPoint, extra ...
 
 // waitSlowSlot waits until a session of front-end id sleeps in the slow
 // slot (in its statement or its COMMIT, not in the short sleep every slot
+// killMidBatch starts the batch on fe, reads a third of it, waits until fe
+// is inside the slow slot's transaction, docker-kills fe and returns the
+// stream, checked to have been cut off.
+func (c *failoverCluster) killMidBatch(ctx context.Context, t *testing.T, fe *harness.Hafe, key string, body []byte) *capture {
+	t.Helper()
+	name := fe.Config.Alias
+	first := mustStartBatch(ctx, t, fe, key, body)
+	if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
+		t.Fatalf("%s stream before the kill: %v", name, err)
+	}
+	c.waitSlowSlot(ctx, t, name)
+	if err := fe.Kill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.waitEnd(ctx, 30*time.Second); err != nil {
+		t.Fatalf("%s's stream did not end after the kill: %v", name, err)
+	}
+	requireCutOff(t, name, first)
+	return first
+}
+
 // has), so that the fault the caller injects next lands there.
 func (c *failoverCluster) waitSlowSlot(ctx context.Context, t *testing.T, id string) {
 	t.Helper()

@@ -26,18 +26,7 @@ func TestFrontEndRestartedUnderItsName(t *testing.T) {
 	const key = "failover-restarted"
 	body := c.body
 
-	first := mustStartBatch(ctx, t, fe1, key, body)
-	if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
-		t.Fatalf("fe1 stream before the kill: %v", err)
-	}
-	c.waitSlowSlot(ctx, t, "fe1")
-	if err := fe1.Kill(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := first.waitEnd(ctx, 30*time.Second); err != nil {
-		t.Fatalf("fe1's stream did not end after the kill: %v", err)
-	}
-	requireCutOff(t, "fe1", first)
+	first := c.killMidBatch(ctx, t, fe1, key, body)
 	if err := fe1.Start(ctx); err != nil {
 		t.Fatalf("start fe1 again: %v", err)
 	}

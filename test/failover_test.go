@@ -21,18 +21,7 @@ func TestFailoverKilledFrontEnd(t *testing.T) {
 			defer cancel()
 			const key = "failover-kill"
 
-			first := mustStartBatch(ctx, t, fe1, key, c.body)
-			if err := first.waitLines(ctx, failoverFaultAfter); err != nil {
-				t.Fatalf("fe1 stream before the kill: %v", err)
-			}
-			c.waitSlowSlot(ctx, t, "fe1")
-			if err := fe1.Kill(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if err := first.waitEnd(ctx, 30*time.Second); err != nil {
-				t.Fatalf("fe1's stream did not end after the kill: %v", err)
-			}
-			requireCutOff(t, "fe1", first)
+			first := c.killMidBatch(ctx, t, fe1, key, c.body)
 
 			retries := submitUntilDone(ctx, t, fe2, key, c.body)
 			streams := append([][]byte{first.bytes()}, streamBytes(retries)...)
