@@ -31,6 +31,11 @@ type Dialer struct {
 	// Standby keeps a warm path to the next server so that a migration
 	// needs no transport handshake (make-before-break).
 	Standby bool
+	// NoPrepare stops the client from sending PREPARE on its current path
+	// before it dials the next server, so every migration fetches the
+	// state on the new server's request instead of having it pushed
+	// during the dial (for comparisons; the push is faster).
+	NoPrepare bool
 	// HandshakeTimeout bounds a connect or one migration attempt. Default 10s.
 	HandshakeTimeout time.Duration
 	// RecoverTimeout is how long a client whose path failed keeps trying
@@ -367,6 +372,11 @@ func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string, ifDown 
 	m := wire.Migrate{ConnID: c.id, Counter: cl.counter, RecvOff: c.in.end(), Origin: cl.self}
 	m.MAC = migrateMAC(c.secret, m)
 	stats := MigrationStats{ConnID: c.id, Role: RoleClient, From: cl.self, To: addr}
+	if p := c.path; p != nil && !cl.d.NoPrepare && addr != cl.cur && cl.self != "" {
+		// Ask the origin to push the state to addr while we dial it.
+		p.queue(wire.AppendPrepare(nil, wire.Prepare{Target: addr, Migrate: m}))
+		m.Prepared, stats.Pushed = true, true
+	}
 	var sb *standbyPath
 	if cl.standby != nil && cl.standby.addr == addr {
 		sb, cl.standby = cl.standby, nil

@@ -491,6 +491,16 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 			go c.sv.ln.remove(c)
 		}
 		return errPeerClosedPath
+	case wire.TypePrepare:
+		if c.sv == nil {
+			return errUnexpected(t)
+		}
+		pr, err := wire.ParsePrepare(payload)
+		if err != nil {
+			return err
+		}
+		// Not under c.mu: freezing takes it, pushing waits on a peer.
+		c.sv.ln.goTracked(func() { c.sv.ln.prepare(pr) })
 	case wire.TypePong:
 	case wire.TypeRedirect, wire.TypeServers:
 		if c.cl == nil {

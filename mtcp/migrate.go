@@ -3,6 +3,7 @@ package mtcp
 import (
 	"bufio"
 	"context"
+	"crypto/hmac"
 	"errors"
 	"net"
 	"time"
@@ -17,6 +18,7 @@ type migratedConn struct {
 	counter uint64
 	state   wire.ConnState // Output from the acknowledged offset on
 	timer   *time.Timer
+	push    *pushState // the handover at counter went out as a PUSH
 }
 
 // acceptMigrate takes over a connection for a MIGRATE: from this server's
@@ -147,16 +149,40 @@ func (l *Listener) reattach(c *Conn, m wire.Migrate, nc net.Conn, br *bufio.Read
 	return true, false, nil
 }
 
-// fetchState gets a connection's state: lazily from its origin, eagerly from
-// the store when the origin cannot answer.
+// fetchState gets a connection's state: pushed by the origin after the
+// client's PREPARE, lazily from the origin, from this server's own record
+// when it is the origin, or eagerly from the store when the origin cannot
+// answer.
 func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time, stats *MigrationStats) (wire.ConnState, Mode, time.Duration, *RefusalError) {
+	t1 := time.Now()
+	stats.PrepareRequest = t1.Sub(t0)
+	if m.Prepared {
+		if st, ok := l.waitPushed(ctx, m, prepareHedge); ok {
+			stats.Pushed = true
+			return st, ModeLazy, time.Since(t1), nil
+		}
+	}
+	if m.Origin == l.cfg.Self {
+		// The client came back after a PREPARE froze the connection here
+		// and its move failed: hand the state over to ourselves.
+		if c, mc := l.lookup(m.ConnID); c == nil && mc != nil {
+			st, rerr := l.handOverAgain(mc, m)
+			return st, ModeLazy, time.Since(t1), rerr
+		}
+	}
 	var lazyErr error
 	if m.Origin != "" && m.Origin != l.cfg.Self && len(l.cfg.ClusterKey) > 0 {
 		pctx, cancel := context.WithTimeout(ctx, l.cfg.PeerTimeout)
-		t1 := time.Now()
-		stats.PrepareRequest = t1.Sub(t0)
 		tr, err := l.peers.fetch(pctx, m.Origin, m)
 		cancel()
+		if err == nil && tr.Code == uint8(RefuseReplayedCounter) && m.Prepared {
+			// The origin pushed this very MIGRATE's state: it is here
+			// already or on its way.
+			if st, ok := l.waitPushed(ctx, m, l.cfg.PeerTimeout); ok {
+				stats.Pushed = true
+				return st, ModeLazy, time.Since(t1), nil
+			}
+		}
 		wait := time.Since(t1)
 		if err == nil && tr.Code == 0 {
 			return tr.State, ModeLazy, wait, nil
@@ -171,15 +197,10 @@ func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time,
 		l.log.Info("lazy fetch failed; trying the snapshot store", "origin", m.Origin, "err", err, "code", tr.Code)
 	}
 	if l.cfg.Store == nil {
-		stats.PrepareRequest = time.Since(t0)
 		if lazyErr != nil {
 			return wire.ConnState{}, ModeLazy, 0, refusal(RefuseStateUnavailable, "origin unreachable: %v", lazyErr)
 		}
 		return wire.ConnState{}, ModeLazy, 0, refusal(RefuseUnknownConn, "unknown connection")
-	}
-	t1 := time.Now()
-	if stats.PrepareRequest == 0 {
-		stats.PrepareRequest = t1.Sub(t0)
 	}
 	rec, err := l.cfg.Store.Load(ctx, ConnID(m.ConnID))
 	wait := time.Since(t1)
@@ -266,7 +287,7 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 func (l *Listener) freeze(m wire.Migrate) (wire.ConnState, *RefusalError) {
 	t0 := time.Now()
 	stats := MigrationStats{ConnID: ConnID(m.ConnID), Role: RoleOrigin, Mode: ModeLazy, From: l.cfg.Self}
-	st, rerr := l.freezeState(m)
+	st, _, rerr := l.freezeState(m, false)
 	stats.PrepareReply = time.Since(t0)
 	if rerr != nil {
 		stats.Err = rerr
@@ -277,40 +298,32 @@ func (l *Listener) freeze(m wire.Migrate) (wire.ConnState, *RefusalError) {
 	return st, rerr
 }
 
-func (l *Listener) freezeState(m wire.Migrate) (wire.ConnState, *RefusalError) {
+// freezeState hands over a live connection, or again the state of one
+// already handed over. With push set (a client's PREPARE) it only freezes
+// a live connection and returns the push's bookkeeping.
+func (l *Listener) freezeState(m wire.Migrate, push bool) (wire.ConnState, *pushState, *RefusalError) {
 	c, mc := l.lookup(m.ConnID)
 	if c == nil {
-		if mc == nil {
-			return wire.ConnState{}, refusal(RefuseUnknownConn, "unknown connection")
+		if mc == nil || push {
+			return wire.ConnState{}, nil, refusal(RefuseUnknownConn, "unknown connection")
 		}
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		if code := checkMigrate(mc.secret, mc.counter, m); code != 0 {
-			return wire.ConnState{}, refusal(code, "%s", code)
-		}
-		st := mc.state
-		if m.RecvOff > st.OutOff+uint64(len(st.Output)) {
-			return wire.ConnState{}, refusal(RefuseBadRequest, "received offset out of range")
-		}
-		st.Counter = mc.counter
-		trimOutput(&st, m.RecvOff)
-		mc.counter = m.Counter
-		return st, nil
+		st, rerr := l.handOverAgain(mc, m)
+		return st, nil, rerr
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.sv
 	if c.state.terminal() || c.state == statePeerClosed {
-		return wire.ConnState{}, refusal(RefuseUnknownConn, "connection ended")
+		return wire.ConnState{}, nil, refusal(RefuseUnknownConn, "connection ended")
 	}
 	if code := checkMigrate(c.secret, s.counter, m); code != 0 {
-		return wire.ConnState{}, refusal(code, "%s", code)
+		return wire.ConnState{}, nil, refusal(code, "%s", code)
 	}
 	if s.logLost {
-		return wire.ConnState{}, refusal(RefuseStateUnavailable, "input log overflowed since the last snapshot")
+		return wire.ConnState{}, nil, refusal(RefuseStateUnavailable, "input log overflowed since the last snapshot")
 	}
 	if m.RecvOff > c.out.end() {
-		return wire.ConnState{}, refusal(RefuseBadRequest, "received offset %d beyond output end %d", m.RecvOff, c.out.end())
+		return wire.ConnState{}, nil, refusal(RefuseBadRequest, "received offset %d beyond output end %d", m.RecvOff, c.out.end())
 	}
 	full := wire.ConnState{
 		ConnID: m.ConnID, Secret: c.secret, Counter: s.counter, Seq: s.snap.seq,
@@ -335,6 +348,9 @@ func (l *Listener) freezeState(m wire.Migrate) (wire.ConnState, *RefusalError) {
 		s.detached.Stop()
 	}
 	mc = &migratedConn{secret: c.secret, counter: m.Counter, state: full}
+	if push {
+		mc.push = &pushState{mac: m.MAC, done: make(chan struct{})}
+	}
 	l.mu.Lock()
 	delete(l.conns, c.id)
 	if !l.closing {
@@ -345,6 +361,40 @@ func (l *Listener) freezeState(m wire.Migrate) (wire.ConnState, *RefusalError) {
 	l.mu.Unlock()
 	st := full
 	trimOutput(&st, m.RecvOff)
+	return st, mc.push, nil
+}
+
+// handOverAgain answers a MIGRATE for a connection already handed over:
+// with a higher counter the previous new server failed before the client
+// heard from it, and the state goes to this one instead. With the very
+// MIGRATE a PREPARE pushed, the state is handed over only if the push
+// failed, so exactly one server gets it for that counter.
+func (l *Listener) handOverAgain(mc *migratedConn, m wire.Migrate) (wire.ConnState, *RefusalError) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if ps := mc.push; ps != nil && m.Counter == mc.counter && hmac.Equal(m.MAC, ps.mac) {
+		l.mu.Unlock()
+		ps.wait(l.cfg.PeerTimeout, l.closed)
+		l.mu.Lock()
+		if ps.kept || ps.delivered {
+			return wire.ConnState{}, refusal(RefuseReplayedCounter, "already pushed")
+		}
+		ps.delivered = true
+		st := mc.state
+		trimOutput(&st, m.RecvOff)
+		return st, nil
+	}
+	if code := checkMigrate(mc.secret, mc.counter, m); code != 0 {
+		return wire.ConnState{}, refusal(code, "%s", code)
+	}
+	st := mc.state
+	if m.RecvOff > st.OutOff+uint64(len(st.Output)) {
+		return wire.ConnState{}, refusal(RefuseBadRequest, "received offset out of range")
+	}
+	st.Counter = mc.counter
+	trimOutput(&st, m.RecvOff)
+	mc.counter = m.Counter
+	mc.push = nil
 	return st, nil
 }
 

@@ -63,6 +63,42 @@ func (pp *peerPool) fetch(ctx context.Context, addr string, m wire.Migrate) (wir
 	}
 }
 
+// push hands a prepared connection's state to the server at addr.
+func (pp *peerPool) push(ctx context.Context, addr string, p wire.Push) (wire.Pushed, error) {
+	for attempt := 0; ; attempt++ {
+		pc, reused, err := pp.take(ctx, addr)
+		if err != nil {
+			return wire.Pushed{}, err
+		}
+		ans, err := pc.pushOne(ctx, p)
+		if err == nil {
+			pp.put(pc)
+			return ans, nil
+		}
+		pp.discard(pc)
+		if !reused || attempt > 0 || ctx.Err() != nil {
+			return wire.Pushed{}, err
+		}
+	}
+}
+
+func (pc *peerConn) pushOne(ctx context.Context, p wire.Push) (wire.Pushed, error) {
+	pc.next++
+	p.Req = pc.next
+	t, payload, err := exchange(ctx, pc.nc, pc.br, wire.AppendPush(nil, p), time.Minute)
+	if err != nil {
+		return wire.Pushed{}, err
+	}
+	if t != wire.TypePushed {
+		return wire.Pushed{}, errUnexpected(t)
+	}
+	ans, err := wire.ParsePushed(payload)
+	if err == nil && ans.Req != pc.next {
+		err = fmt.Errorf("%w: answer to push %d, want %d", errProtocol, ans.Req, pc.next)
+	}
+	return ans, err
+}
+
 func (pc *peerConn) request(ctx context.Context, m wire.Migrate) (wire.Transfer, error) {
 	pc.next++
 	t, payload, err := exchange(ctx, pc.nc, pc.br, wire.AppendFetch(nil, wire.Fetch{Req: pc.next, Migrate: m}), time.Minute)
@@ -239,23 +275,39 @@ func (l *Listener) servePeer(nc net.Conn, br *bufio.Reader, payload []byte) {
 	}
 	_ = nc.SetDeadline(time.Time{})
 	for {
+		// A nil buffer: every payload is freshly allocated, so a pushed
+		// state may be kept as parsed.
 		t, payload, err := wire.ReadFrame(br, &hdr, nil)
 		if err != nil {
 			return
 		}
-		if t != wire.TypeFetch {
+		var answer []byte
+		switch t {
+		case wire.TypeFetch:
+			f, err := wire.ParseFetch(payload)
+			if err != nil {
+				return
+			}
+			st, rerr := l.freeze(f.Migrate)
+			tr := wire.Transfer{Req: f.Req, State: st}
+			if rerr != nil {
+				tr = wire.Transfer{Req: f.Req, Code: uint8(rerr.Code), Reason: rerr.Reason}
+			}
+			answer = wire.AppendTransfer(nil, tr)
+		case wire.TypePush:
+			p, err := wire.ParsePush(payload)
+			if err != nil {
+				return
+			}
+			ans := wire.Pushed{Req: p.Req}
+			if rerr := l.keepPushed(p.Migrate, p.State); rerr != nil {
+				ans.Code, ans.Reason = uint8(rerr.Code), rerr.Reason
+			}
+			answer = wire.AppendPushed(nil, ans)
+		default:
 			return
 		}
-		f, err := wire.ParseFetch(payload)
-		if err != nil {
-			return
-		}
-		st, rerr := l.freeze(f.Migrate)
-		tr := wire.Transfer{Req: f.Req, State: st}
-		if rerr != nil {
-			tr = wire.Transfer{Req: f.Req, Code: uint8(rerr.Code), Reason: rerr.Reason}
-		}
-		if _, err := nc.Write(wire.AppendTransfer(nil, tr)); err != nil {
+		if _, err := nc.Write(answer); err != nil {
 			return
 		}
 	}

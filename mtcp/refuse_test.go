@@ -122,12 +122,13 @@ func TestMigrateRefusals(t *testing.T) {
 			echoCheck(t, c)
 		})
 		t.Run("ClientSeesRefusalError", func(t *testing.T) {
+			// An origin that does not exist, and no PREPARE to the real one.
 			c.mu.Lock()
-			c.cl.self = "127.0.0.1:1" // an origin that does not exist
+			c.cl.self, c.cl.d.NoPrepare = "127.0.0.1:1", true
 			c.mu.Unlock()
 			err := c.Migrate(context.Background(), tc.addrs[1])
 			c.mu.Lock()
-			c.cl.self = origin
+			c.cl.self, c.cl.d.NoPrepare = origin, false
 			c.mu.Unlock()
 			if store == nil && !errors.Is(err, &RefusalError{Code: RefuseStateUnavailable}) {
 				t.Fatalf("lazy migration with a dead origin: %v", err)

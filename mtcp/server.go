@@ -105,6 +105,11 @@ type Listener struct {
 	mu       sync.Mutex
 	conns    map[ConnID]*Conn
 	migrated map[ConnID]*migratedConn
+	// States pushed here ahead of their MIGRATE; pushWake is closed and
+	// replaced whenever one arrives.
+	pushed      map[ConnID]*pushedConn
+	pushedBytes int
+	pushWake    chan struct{}
 	raw      map[net.Conn]struct{} // transport conns not owned by a Conn
 	servers  []string
 	draining bool
@@ -132,6 +137,8 @@ func NewListener(ln net.Listener, cfg ListenConfig) *Listener {
 		closed:   make(chan struct{}),
 		conns:    make(map[ConnID]*Conn),
 		migrated: make(map[ConnID]*migratedConn),
+		pushed:   make(map[ConnID]*pushedConn),
+		pushWake: make(chan struct{}),
 		raw:      make(map[net.Conn]struct{}),
 		servers:  append([]string(nil), cfg.Servers...),
 	}
@@ -191,6 +198,9 @@ func (l *Listener) Close() error {
 		m.timer.Stop()
 	}
 	l.migrated = map[ConnID]*migratedConn{}
+	for id, pc := range l.pushed {
+		l.dropPushedLocked(id, pc)
+	}
 	l.mu.Unlock()
 	err := l.ln.Close()
 	l.peers.close()
@@ -376,6 +386,20 @@ func (l *Listener) register(c *Conn, nc net.Conn, br *bufio.Reader, resume uint6
 		l.remove(c)
 		return false
 	}
+}
+
+// goTracked runs f in a goroutine that Close waits for, unless closing.
+func (l *Listener) goTracked(f func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closing {
+		return
+	}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		f()
+	}()
 }
 
 func (l *Listener) remove(c *Conn) {

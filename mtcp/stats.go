@@ -56,6 +56,10 @@ type MigrationStats struct {
 	From, To   string // origin and new server addresses, when known
 	StateBytes int    // snapshot + input log + output transferred
 	Err        error  // nil on success
+	// Pushed: the client sent PREPARE on its old path and the origin
+	// pushed the state to the new server (client: PREPARE sent; origin:
+	// pushed; new server: the MIGRATE found the pushed state).
+	Pushed bool
 
 	// Client.
 	Standby  bool          // the warm standby path carried the MIGRATE
@@ -65,11 +69,11 @@ type MigrationStats struct {
 
 	// New server.
 	PrepareRequest time.Duration // parse and check MIGRATE, send FETCH
-	WaitReply      time.Duration // until the origin's or store's answer
+	WaitReply      time.Duration // until the origin's or store's answer, or the pushed state
 	Reinstate      time.Duration // verify, rebuild the connection, send ACCEPTED
 
 	// Origin.
-	PrepareReply time.Duration // freeze the connection and encode its state
+	PrepareReply time.Duration // freeze the connection and take its state
 }
 
 // Total is the sum of the role's phases.

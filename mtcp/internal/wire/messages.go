@@ -70,17 +70,27 @@ func parseList(p *parser) []string {
 }
 
 // Migrate asks a server to take over a connection. MAC is computed by the
-// client over the other fields with the connection's secret.
+// client over ConnID, Counter, RecvOff and Origin with the connection's
+// secret.
 type Migrate struct {
 	ConnID  [16]byte
 	Counter uint64
 	RecvOff uint64 // output bytes the client already holds
 	Origin  string // the server the client was attached to
 	MAC     []byte
+	// Prepared says the client sent a PREPARE for this counter on its old
+	// path, so the origin may push the state instead of waiting for a
+	// FETCH. Carried only by the MIGRATE frame (not inside FETCH,
+	// PREPARE or PUSH) and not covered by the MAC: it only tells the new
+	// server to look for a push first.
+	Prepared bool
 }
 
 func AppendMigrate(b []byte, m Migrate) []byte {
-	return frame(b, TypeMigrate, func(b []byte) []byte { return appendMigrateBody(b, m) })
+	return frame(b, TypeMigrate, func(b []byte) []byte {
+		b = appendMigrateBody(b, m)
+		return append(b, boolByte(m.Prepared))
+	})
 }
 
 func appendMigrateBody(b []byte, m Migrate) []byte {
@@ -103,6 +113,30 @@ func parseMigrateBody(p *parser) (m Migrate) {
 func ParseMigrate(b []byte) (Migrate, error) {
 	p := parser{b: b}
 	m := parseMigrateBody(&p)
+	m.Prepared = parseBool(&p)
+	return m, p.done()
+}
+
+// Prepare, sent by the client on its current path just before it dials
+// Target, asks the origin to freeze the connection and push its state to
+// Target now, so the state is there (or on its way) when the MIGRATE
+// arrives. Migrate is the very MIGRATE the client then sends.
+type Prepare struct {
+	Target  string
+	Migrate Migrate
+}
+
+func AppendPrepare(b []byte, m Prepare) []byte {
+	return frame(b, TypePrepare, func(b []byte) []byte {
+		b = appendString8(b, m.Target)
+		return appendMigrateBody(b, m.Migrate)
+	})
+}
+
+func ParsePrepare(b []byte) (m Prepare, err error) {
+	p := parser{b: b}
+	m.Target = p.string8()
+	m.Migrate = parseMigrateBody(&p)
 	return m, p.done()
 }
 
@@ -405,6 +439,59 @@ func ParseConnState(b []byte) (ConnState, error) {
 	p := parser{b: b}
 	s := parseConnState(&p)
 	return s, p.done()
+}
+
+// Push hands a prepared connection's state to the server its client is
+// dialling, ahead of the MIGRATE (which must match Migrate exactly).
+type Push struct {
+	Req     uint64
+	Migrate Migrate
+	State   ConnState
+}
+
+func AppendPush(b []byte, m Push) []byte {
+	return frame(b, TypePush, func(b []byte) []byte {
+		b = appendU64(b, m.Req)
+		b = appendMigrateBody(b, m.Migrate)
+		return AppendConnState(b, m.State)
+	})
+}
+
+func ParsePush(b []byte) (m Push, err error) {
+	p := parser{b: b}
+	m.Req = p.u64()
+	m.Migrate = parseMigrateBody(&p)
+	m.State = parseConnState(&p)
+	return m, p.done()
+}
+
+// Pushed answers a Push: Code 0 means the new server holds the state for
+// the MIGRATE; otherwise it refused (the origin then still owns the
+// handover and answers a FETCH for the same MIGRATE with the state).
+type Pushed struct {
+	Req    uint64
+	Code   uint8
+	Reason string
+}
+
+func AppendPushed(b []byte, m Pushed) []byte {
+	return frame(b, TypePushed, func(b []byte) []byte {
+		b = appendU64(b, m.Req)
+		b = append(b, m.Code)
+		r := m.Reason
+		if len(r) > MaxReason {
+			r = r[:MaxReason]
+		}
+		return appendString8(b, r)
+	})
+}
+
+func ParsePushed(b []byte) (m Pushed, err error) {
+	p := parser{b: b}
+	m.Req = p.u64()
+	m.Code = p.u8()
+	m.Reason = string(p.bytes8(MaxReason))
+	return m, p.done()
 }
 
 func ParseTransfer(b []byte) (m Transfer, err error) {

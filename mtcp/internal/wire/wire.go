@@ -27,12 +27,15 @@ const (
 	TypeServers  Type = 13 // server → client: current server list
 	TypeStandby  Type = 14 // client → server: warm path, a MIGRATE will follow
 	TypeMoved    Type = 15 // client → old server on the old path: the connection migrated
+	TypePrepare  Type = 16 // client → origin on the old path: push my state to this server
 
 	TypePeerHello     Type = 32 // peer → peer: client nonce
 	TypePeerChallenge Type = 33 // server nonce + server proof
 	TypePeerAuth      Type = 34 // client proof
 	TypeFetch         Type = 35 // new server → origin: freeze and hand over
 	TypeTransfer      Type = 36 // origin → new server: state or refusal
+	TypePush          Type = 37 // origin → new server: state for a prepared MIGRATE
+	TypePushed        Type = 38 // new server → origin: push kept, or refused
 )
 
 var typeNames = map[Type]string{
@@ -41,6 +44,7 @@ var typeNames = map[Type]string{
 	TypePing: "PING", TypePong: "PONG", TypeRedirect: "REDIRECT", TypeServers: "SERVERS",
 	TypeStandby: "STANDBY", TypeMoved: "MOVED", TypePeerHello: "PEER_HELLO", TypePeerChallenge: "PEER_CHALLENGE",
 	TypePeerAuth: "PEER_AUTH", TypeFetch: "FETCH", TypeTransfer: "TRANSFER",
+	TypePrepare: "PREPARE", TypePush: "PUSH", TypePushed: "PUSHED",
 }
 
 func (t Type) String() string {
@@ -70,7 +74,7 @@ func MaxPayloadFor(t Type) int {
 	switch t {
 	case TypeData:
 		return 8 + MaxData
-	case TypeTransfer:
+	case TypeTransfer, TypePush:
 		return MaxPayload
 	case TypeWelcome, TypeAccepted, TypeServers:
 		return 16 + 1 + MaxSecret + 8 + 2 + MaxAddr + 2 + MaxServers*(1+MaxAddr)

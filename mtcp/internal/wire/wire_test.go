@@ -73,6 +73,15 @@ func parseAny(frameBytes []byte) (any, []byte, error) {
 	case TypeTransfer:
 		v, e := ParseTransfer(b)
 		m, err, enc = v, e, AppendTransfer(nil, v)
+	case TypePrepare:
+		v, e := ParsePrepare(b)
+		m, err, enc = v, e, AppendPrepare(nil, v)
+	case TypePush:
+		v, e := ParsePush(b)
+		m, err, enc = v, e, AppendPush(nil, v)
+	case TypePushed:
+		v, e := ParsePushed(b)
+		m, err, enc = v, e, AppendPushed(nil, v)
 	default:
 		return nil, nil, ErrInvalid
 	}
@@ -87,6 +96,9 @@ func sampleFrames() [][]byte {
 	add(AppendHello(nil, Hello{Version: Version}))
 	add(AppendWelcome(nil, Welcome{ConnID: id, Secret: []byte("0123456789abcdef0123456789abcdef"), Self: "a:1", Servers: []string{"a:1", "b:2"}}))
 	add(AppendMigrate(nil, mig))
+	prepared := mig
+	prepared.Prepared = true
+	add(AppendMigrate(nil, prepared))
 	add(AppendAccepted(nil, Accepted{RecvOff: 99, Self: "b:2", Servers: []string{"a:1"}}))
 	add(AppendRefuse(nil, Refuse{Code: 3, Reason: "replayed counter"}))
 	add(AppendData(nil, 1<<33, []byte("hello")))
@@ -109,6 +121,12 @@ func sampleFrames() [][]byte {
 		ConnID: id, Secret: []byte("s"), Counter: 3, Seq: 9, SnapIn: 100, SnapOut: 200,
 		State: []byte("state"), Input: []byte("log"), InFin: true, OutOff: 150, Output: []byte("out"), OutFin: true,
 	}}))
+	add(AppendPrepare(nil, Prepare{Target: "b:2", Migrate: mig}))
+	add(AppendPush(nil, Push{Req: 7, Migrate: mig, State: ConnState{
+		ConnID: id, Secret: []byte("s"), Counter: 3, SnapIn: 10, SnapOut: 20, State: []byte("st"), OutOff: 15, Output: []byte("o"),
+	}}))
+	add(AppendPushed(nil, Pushed{Req: 7}))
+	add(AppendPushed(nil, Pushed{Req: 8, Code: 4, Reason: "too many pushed states"}))
 	return fs
 }
 
