@@ -1,6 +1,7 @@
 package mtcp
 
 import (
+	"bytes"
 	"encoding/hex"
 	"io"
 	"log/slog"
@@ -499,6 +500,7 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 		if err != nil {
 			return err
 		}
+		pr.Migrate.MAC = bytes.Clone(pr.Migrate.MAC) // payload is reused
 		// Not under c.mu: freezing takes it, pushing waits on a peer.
 		c.sv.ln.goTracked(func() { c.sv.ln.prepare(pr) })
 	case wire.TypePong:

@@ -19,6 +19,8 @@ type testCluster struct {
 	lns    []*Listener
 	addrs  []string
 	store  SnapshotStore
+	// noPrepare: the clients of testDialer fetch-only (Dialer.NoPrepare).
+	noPrepare bool
 }
 
 var testKey = []byte("cluster key for tests, 32 bytes!")
@@ -78,7 +80,7 @@ func testLogger() *slog.Logger {
 }
 
 func testDialer(tc *testCluster) *Dialer {
-	return &Dialer{Logger: testLogger(), Servers: tc.addrs, Triggers: Triggers{KeepAlive: 200 * time.Millisecond, PathTimeout: 2 * time.Second}}
+	return &Dialer{Logger: testLogger(), Servers: tc.addrs, NoPrepare: tc.noPrepare, Triggers: Triggers{KeepAlive: 200 * time.Millisecond, PathTimeout: 2 * time.Second}}
 }
 
 func TestEchoOverOnePath(t *testing.T) {

@@ -2,6 +2,7 @@ package mtcp
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"errors"
@@ -347,10 +348,11 @@ func (l *Listener) freezeState(m wire.Migrate, push bool) (wire.ConnState, *push
 	if s.detached != nil {
 		s.detached.Stop()
 	}
-	mc = &migratedConn{secret: c.secret, counter: m.Counter, state: full}
+	var ps *pushState
 	if push {
-		mc.push = &pushState{mac: m.MAC, done: make(chan struct{})}
+		ps = &pushState{mac: bytes.Clone(m.MAC), done: make(chan struct{})}
 	}
+	mc = &migratedConn{secret: c.secret, counter: m.Counter, state: full, push: ps}
 	l.mu.Lock()
 	delete(l.conns, c.id)
 	if !l.closing {
@@ -361,7 +363,7 @@ func (l *Listener) freezeState(m wire.Migrate, push bool) (wire.ConnState, *push
 	l.mu.Unlock()
 	st := full
 	trimOutput(&st, m.RecvOff)
-	return st, mc.push, nil
+	return st, ps, nil
 }
 
 // handOverAgain answers a MIGRATE for a connection already handed over:

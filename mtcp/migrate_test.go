@@ -39,24 +39,49 @@ func TestRandomLazyMigrationsKeepStreamsExact(t *testing.T) {
 			testRandomMigrations(t, nil, snapP, nil)
 		})
 	}
+	// Clients that never send PREPARE: every state is fetched.
+	t.Run("fetch-only", func(t *testing.T) {
+		checkLeaks(t)
+		testRandomMigrationsWith(t, randomRun{snapP: 0.2, noPrepare: true})
+	})
+}
+
+// randomRun configures testRandomMigrationsWith.
+type randomRun struct {
+	store     SnapshotStore
+	snapP     float64
+	mod       func(*ListenConfig)
+	export    func(*Conn, []byte) error // nil: ExportState
+	noPrepare bool                      // clients fetch only
 }
 
 func testRandomMigrations(t *testing.T, store SnapshotStore, snapP float64, mod func(*ListenConfig), export ...func(*Conn, []byte) error) {
+	r := randomRun{store: store, snapP: snapP, mod: mod}
+	if len(export) > 0 {
+		r.export = export[0]
+	}
+	testRandomMigrationsWith(t, r)
+}
+
+func testRandomMigrationsWith(t *testing.T, r randomRun) {
 	var modes [3]atomic.Int64 // lazy, eager, local take-overs
-	tc := newCluster(t, 3, store, func(cfg *ListenConfig) {
-		if mod != nil {
-			mod(cfg)
+	var pushed atomic.Int64
+	tc := newCluster(t, 3, r.store, func(cfg *ListenConfig) {
+		if r.mod != nil {
+			r.mod(cfg)
 		}
 		cfg.OnMigration = func(s MigrationStats) {
 			if s.Err == nil && s.Role == RoleNewServer {
 				modes[s.Mode].Add(1)
+				if s.Pushed {
+					pushed.Add(1)
+				}
 			}
 		}
 	})
-	if len(export) > 0 {
-		tc.export = export[0]
-	}
-	wg := tc.runXformServers(snapP)
+	tc.export = r.export
+	tc.noPrepare = r.noPrepare
+	wg := tc.runXformServers(r.snapP)
 	defer wg.Wait()
 	defer func() {
 		for _, l := range tc.lns {
@@ -97,7 +122,13 @@ func testRandomMigrations(t *testing.T, store SnapshotStore, snapP float64, mod 
 		}()
 	}
 	cwg.Wait()
-	t.Logf("%d migrations; server take-overs: lazy %d, eager %d, local %d", migrations.Load(), modes[0].Load(), modes[1].Load(), modes[2].Load())
+	t.Logf("%d migrations; server take-overs: lazy %d (pushed %d), eager %d, local %d", migrations.Load(), modes[0].Load(), pushed.Load(), modes[1].Load(), modes[2].Load())
+	if r.noPrepare && pushed.Load() > 0 {
+		t.Errorf("%d states pushed to clients that sent no PREPARE", pushed.Load())
+	}
+	if !r.noPrepare && len(tc.lns[0].cfg.ClusterKey) > 0 && modes[0].Load() > 0 && pushed.Load() == 0 {
+		t.Error("no lazy migration used a pushed state")
+	}
 }
 
 // TestClientRecoversWhenTheNewServerDiesAfterTheFetch: a new server takes
@@ -153,6 +184,7 @@ func TestClientRecoversWhenTheNewServerDiesAfterTheFetch(t *testing.T) {
 	}()
 	d := testDialer(tc)
 	d.HandshakeTimeout = 500 * time.Millisecond
+	d.NoPrepare = true // the fake new server fetches
 	c, err := d.DialMTCP(context.Background(), tc.addrs[0])
 	if err != nil {
 		t.Fatal(err)

@@ -110,10 +110,10 @@ type Listener struct {
 	pushed      map[ConnID]*pushedConn
 	pushedBytes int
 	pushWake    chan struct{}
-	raw      map[net.Conn]struct{} // transport conns not owned by a Conn
-	servers  []string
-	draining bool
-	closing  bool
+	raw         map[net.Conn]struct{} // transport conns not owned by a Conn
+	servers     []string
+	draining    bool
+	closing     bool
 }
 
 // Listen listens on a TCP address.
