@@ -52,12 +52,18 @@ type Phases struct {
 type Variant struct {
 	StateBytes int
 	Standby    bool // make-before-break: a warm path carried the MIGRATE
+	// FetchOnly: the client sends no PREPARE, so the new server fetches
+	// the state from the origin after the MIGRATE (the seed's protocol).
+	FetchOnly bool
 	Phases     Phases
 	// Total is the client's mean time from starting the migration until the
 	// stream is reattached (initiate + wait + complete); Median its median.
 	Total, Median time.Duration
 	// StandbyUsed counts the runs the warm path actually carried.
 	StandbyUsed int
+	// PushedUsed counts the runs whose new server took the state the
+	// origin pushed after the client's PREPARE.
+	PushedUsed int
 	// Transferred is the mean state the origin handed over (snapshot, input
 	// log, unacknowledged output), in bytes.
 	Transferred int
@@ -75,7 +81,8 @@ type MigrateResult struct {
 	// same conditions: goroutines parked, caches cold); HotRTT is the same
 	// in a tight loop, the best case.
 	RTT, RTTMedian, HotRTT time.Duration
-	Lazy                   []Variant // by size
+	Lazy                   []Variant // by size: PREPARE, the state pushed during the dial
+	FetchOnly              []Variant // by size: no PREPARE, the new server fetches
 	Standby                []Variant // by size
 	Failures               int       // migrations that failed and were retried
 }
@@ -89,6 +96,7 @@ type variantRun struct {
 	prepReq, waitReply, reinstate, prepReply time.Duration
 	serverReports                            int
 	transferred                              int
+	pushed                                   int
 }
 
 // serveStateEcho is the benchmark's server application. On a new
@@ -148,9 +156,11 @@ func RunMigrate(ctx context.Context, cfg MigrateConfig) (*MigrateResult, error) 
 	}
 	res := &MigrateResult{Runs: cfg.Runs, Network: tr.String()}
 	var runs []*variantRun
-	for _, standby := range []bool{false, true} {
+	for _, kind := range []Variant{{}, {FetchOnly: true}, {Standby: true}} {
 		for _, size := range cfg.Sizes {
-			runs = append(runs, &variantRun{v: &Variant{StateBytes: size, Standby: standby}})
+			v := kind
+			v.StateBytes = size
+			runs = append(runs, &variantRun{v: &v})
 		}
 	}
 	var (
@@ -171,6 +181,9 @@ func RunMigrate(ctx context.Context, cfg MigrateConfig) (*MigrateResult, error) 
 			r.waitReply += s.WaitReply
 			r.reinstate += s.Reinstate
 			r.transferred += s.StateBytes
+			if s.Pushed {
+				r.pushed++
+			}
 		case mtcp.RoleOrigin:
 			r.prepReply += s.PrepareReply
 		default:
@@ -192,7 +205,7 @@ func RunMigrate(ctx context.Context, cfg MigrateConfig) (*MigrateResult, error) 
 	defer echo.Close()
 
 	for _, r := range runs {
-		d := &mtcp.Dialer{Servers: cl.addrs, Standby: r.v.Standby, DialPath: tr.dialFrom(-1),
+		d := &mtcp.Dialer{Servers: cl.addrs, Standby: r.v.Standby, NoPrepare: r.v.FetchOnly, DialPath: tr.dialFrom(-1),
 			Triggers: mtcp.Triggers{KeepAlive: time.Minute, PathTimeout: time.Hour}}
 		c, err := d.DialMTCP(ctx, cl.addrs[0])
 		if err != nil {
@@ -325,10 +338,14 @@ func RunMigrate(ctx context.Context, cfg MigrateConfig) (*MigrateResult, error) 
 		p.Reinstate = r.reinstate / n
 		p.PrepareReply = r.prepReply / n
 		r.v.Transferred = r.transferred / cfg.Runs
+		r.v.PushedUsed = r.pushed
 		r.v.Total, r.v.Median = mean(r.total), median(r.total)
-		if r.v.Standby {
+		switch {
+		case r.v.Standby:
 			res.Standby = append(res.Standby, *r.v)
-		} else {
+		case r.v.FetchOnly:
+			res.FetchOnly = append(res.FetchOnly, *r.v)
+		default:
 			res.Lazy = append(res.Lazy, *r.v)
 		}
 	}
@@ -480,12 +497,21 @@ func (r *MigrateResult) Table() string {
 		row("", "total (client, median)", vs, func(v Variant) string { return us(v.Median) })
 		row("", "state transferred (B)", vs, func(v Variant) string { return fmt.Sprintf("%9d", v.Transferred) })
 	}
-	fmt.Fprintf(&b, "One-way lazy migration between two servers, mean of %d runs, µs\non %s\n\n", r.Runs, r.Network)
-	header("state size", r.Lazy)
-	phaseRows(r.Lazy)
-	row("baseline", "TCP connect + 1 RTT", r.Lazy, func(Variant) string { return us(r.Baseline) })
-	row("ratio", "migration / baseline", r.Lazy, func(v Variant) string { return fmt.Sprintf("%8.2fx", ratio(v.Total, r.Baseline)) })
-	row("", "medians' ratio", r.Lazy, func(v Variant) string { return fmt.Sprintf("%8.2fx", ratio(v.Median, r.BaselineMedian)) })
+	lazyRows := func(vs []Variant) {
+		header("state size", vs)
+		phaseRows(vs)
+		row("", "state pushed", vs, func(v Variant) string { return fmt.Sprintf("%9s", fmt.Sprintf("%d/%d", v.PushedUsed, r.Runs)) })
+		row("baseline", "TCP connect + 1 RTT", vs, func(Variant) string { return us(r.Baseline) })
+		row("ratio", "migration / baseline", vs, func(v Variant) string { return fmt.Sprintf("%8.2fx", ratio(v.Total, r.Baseline)) })
+		row("", "medians' ratio", vs, func(v Variant) string { return fmt.Sprintf("%8.2fx", ratio(v.Median, r.BaselineMedian)) })
+	}
+	fmt.Fprintf(&b, "One-way lazy migration between two servers, mean of %d runs, µs\non %s\n", r.Runs, r.Network)
+	b.WriteString("the client sends PREPARE on the old path and dials; the origin pushes the state meanwhile\n\n")
+	lazyRows(r.Lazy)
+	if len(r.FetchOnly) > 0 {
+		fmt.Fprintf(&b, "\nLazy migration without PREPARE (the new server fetches the state after the MIGRATE), mean of %d runs, µs\n\n", r.Runs)
+		lazyRows(r.FetchOnly)
+	}
 	if len(r.Standby) > 0 {
 		fmt.Fprintf(&b, "\nWarm standby (make-before-break), mean of %d runs, µs\n\n", r.Runs)
 		header("state size", r.Standby)
