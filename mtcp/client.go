@@ -51,7 +51,7 @@ func (d Dialer) filled() *Dialer {
 	}
 	if d.DialPath == nil {
 		d.DialPath = func(ctx context.Context, addr string) (net.Conn, error) {
-			var nd net.Dialer
+			nd := net.Dialer{KeepAlive: -1} // MTCP pings on its own
 			return nd.DialContext(ctx, "tcp", addr)
 		}
 	}
@@ -186,7 +186,7 @@ func dialOne(ctx context.Context, cfg *Dialer, addr string) (*Conn, error) {
 	cl.ctx, cl.cancel = context.WithCancel(context.Background())
 	c.cl = cl
 	c.mu.Lock()
-	err = c.attachLocked(newPath(c, nc, br), 0)
+	err = c.attachLocked(newPath(c, nc, br), 0, 0)
 	cl.resetPolicyLocked(time.Now())
 	c.mu.Unlock()
 	if err != nil {
@@ -445,7 +445,7 @@ func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string, ifDown 
 		_ = nc.Close()
 		return c.opErr("migrate", net.ErrClosed)
 	}
-	if err := c.attachLocked(newPath(c, nc, br), acc.RecvOff); err != nil {
+	if err := c.attachLocked(newPath(c, nc, br), acc.RecvOff, m.RecvOff); err != nil {
 		// The server lacks input we already discarded: unrecoverable.
 		_ = nc.Close()
 		c.setStateLocked(stateFailed, fmt.Errorf("%w: %v", ErrLost, err))

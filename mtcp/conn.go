@@ -589,8 +589,9 @@ func (c *Conn) pathFailed(p *path, err error) {
 	}
 }
 
-// attachLocked makes p the connection's path, resuming output at resume.
-func (c *Conn) attachLocked(p *path, resume uint64) error {
+// attachLocked makes p the connection's path, resuming output at resume;
+// peerHas is the input offset the peer already counts as acknowledged.
+func (c *Conn) attachLocked(p *path, resume, peerHas uint64) error {
 	if err := c.out.rewind(resume); err != nil {
 		return err
 	}
@@ -602,7 +603,7 @@ func (c *Conn) attachLocked(p *path, resume uint64) error {
 		}
 	}
 	c.path = p
-	c.ackedIn = 0
+	c.ackedIn = peerHas
 	if c.sv != nil {
 		c.sv.attachedLocked()
 	}
@@ -610,7 +611,9 @@ func (c *Conn) attachLocked(p *path, resume uint64) error {
 	c.laddr.Store(&a)
 	c.raddr.Store(&b)
 	c.setStateLocked(stateActive, nil)
-	c.maybeAckLocked(p, true)
+	// Not at once: the greeting told the peer most of it, and a delayed
+	// ACK rides along with data instead of costing a write of its own.
+	c.maybeAckLocked(p, false)
 	p.start()
 	p.wakeWriter()
 	return nil

@@ -144,7 +144,7 @@ func (l *Listener) reattach(c *Conn, m wire.Migrate, nc net.Conn, br *bufio.Read
 		return false, false, nil
 	}
 	_ = nc.SetDeadline(time.Time{})
-	if err := c.attachLocked(newPath(c, nc, br), resume); err != nil {
+	if err := c.attachLocked(newPath(c, nc, br), resume, 0); err != nil {
 		return false, false, nil
 	}
 	return true, false, nil

@@ -70,7 +70,7 @@ func (c *ListenConfig) fill(ln net.Listener) {
 	}
 	if c.PeerDial == nil {
 		c.PeerDial = func(ctx context.Context, addr string) (net.Conn, error) {
-			var d net.Dialer
+			d := net.Dialer{KeepAlive: -1} // peer channels fail fast on their own
 			return d.DialContext(ctx, "tcp", addr)
 		}
 	}
@@ -118,7 +118,9 @@ type Listener struct {
 
 // Listen listens on a TCP address.
 func Listen(network, addr string, cfg ListenConfig) (*Listener, error) {
-	ln, err := net.Listen(network, addr)
+	// No TCP keepalive on paths: MTCP pings and times out idle paths itself.
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(context.Background(), network, addr)
 	if err != nil {
 		return nil, err
 	}
@@ -373,7 +375,7 @@ func (l *Listener) register(c *Conn, nc net.Conn, br *bufio.Reader, resume uint6
 		return false
 	}
 	_, _ = nc.Write(greeting)
-	if err := c.attachLocked(newPath(c, nc, br), resume); err != nil {
+	if err := c.attachLocked(newPath(c, nc, br), resume, 0); err != nil {
 		c.mu.Unlock()
 		l.remove(c)
 		return false
