@@ -33,13 +33,26 @@
 // Always client-initiated: the client sends MIGRATE (connection id, a
 // counter that only grows, a MAC over both keyed with the secret, its
 // received-output offset, the origin's name) on a new path. The new server
-// fetches the state lazily from the origin over the peer channel
+// gets the state lazily from the origin over the peer channel
 // (authenticated with ListenConfig.ClusterKey; the origin verifies the MAC
-// and counter, freezes the connection and answers with snapshot, input log
+// and counter, freezes the connection and hands over snapshot, input log
 // and unacknowledged output) or, when the origin does not answer, eagerly
 // from a SnapshotStore. It replies ACCEPTED with its received-input offset
 // and the client resends input from there. Refusals carry a RefusalCode.
 // MigrationStats records every phase on all three parties.
+//
+// Lazy transfer comes in two forms. When the old path still works, the
+// client first sends PREPARE on it (the very MIGRATE it is about to send,
+// and the server it is dialling); the origin freezes the connection and
+// PUSHes the state to that server while the client's transport handshake
+// runs, so the MIGRATE usually finds the state waiting (one peer round
+// trip fewer). Otherwise, or when no push arrives within a short hedge,
+// the new server FETCHes the state after the MIGRATE. The origin hands a
+// counter over exactly once: a FETCH for a pushed MIGRATE waits for the
+// push's answer and gets the state only if the push failed. A client
+// whose dial fails after a PREPARE goes back to the origin (or on to any
+// server), which takes the frozen state again under a higher counter.
+// Dialer.NoPrepare turns PREPARE off.
 //
 // In eager mode (ListenConfig.Store set) every ExportState is saved before
 // it returns and input is acknowledged to the client as discardable only up

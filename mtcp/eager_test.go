@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -125,5 +126,53 @@ func TestSnapshotsSavedByTheApplication(t *testing.T) {
 		return c.SnapshotSaved(rec, store.Save(context.Background(), rec))
 	}
 	testRandomMigrations(t, store, 0.3, func(cfg *ListenConfig) { cfg.ClusterKey = nil }, export)
+	waitFor(t, func() bool { return store.Len() == 0 })
+}
+
+// TestOwnReattachDoesNotMakeAPreparedSnapshotStale: the application
+// prepared a snapshot, the client reattached to the same server (which
+// stores the new counter) before the application saved it; the save is
+// refused as stale, but the connection is still this server's and lives
+// on. (It used to take itself for migrated away and leave its record.)
+func TestOwnReattachDoesNotMakeAPreparedSnapshotStale(t *testing.T) {
+	checkLeaks(t)
+	ctx := context.Background()
+	store := NewMemStore()
+	tc := newCluster(t, 1, store, nil)
+	c, err := testDialer(tc).DialMTCP(ctx, tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc, err := tc.lns[0].AcceptMTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := sc.PrepareSnapshot([]byte("state"))
+	if err != nil || rec == nil {
+		t.Fatalf("prepare: %v %v", rec, err)
+	}
+	if err := c.Migrate(ctx, tc.addrs[0]); err != nil {
+		t.Fatal(err)
+	}
+	err = store.Save(ctx, rec)
+	if !errors.Is(err, ErrStale) {
+		t.Fatalf("save after the reattach: %v, want ErrStale", err)
+	}
+	if err := sc.SnapshotSaved(rec, err); err != nil {
+		t.Fatalf("SnapshotSaved: %v", err)
+	}
+	if _, err := sc.Write([]byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 10)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "still here" {
+		t.Fatalf("read %q, %v", b, err)
+	}
+	if got, err := store.Load(ctx, c.ID()); err != nil || got.Seq < rec.Seq {
+		t.Fatalf("stored record %+v %v: the prepared snapshot is not in it", got, err)
+	}
+	_ = sc.Close()
+	_ = c.Close()
 	waitFor(t, func() bool { return store.Len() == 0 })
 }

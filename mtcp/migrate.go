@@ -157,7 +157,7 @@ func (l *Listener) reattach(c *Conn, m wire.Migrate, nc net.Conn, br *bufio.Read
 func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time, stats *MigrationStats) (wire.ConnState, Mode, time.Duration, *RefusalError) {
 	t1 := time.Now()
 	stats.PrepareRequest = t1.Sub(t0)
-	if m.Prepared {
+	if m.Prepared && len(l.cfg.ClusterKey) > 0 {
 		if st, ok := l.waitPushed(ctx, m, prepareHedge); ok {
 			stats.Pushed = true
 			return st, ModeLazy, time.Since(t1), nil
@@ -323,7 +323,7 @@ func (l *Listener) freezeState(m wire.Migrate, push bool) (wire.ConnState, *push
 	if s.logLost {
 		return wire.ConnState{}, nil, refusal(RefuseStateUnavailable, "input log overflowed since the last snapshot")
 	}
-	if m.RecvOff > c.out.end() {
+	if m.RecvOff > c.out.end()+maxRegenerateGap {
 		return wire.ConnState{}, nil, refusal(RefuseBadRequest, "received offset %d beyond output end %d", m.RecvOff, c.out.end())
 	}
 	full := wire.ConnState{
@@ -390,7 +390,7 @@ func (l *Listener) handOverAgain(mc *migratedConn, m wire.Migrate) (wire.ConnSta
 		return wire.ConnState{}, refusal(code, "%s", code)
 	}
 	st := mc.state
-	if m.RecvOff > st.OutOff+uint64(len(st.Output)) {
+	if m.RecvOff > st.OutOff+uint64(len(st.Output))+maxRegenerateGap {
 		return wire.ConnState{}, refusal(RefuseBadRequest, "received offset out of range")
 	}
 	st.Counter = mc.counter
@@ -404,12 +404,20 @@ func (l *Listener) handOverAgain(mc *migratedConn, m wire.Migrate) (wire.ConnSta
 // open, unused, after the origin handed the connection over.
 const frozenPathLinger = 10 * time.Millisecond
 
+// maxRegenerateGap bounds how far a client's received offset may run ahead
+// of this server's output. It may run ahead at all because a server that
+// took the connection over regenerates output from the snapshot, and until
+// it has, the client can hold bytes a previous server sent; the next server
+// regenerates them too (the application is deterministic) and drops them.
+// The bound only keeps offsets far from wrapping around.
+const maxRegenerateGap = 1 << 32
+
 // trimOutput drops transferred output the client already has, and output
 // past the snapshot, which the new server's application regenerates: only
 // the gap between the two needs to travel.
 func trimOutput(st *wire.ConnState, recv uint64) {
 	if recv > st.OutOff {
-		st.Output = st.Output[recv-st.OutOff:]
+		st.Output = st.Output[min(recv-st.OutOff, uint64(len(st.Output))):]
 		st.OutOff = recv
 	}
 	if end := st.OutOff + uint64(len(st.Output)); end > st.SnapOut {

@@ -122,6 +122,12 @@ func (c *Conn) SnapshotSaved(rec *SnapshotRecord, err error) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if errors.Is(err, ErrStale) && (s.storeCounter != rec.PrevCounter || s.durableSeq != rec.PrevSeq) {
+		// Not another server: our own save since rec was prepared (a
+		// reattach stores its new counter) moved the record on, and took
+		// rec's snapshot with it.
+		return nil
+	}
 	if errors.Is(err, ErrStale) {
 		if p := c.path; p != nil {
 			p.close()
