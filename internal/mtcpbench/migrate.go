@@ -55,7 +55,7 @@ type Variant struct {
 	// FetchOnly: the client sends no PREPARE, so the new server fetches
 	// the state from the origin after the MIGRATE (the seed's protocol).
 	FetchOnly bool
-	Phases     Phases
+	Phases    Phases
 	// Total is the client's mean time from starting the migration until the
 	// stream is reattached (initiate + wait + complete); Median its median.
 	Total, Median time.Duration
