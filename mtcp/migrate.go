@@ -242,7 +242,9 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 	c = l.newServerConn(ConnID(m.ConnID), append([]byte(nil), st.Secret...))
 	s := c.sv
 	s.counter = m.Counter
-	s.snap = snapshot{state: append([]byte(nil), st.State...), in: st.SnapIn, out: st.SnapOut, seq: 0}
+	// No copy: a state is never written to once taken (frames and store
+	// records are freshly allocated, and a snapshot's bytes are immutable).
+	s.snap = snapshot{state: st.State, in: st.SnapIn, out: st.SnapOut, seq: 0}
 	s.imported, s.hasImported = s.snap.state, true
 	c.in = recvStream{base: st.SnapIn, read: st.SnapIn, buf: queueOf(st.Input), keepLog: true}
 	if st.InFin {
