@@ -121,6 +121,13 @@ func openPath(ctx context.Context, cfg *Dialer, addr string) (net.Conn, error) {
 
 // exchange writes one frame and reads the answer, bounded by ctx and timeout.
 func exchange(ctx context.Context, nc net.Conn, br *bufio.Reader, frame []byte, timeout time.Duration) (wire.Type, []byte, error) {
+	t, payload, _, err := exchangeSent(ctx, nc, br, frame, timeout)
+	return t, payload, err
+}
+
+// exchangeSent is exchange that also reports whether the frame was
+// written in full, so a caller can tell "never sent" from "no answer".
+func exchangeSent(ctx context.Context, nc net.Conn, br *bufio.Reader, frame []byte, timeout time.Duration) (wire.Type, []byte, bool, error) {
 	dl := time.Now().Add(timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
 		dl = d
@@ -129,18 +136,18 @@ func exchange(ctx context.Context, nc net.Conn, br *bufio.Reader, frame []byte, 
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	if _, err := nc.Write(frame); err != nil {
-		return 0, nil, err
+		return 0, nil, false, err
 	}
 	var hdr [wire.HeaderLen]byte
 	t, payload, err := wire.ReadFrame(br, &hdr, nil)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, true, err
 	}
 	if !stop() {
-		return 0, nil, ctx.Err()
+		return 0, nil, true, ctx.Err()
 	}
 	_ = nc.SetDeadline(time.Time{})
-	return t, payload, nil
+	return t, payload, true, nil
 }
 
 func refusalFrom(payload []byte, addr string) error {

@@ -500,6 +500,9 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 		if err != nil {
 			return err
 		}
+		if pr.Migrate.ConnID != c.id {
+			return nil // a PREPARE moves only the connection it came on
+		}
 		pr.Migrate.MAC = bytes.Clone(pr.Migrate.MAC) // payload is reused
 		// Not under c.mu: freezing takes it, pushing waits on a peer.
 		c.sv.ln.goTracked(func() { c.sv.ln.prepare(pr) })

@@ -23,6 +23,10 @@ var (
 	// ErrNotServer / ErrNotClient: a method of the other end's role.
 	ErrNotServer = errors.New("mtcp: not a server connection")
 	ErrNotClient = errors.New("mtcp: not a client connection")
+	// ErrSnapshotSuperseded: SnapshotSaved of a record this server itself
+	// replaced meanwhile (a reattach stored the new migration counter):
+	// the save did not happen; prepare the snapshot again and retry.
+	ErrSnapshotSuperseded = errors.New("mtcp: snapshot record superseded by this server; prepare it again")
 	// ErrNotMigratable: the input log overflowed since the last snapshot.
 	ErrNotMigratable = errors.New("mtcp: connection cannot migrate until its next snapshot")
 )

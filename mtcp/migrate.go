@@ -168,6 +168,13 @@ func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time,
 		// and its move failed: hand the state over to ourselves.
 		if c, mc := l.lookup(m.ConnID); c == nil && mc != nil {
 			st, rerr := l.handOverAgain(mc, m)
+			if rerr != nil && rerr.Code == RefuseReplayedCounter && m.Prepared {
+				// We pushed it to ourselves under another name.
+				if st, ok := l.waitPushed(ctx, m, l.cfg.PeerTimeout); ok {
+					stats.Pushed = true
+					return st, ModeLazy, time.Since(t1), nil
+				}
+			}
 			return st, ModeLazy, time.Since(t1), rerr
 		}
 	}
@@ -278,7 +285,7 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 		} else if err != nil {
 			return nil, false, refusal(RefuseStateUnavailable, "snapshot store: %v", err)
 		}
-		s.durableIn, s.storeCounter = st.SnapIn, m.Counter
+		s.durableIn, s.storeCounter, s.durable = st.SnapIn, m.Counter, s.snap
 	}
 	return c, false, nil
 }
@@ -290,7 +297,7 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 func (l *Listener) freeze(m wire.Migrate) (wire.ConnState, *RefusalError) {
 	t0 := time.Now()
 	stats := MigrationStats{ConnID: ConnID(m.ConnID), Role: RoleOrigin, Mode: ModeLazy, From: l.cfg.Self}
-	st, _, rerr := l.freezeState(m, false)
+	st, _, rerr := l.freezeState(m, "")
 	stats.PrepareReply = time.Since(t0)
 	if rerr != nil {
 		stats.Err = rerr
@@ -302,12 +309,12 @@ func (l *Listener) freeze(m wire.Migrate) (wire.ConnState, *RefusalError) {
 }
 
 // freezeState hands over a live connection, or again the state of one
-// already handed over. With push set (a client's PREPARE) it only freezes
-// a live connection and returns the push's bookkeeping.
-func (l *Listener) freezeState(m wire.Migrate, push bool) (wire.ConnState, *pushState, *RefusalError) {
+// already handed over. With pushTo set (a client's PREPARE) it only
+// freezes a live connection and returns the push's bookkeeping.
+func (l *Listener) freezeState(m wire.Migrate, pushTo string) (wire.ConnState, *pushState, *RefusalError) {
 	c, mc := l.lookup(m.ConnID)
 	if c == nil {
-		if mc == nil || push {
+		if mc == nil || pushTo != "" {
 			return wire.ConnState{}, nil, refusal(RefuseUnknownConn, "unknown connection")
 		}
 		st, rerr := l.handOverAgain(mc, m)
@@ -351,8 +358,8 @@ func (l *Listener) freezeState(m wire.Migrate, push bool) (wire.ConnState, *push
 		s.detached.Stop()
 	}
 	var ps *pushState
-	if push {
-		ps = &pushState{mac: bytes.Clone(m.MAC), done: make(chan struct{})}
+	if pushTo != "" {
+		ps = &pushState{mac: bytes.Clone(m.MAC), target: pushTo, done: make(chan struct{})}
 	}
 	mc = &migratedConn{secret: c.secret, counter: m.Counter, state: full, push: ps}
 	l.mu.Lock()
@@ -371,34 +378,57 @@ func (l *Listener) freezeState(m wire.Migrate, push bool) (wire.ConnState, *push
 // handOverAgain answers a MIGRATE for a connection already handed over:
 // with a higher counter the previous new server failed before the client
 // heard from it, and the state goes to this one instead. With the very
-// MIGRATE a PREPARE pushed, the state is handed over only if the push
-// failed, so exactly one server gets it for that counter.
+// MIGRATE a PREPARE pushed, the state is handed over only if the push was
+// refused, so exactly one server gets it for that counter.
 func (l *Listener) handOverAgain(mc *migratedConn, m wire.Migrate) (wire.ConnState, *RefusalError) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if ps := mc.push; ps != nil && m.Counter == mc.counter && hmac.Equal(m.MAC, ps.mac) {
+	ps := mc.push
+	if ps != nil && m.Counter == mc.counter && hmac.Equal(m.MAC, ps.mac) {
 		l.mu.Unlock()
 		ps.wait(l.cfg.PeerTimeout, l.closed)
-		l.mu.Lock()
-		if ps.kept || ps.delivered {
-			return wire.ConnState{}, refusal(RefuseReplayedCounter, "already pushed")
-		}
-		ps.delivered = true
-		st := mc.state
-		trimOutput(&st, m.RecvOff)
-		return st, nil
+		return l.fetchAfterPush(mc, ps, m)
 	}
 	if code := checkMigrate(mc.secret, mc.counter, m); code != 0 {
+		l.mu.Unlock()
 		return wire.ConnState{}, refusal(code, "%s", code)
 	}
 	st := mc.state
 	if m.RecvOff > st.OutOff+uint64(len(st.Output))+maxRegenerateGap {
+		l.mu.Unlock()
 		return wire.ConnState{}, refusal(RefuseBadRequest, "received offset out of range")
 	}
 	st.Counter = mc.counter
 	trimOutput(&st, m.RecvOff)
+	pushed := mc.counter
 	mc.counter = m.Counter
 	mc.push = nil
+	l.mu.Unlock()
+	if ps != nil && ps.outcome != pushRefused {
+		// The copy pushed for the old counter must not be claimed now.
+		l.goTracked(func() { l.dropPushed(ps.target, ConnID(m.ConnID), pushed) })
+	}
+	return st, nil
+}
+
+// fetchAfterPush decides a FETCH for the MIGRATE a push carried, once the
+// push is answered: the state goes out only if the push was refused, the
+// counter has not moved on meanwhile, and no FETCH took it before.
+func (l *Listener) fetchAfterPush(mc *migratedConn, ps *pushState, m wire.Migrate) (wire.ConnState, *RefusalError) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case mc.push != ps || mc.counter != m.Counter:
+		return wire.ConnState{}, refusal(RefuseReplayedCounter, "the connection moved on")
+	case ps.outcome == pushPending || ps.outcome == pushUnknown:
+		// The new server may hold the state: handing it out here too
+		// could make two owners. The client retries with a new counter.
+		return wire.ConnState{}, refusal(RefuseStateUnavailable, "push not answered")
+	case ps.outcome == pushKept || ps.fetched:
+		return wire.ConnState{}, refusal(RefuseReplayedCounter, "already pushed")
+	}
+	ps.fetched = true
+	st := mc.state
+	trimOutput(&st, m.RecvOff)
 	return st, nil
 }
 

@@ -63,40 +63,65 @@ func (pp *peerPool) fetch(ctx context.Context, addr string, m wire.Migrate) (wir
 	}
 }
 
-// push hands a prepared connection's state to the server at addr.
-func (pp *peerPool) push(ctx context.Context, addr string, p wire.Push) (wire.Pushed, error) {
+// push hands a prepared connection's state to the server at addr. sent
+// reports whether the whole PUSH was written: after that, an error leaves
+// open whether the server kept it.
+func (pp *peerPool) push(ctx context.Context, addr string, p wire.Push) (ans wire.Pushed, sent bool, err error) {
 	for attempt := 0; ; attempt++ {
 		pc, reused, err := pp.take(ctx, addr)
 		if err != nil {
-			return wire.Pushed{}, err
+			return wire.Pushed{}, false, err
 		}
-		ans, err := pc.pushOne(ctx, p)
+		ans, sent, err := pc.pushOne(ctx, p)
 		if err == nil {
 			pp.put(pc)
-			return ans, nil
+			return ans, true, nil
 		}
 		pp.discard(pc)
-		if !reused || attempt > 0 || ctx.Err() != nil {
-			return wire.Pushed{}, err
+		if sent || !reused || attempt > 0 || ctx.Err() != nil {
+			return wire.Pushed{}, sent, err
 		}
 	}
 }
 
-func (pc *peerConn) pushOne(ctx context.Context, p wire.Push) (wire.Pushed, error) {
+func (pc *peerConn) pushOne(ctx context.Context, p wire.Push) (wire.Pushed, bool, error) {
 	pc.next++
 	p.Req = pc.next
-	t, payload, err := exchange(ctx, pc.nc, pc.br, wire.AppendPush(nil, p), time.Minute)
+	t, payload, sent, err := exchangeSent(ctx, pc.nc, pc.br, wire.AppendPush(nil, p), time.Minute)
 	if err != nil {
-		return wire.Pushed{}, err
+		return wire.Pushed{}, sent, err
 	}
 	if t != wire.TypePushed {
-		return wire.Pushed{}, errUnexpected(t)
+		return wire.Pushed{}, true, errUnexpected(t)
 	}
 	ans, err := wire.ParsePushed(payload)
 	if err == nil && ans.Req != pc.next {
 		err = fmt.Errorf("%w: answer to push %d, want %d", errProtocol, ans.Req, pc.next)
 	}
-	return ans, err
+	return ans, true, err
+}
+
+// dropPush asks the server at addr to forget a pushed state.
+func (pp *peerPool) dropPush(ctx context.Context, addr string, d wire.DropPush) error {
+	pc, _, err := pp.take(ctx, addr)
+	if err != nil {
+		return err
+	}
+	pc.next++
+	d.Req = pc.next
+	t, payload, err := exchange(ctx, pc.nc, pc.br, wire.AppendDropPush(nil, d), time.Minute)
+	if err == nil && t != wire.TypePushed {
+		err = errUnexpected(t)
+	}
+	if err == nil {
+		_, err = wire.ParsePushed(payload)
+	}
+	if err != nil {
+		pp.discard(pc)
+		return err
+	}
+	pp.put(pc)
+	return nil
 }
 
 func (pc *peerConn) request(ctx context.Context, m wire.Migrate) (wire.Transfer, error) {
@@ -304,6 +329,13 @@ func (l *Listener) servePeer(nc net.Conn, br *bufio.Reader, payload []byte) {
 				ans.Code, ans.Reason = uint8(rerr.Code), rerr.Reason
 			}
 			answer = wire.AppendPushed(nil, ans)
+		case wire.TypeDropPush:
+			d, err := wire.ParseDropPush(payload)
+			if err != nil {
+				return
+			}
+			l.forgetPushed(ConnID(d.ConnID), d.Counter)
+			answer = wire.AppendPushed(nil, wire.Pushed{Req: d.Req})
 		default:
 			return
 		}

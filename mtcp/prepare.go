@@ -3,6 +3,7 @@ package mtcp
 import (
 	"context"
 	"crypto/hmac"
+	"slices"
 	"time"
 
 	"hafe.dev/hafe/mtcp/internal/wire"
@@ -31,15 +32,26 @@ const prepareHedge = 2 * time.Millisecond
 // fetches instead.
 const maxPushedBytes = 64 << 20
 
-// pushState is the origin's record of a push: it is answered once.
+// pushOutcome is what the origin knows of a push.
+type pushOutcome uint8
+
+const (
+	pushPending pushOutcome = iota
+	pushKept                // the new server answered that it holds the state
+	pushRefused             // it refused, or the push never left this server
+	pushUnknown             // sent, but no answer: the new server may hold it
+)
+
+// pushState is the origin's record of a push: it is decided once.
 type pushState struct {
-	mac       []byte        // the MIGRATE the push carries
-	done      chan struct{} // closed when the push was answered or failed
-	kept      bool          // the new server holds the state
-	delivered bool          // a FETCH got the state after the push failed
+	mac     []byte        // the MIGRATE the push carries
+	target  string        // where it went
+	done    chan struct{} // closed when outcome is no longer pending
+	outcome pushOutcome   // guarded by the Listener's mu
+	fetched bool          // a FETCH got the state after the push was refused
 }
 
-// wait blocks until the push is answered, at most d or until stop closes.
+// wait blocks until the push is decided, at most d or until stop closes.
 func (ps *pushState) wait(d time.Duration, stop <-chan struct{}) {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -64,10 +76,15 @@ func (l *Listener) prepare(pr wire.Prepare) {
 	if len(l.cfg.ClusterKey) == 0 || pr.Target == "" || pr.Target == l.cfg.Self {
 		return // no peer channel (the new server will say so) or no move
 	}
+	if !slices.Contains(l.serverList(), pr.Target) {
+		// Dial only servers of the cluster, not any address a client
+		// names; the new server fetches instead.
+		return
+	}
 	t0 := time.Now()
 	m := pr.Migrate
 	stats := MigrationStats{ConnID: ConnID(m.ConnID), Role: RoleOrigin, Mode: ModeLazy, From: l.cfg.Self, To: pr.Target, Pushed: true}
-	st, ps, rerr := l.freezeState(m, true)
+	st, ps, rerr := l.freezeState(m, pr.Target)
 	stats.PrepareReply = time.Since(t0)
 	if rerr != nil {
 		// A FETCH froze it first, or the PREPARE is stale or forged.
@@ -77,10 +94,17 @@ func (l *Listener) prepare(pr wire.Prepare) {
 	}
 	stats.StateBytes = len(st.State) + len(st.Input) + len(st.Output)
 	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.PeerTimeout)
-	ans, err := l.peers.push(ctx, pr.Target, wire.Push{Migrate: m, State: st})
+	ans, sent, err := l.peers.push(ctx, pr.Target, wire.Push{Migrate: m, State: st})
 	cancel()
+	outcome := pushKept
+	switch {
+	case err != nil && sent:
+		outcome = pushUnknown
+	case err != nil || ans.Code != 0:
+		outcome = pushRefused
+	}
 	l.mu.Lock()
-	ps.kept = err == nil && ans.Code == 0
+	ps.outcome = outcome
 	l.mu.Unlock()
 	close(ps.done)
 	if err == nil && ans.Code != 0 {
@@ -163,5 +187,26 @@ func (l *Listener) waitPushed(ctx context.Context, m wire.Migrate, d time.Durati
 		case <-l.closed:
 			return wire.ConnState{}, false
 		}
+	}
+}
+
+// dropPushed tells the server at addr to forget a state pushed to it for
+// counter (or below): the origin handed the connection over again under a
+// higher one. Best effort; a copy left behind expires with the handshake
+// timeout.
+func (l *Listener) dropPushed(addr string, id ConnID, counter uint64) {
+	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.PeerTimeout)
+	defer cancel()
+	if err := l.peers.dropPush(ctx, addr, wire.DropPush{ConnID: id, Counter: counter}); err != nil {
+		l.log.Debug("drop pushed state", "conn", id.String()[:8], "at", addr, "err", err)
+	}
+}
+
+// forgetPushed drops a pushed state for counter or below.
+func (l *Listener) forgetPushed(id ConnID, counter uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if pc := l.pushed[id]; pc != nil && pc.m.Counter <= counter {
+		l.dropPushedLocked(id, pc)
 	}
 }

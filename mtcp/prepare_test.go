@@ -133,7 +133,11 @@ func TestRefusedPushFallsBackToFetch(t *testing.T) {
 // state over to itself; the pushed copy on the target expires unused.
 func TestClientReturnsToTheOriginWhenItCannotReachTheTarget(t *testing.T) {
 	checkLeaks(t)
-	tc := newCluster(t, 2, nil, func(cfg *ListenConfig) { cfg.HandshakeTimeout = 300 * time.Millisecond })
+	var log statsLog
+	tc := newCluster(t, 2, nil, func(cfg *ListenConfig) {
+		cfg.HandshakeTimeout = time.Minute // the pushed copy must go by DROP_PUSH, not expire
+		cfg.OnMigration = log.add
+	})
 	tc.echo()
 	d := testDialer(tc)
 	blocked := tc.addrs[1]
@@ -153,15 +157,22 @@ func TestClientReturnsToTheOriginWhenItCannotReachTheTarget(t *testing.T) {
 	if err := c.Migrate(context.Background(), blocked); err == nil {
 		t.Fatal("migration to an unreachable server succeeded")
 	}
-	waitFor(t, func() bool { return tc.lns[1].numPushed() == 1 || tc.lns[0].NumConns() == 1 })
+	// The PREPARE froze the connection on the origin and pushed it.
+	waitFor(t, func() bool { return tc.lns[1].numPushed() == 1 && tc.lns[0].NumConns() == 0 })
+	log.reset()
 	if err := c.Migrate(context.Background(), tc.addrs[0]); err != nil {
 		t.Fatalf("back to the origin: %v", err)
+	}
+	if s := log.find(t, RoleNewServer); s.Mode != ModeLazy || s.Err != nil {
+		t.Fatalf("the origin did not take the frozen state back: %+v", s)
 	}
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	echoCheck(t, c)
 	if got := c.Server(); got != tc.addrs[0] {
 		t.Fatalf("client on %s, want the origin %s", got, tc.addrs[0])
 	}
+	// The origin withdrew the push (DROP_PUSH): a replayed MIGRATE for
+	// the old counter finds nothing on the target.
 	waitFor(t, func() bool { return tc.lns[1].numPushed() == 0 })
 }
 
@@ -233,5 +244,137 @@ func TestPushMustMatchItsState(t *testing.T) {
 	}
 	if l.numPushed() != 0 {
 		t.Fatal("the pushed state was not consumed")
+	}
+}
+
+// frozenForTest is a handed-over connection whose counter-5 handover went
+// out as a push, as the origin keeps it.
+func frozenForTest(l *Listener) (*migratedConn, *pushState, func(uint64) wire.Migrate) {
+	secret, id := randomSecret(), randomID()
+	mk := func(n uint64) wire.Migrate {
+		m := wire.Migrate{ConnID: id, Counter: n, Origin: l.Self()}
+		m.MAC = migrateMAC(secret, m)
+		return m
+	}
+	ps := &pushState{mac: mk(5).MAC, target: "target:1", done: make(chan struct{})}
+	mc := &migratedConn{secret: secret, counter: 5, state: wire.ConnState{ConnID: id, Secret: secret, Counter: 4}, push: ps}
+	return mc, ps, mk
+}
+
+// TestFetchOfAPushedCounterGetsTheStateOnlyIfThePushWasRefused: a FETCH
+// for the MIGRATE a push carried waits for the push's answer; it gets the
+// state only when the push was refused outright, never when it was kept,
+// unanswered, or overtaken by a higher counter.
+func TestFetchOfAPushedCounterGetsTheStateOnlyIfThePushWasRefused(t *testing.T) {
+	tc := newCluster(t, 1, nil, nil)
+	l := tc.lns[0]
+	for _, tt := range []struct {
+		outcome pushOutcome
+		want    bool
+	}{{pushRefused, true}, {pushKept, false}, {pushUnknown, false}} {
+		mc, ps, mk := frozenForTest(l)
+		res := make(chan *RefusalError, 1)
+		go func() { _, rerr := l.handOverAgain(mc, mk(5)); res <- rerr }()
+		time.Sleep(10 * time.Millisecond) // the FETCH waits for the push
+		l.mu.Lock()
+		ps.outcome = tt.outcome
+		l.mu.Unlock()
+		close(ps.done)
+		if rerr := <-res; (rerr == nil) != tt.want {
+			t.Errorf("push outcome %d: FETCH refusal %v, want state handed over %v", tt.outcome, rerr, tt.want)
+		}
+		if _, rerr := l.handOverAgain(mc, mk(5)); rerr == nil {
+			t.Errorf("push outcome %d: a second FETCH for the same counter got the state", tt.outcome)
+		}
+	}
+
+	// A higher counter is handed over while the FETCH waits; the push
+	// then fails. The waiting FETCH must not get the state too.
+	mc, ps, mk := frozenForTest(l)
+	res := make(chan *RefusalError, 1)
+	go func() { _, rerr := l.handOverAgain(mc, mk(5)); res <- rerr }()
+	time.Sleep(10 * time.Millisecond)
+	if _, rerr := l.handOverAgain(mc, mk(6)); rerr != nil {
+		t.Fatal(rerr)
+	}
+	l.mu.Lock()
+	ps.outcome = pushRefused
+	l.mu.Unlock()
+	close(ps.done)
+	if rerr := <-res; rerr == nil {
+		t.Error("counter 5 handed over after counter 6 was: two owners")
+	}
+
+	// The listener closes while the push is undecided.
+	mc, _, mk = frozenForTest(l)
+	go func() { _, rerr := l.handOverAgain(mc, mk(5)); res <- rerr }()
+	time.Sleep(10 * time.Millisecond)
+	_ = l.Close()
+	if rerr := <-res; rerr == nil {
+		t.Error("state handed over while its push was undecided")
+	}
+}
+
+// TestPrepareNamesOnlyClusterServersAndItsOwnConnection: a PREPARE whose
+// target is not a server of the cluster is not pushed (the new server
+// fetches), and one naming another connection is ignored.
+func TestPrepareNamesOnlyClusterServersAndItsOwnConnection(t *testing.T) {
+	checkLeaks(t)
+	outside, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outside.Close()
+	dialed := make(chan struct{}, 1)
+	go func() {
+		for {
+			nc, err := outside.Accept()
+			if err != nil {
+				return
+			}
+			dialed <- struct{}{}
+			_ = nc.Close()
+		}
+	}()
+	tc := newCluster(t, 2, nil, nil)
+	tc.echo()
+	c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echoCheck(t, c)
+	c.mu.Lock()
+	next := c.cl.counter + 1
+	c.mu.Unlock()
+	m := signedMigrate(c, next, tc.addrs[0])
+	c.mu.Lock()
+	c.path.queue(wire.AppendPrepare(nil, wire.Prepare{Target: outside.Addr().String(), Migrate: m}))
+	c.mu.Unlock()
+	echoCheck(t, c)
+	select {
+	case <-dialed:
+		t.Fatal("the origin dialled an address outside the cluster")
+	case <-time.After(50 * time.Millisecond):
+	}
+	if tc.lns[0].NumConns() != 1 {
+		t.Fatal("a PREPARE for an outside target froze the connection")
+	}
+
+	other, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	echoCheck(t, other)
+	om := signedMigrate(other, 1, tc.addrs[0])
+	c.mu.Lock()
+	c.path.queue(wire.AppendPrepare(nil, wire.Prepare{Target: tc.addrs[1], Migrate: om}))
+	c.mu.Unlock()
+	echoCheck(t, c)
+	time.Sleep(20 * time.Millisecond)
+	echoCheck(t, other)
+	if tc.lns[0].NumConns() != 2 || tc.lns[1].numPushed() != 0 {
+		t.Fatalf("a PREPARE on one connection moved another: %d conns on the origin, %d pushed", tc.lns[0].NumConns(), tc.lns[1].numPushed())
 	}
 }

@@ -368,6 +368,11 @@ func (l *Listener) register(c *Conn, nc net.Conn, br *bufio.Reader, resume uint6
 		return false
 	}
 	l.conns[c.id] = c
+	if mc := l.migrated[c.id]; mc != nil {
+		// Ours again: an old handed-over copy must never be handed out.
+		mc.timer.Stop()
+		delete(l.migrated, c.id)
+	}
 	l.mu.Unlock()
 	c.mu.Lock()
 	if c.state.terminal() {
@@ -433,6 +438,8 @@ type serverSide struct {
 	hasImported  bool
 	durableIn    uint64 // eager: input offset of the last saved snapshot
 	durableSeq   uint64
+	durable      snapshot   // eager: the last saved snapshot
+	preparing    bool       // an application's PrepareSnapshot awaits SnapshotSaved
 	storeCounter uint64     // the counter in the stored record
 	saveMu       sync.Mutex // one Save at a time, so versions chain
 	lastFrames   uint64     // idle sweep: frames seen on the path last time

@@ -71,11 +71,14 @@ func (c *Conn) persist(ctx context.Context) error {
 			err = nil
 		}
 	}
-	return c.SnapshotSaved(rec, err)
+	return c.snapshotSaved(rec, err, false)
 }
 
-// snapshotRecord is the store record for the latest snapshot, nil when the
-// store already has it.
+// snapshotRecord is the store record for the latest snapshot and the
+// current migration counter, nil when the store already has it. While the
+// application saves a prepared snapshot in its own transaction, which may
+// still fail, a record written meanwhile (a reattach storing its counter)
+// carries the last saved snapshot instead.
 func (c *Conn) snapshotRecord() (*SnapshotRecord, error) {
 	s := c.sv
 	c.mu.Lock()
@@ -83,10 +86,14 @@ func (c *Conn) snapshotRecord() (*SnapshotRecord, error) {
 	if c.state.terminal() {
 		return nil, c.opErr("export", c.stateErrLocked())
 	}
+	snap := s.snap
+	if s.preparing {
+		snap = s.durable
+	}
 	rec := &SnapshotRecord{
-		ConnID: c.id, Secret: c.secret, Counter: s.counter, Seq: s.snap.seq,
+		ConnID: c.id, Secret: c.secret, Counter: s.counter, Seq: snap.seq,
 		PrevCounter: s.storeCounter, PrevSeq: s.durableSeq,
-		InOffset: s.snap.in, OutOffset: s.snap.out, State: s.snap.state, OutTail: outTailLocked(c, s.snap.out),
+		InOffset: snap.in, OutOffset: snap.out, State: snap.state, OutTail: outTailLocked(c, snap.out),
 	}
 	if rec.Counter == rec.PrevCounter && rec.Seq == rec.PrevSeq {
 		return nil, nil
@@ -108,25 +115,41 @@ func (c *Conn) PrepareSnapshot(state []byte) (*SnapshotRecord, error) {
 	if err := c.recordSnapshot(state); err != nil {
 		return nil, err
 	}
-	return c.snapshotRecord()
+	rec, err := c.snapshotRecord()
+	if rec != nil {
+		c.mu.Lock()
+		c.sv.preparing = true
+		c.mu.Unlock()
+	}
+	return rec, err
 }
 
 // SnapshotSaved reports the outcome of saving a record from
 // PrepareSnapshot: nil makes it the durable snapshot (and acknowledges the
 // input it covers); ErrStale means another server claimed the connection,
-// which then fails with ErrMigrated here and in the application.
+// which then fails with ErrMigrated here and in the application. If this
+// server replaced the record itself meanwhile (a reattach stores its new
+// counter), SnapshotSaved returns ErrSnapshotSuperseded instead: the
+// connection lives on, and the application prepares the snapshot again.
 func (c *Conn) SnapshotSaved(rec *SnapshotRecord, err error) error {
-	s := c.sv
-	if s == nil {
+	if c.sv == nil {
 		return ErrNotServer
 	}
+	return c.snapshotSaved(rec, err, true)
+}
+
+func (c *Conn) snapshotSaved(rec *SnapshotRecord, err error, byApp bool) error {
+	s := c.sv
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if byApp {
+		s.preparing = false
+	}
 	if errors.Is(err, ErrStale) && (s.storeCounter != rec.PrevCounter || s.durableSeq != rec.PrevSeq) {
-		// Not another server: our own save since rec was prepared (a
-		// reattach stores its new counter) moved the record on, and took
-		// rec's snapshot with it.
-		return nil
+		// Not another server: this server's own save since rec was
+		// prepared (a reattach stores its new counter) moved the record
+		// on. rec was not saved; the application prepares it again.
+		return c.opErr("export", ErrSnapshotSuperseded)
 	}
 	if errors.Is(err, ErrStale) {
 		if p := c.path; p != nil {
@@ -144,6 +167,7 @@ func (c *Conn) SnapshotSaved(rec *SnapshotRecord, err error) error {
 		return nil // an older record than the one already durable
 	}
 	s.storeCounter, s.durableSeq, s.durableIn = rec.Counter, rec.Seq, rec.InOffset
+	s.durable = snapshot{state: rec.State, in: rec.InOffset, out: rec.OutOffset, seq: rec.Seq}
 	if p := c.path; p != nil {
 		c.maybeAckLocked(p, true)
 	}

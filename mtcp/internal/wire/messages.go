@@ -2,8 +2,9 @@ package wire
 
 import "fmt"
 
-// Version is the protocol version carried in HELLO.
-const Version = 1
+// Version is the protocol version carried in HELLO. Version 2 added
+// PREPARE, PUSH, PUSHED and DROP_PUSH, and the Prepared flag of MIGRATE.
+const Version = 2
 
 // Hello opens a new connection.
 type Hello struct{ Version uint8 }
@@ -491,6 +492,30 @@ func ParsePushed(b []byte) (m Pushed, err error) {
 	m.Req = p.u64()
 	m.Code = p.u8()
 	m.Reason = string(p.bytes8(MaxReason))
+	return m, p.done()
+}
+
+// DropPush withdraws a push: the new server forgets the state pushed for
+// ConnID at Counter or below.
+type DropPush struct {
+	Req     uint64
+	ConnID  [16]byte
+	Counter uint64
+}
+
+func AppendDropPush(b []byte, m DropPush) []byte {
+	return frame(b, TypeDropPush, func(b []byte) []byte {
+		b = appendU64(b, m.Req)
+		b = append(b, m.ConnID[:]...)
+		return appendU64(b, m.Counter)
+	})
+}
+
+func ParseDropPush(b []byte) (m DropPush, err error) {
+	p := parser{b: b}
+	m.Req = p.u64()
+	m.ConnID = p.id()
+	m.Counter = p.u64()
 	return m, p.done()
 }
 

@@ -35,7 +35,8 @@ const (
 	TypeFetch         Type = 35 // new server → origin: freeze and hand over
 	TypeTransfer      Type = 36 // origin → new server: state or refusal
 	TypePush          Type = 37 // origin → new server: state for a prepared MIGRATE
-	TypePushed        Type = 38 // new server → origin: push kept, or refused
+	TypePushed        Type = 38 // new server → origin: push kept, or refused (also answers DROP_PUSH)
+	TypeDropPush      Type = 39 // origin → new server: forget a pushed state, the counter moved on
 )
 
 var typeNames = map[Type]string{
@@ -44,7 +45,7 @@ var typeNames = map[Type]string{
 	TypePing: "PING", TypePong: "PONG", TypeRedirect: "REDIRECT", TypeServers: "SERVERS",
 	TypeStandby: "STANDBY", TypeMoved: "MOVED", TypePeerHello: "PEER_HELLO", TypePeerChallenge: "PEER_CHALLENGE",
 	TypePeerAuth: "PEER_AUTH", TypeFetch: "FETCH", TypeTransfer: "TRANSFER",
-	TypePrepare: "PREPARE", TypePush: "PUSH", TypePushed: "PUSHED",
+	TypePrepare: "PREPARE", TypePush: "PUSH", TypePushed: "PUSHED", TypeDropPush: "DROP_PUSH",
 }
 
 func (t Type) String() string {

@@ -82,6 +82,9 @@ func parseAny(frameBytes []byte) (any, []byte, error) {
 	case TypePushed:
 		v, e := ParsePushed(b)
 		m, err, enc = v, e, AppendPushed(nil, v)
+	case TypeDropPush:
+		v, e := ParseDropPush(b)
+		m, err, enc = v, e, AppendDropPush(nil, v)
 	default:
 		return nil, nil, ErrInvalid
 	}
@@ -127,6 +130,7 @@ func sampleFrames() [][]byte {
 	}}))
 	add(AppendPushed(nil, Pushed{Req: 7}))
 	add(AppendPushed(nil, Pushed{Req: 8, Code: 4, Reason: "too many pushed states"}))
+	add(AppendDropPush(nil, DropPush{Req: 9, ConnID: id, Counter: 7}))
 	return fs
 }
 
