@@ -414,7 +414,7 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 		if err != nil {
 			return err
 		}
-		n, err := c.in.push(off, data)
+		n, err := c.in.push(off, data, p.fr.lent())
 		if err != nil {
 			return err
 		}

@@ -5,34 +5,57 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"hafe.dev/hafe/mtcp/internal/wire"
 )
 
 // frameReader reads a path's frames. A path waits for its next frame in the
 // small bufio.Reader it was opened with, so an idle connection holds little;
-// a frame too large for it moves the reader to a large pooled buffer, which
-// takes many frames per read system call and goes back to the pool as soon
-// as it runs empty.
+// a frame too large for it moves the reader to a large pooled chunk, which
+// takes many frames per read system call. The receive queue borrows DATA
+// payloads in place from the chunk rather than copying them; the chunk
+// goes back to the pool when the reader has run it empty and the queue has
+// let go.
 type frameReader struct {
 	nc      net.Conn
 	br      *bufio.Reader
 	pending int // bytes of the last frame, peeked in br, still to discard
 
-	big  *[]byte // while non-nil, unparsed bytes are (*big)[r:w] and br is empty
+	big  *chunk // while non-nil, unparsed bytes are big.buf[r:w] and br is empty
 	r, w int
 }
 
-// readBufSize is the large buffer: four full DATA frames, as many as the
-// peer's writer sends in one batch.
-const readBufSize = 256 << 10
+// chunk is a path reader's large buffer. refs counts the reader and the
+// queue blocks borrowed from it; the last to let go pools it.
+type chunk struct {
+	buf  []byte
+	refs atomic.Int32
+}
 
-var readBufPool = sync.Pool{New: func() any {
-	b := make([]byte, readBufSize)
-	return &b
-}}
+// chunkSize is four full DATA frames, as many as the peer's writer sends
+// in one batch.
+const chunkSize = 256 << 10
 
-// next returns the next frame; its payload is valid until the next call.
+var chunkPool = sync.Pool{New: func() any { return &chunk{buf: make([]byte, chunkSize)} }}
+
+func newChunk() *chunk {
+	c := chunkPool.Get().(*chunk)
+	c.refs.Store(1)
+	return c
+}
+
+func (c *chunk) ref() { c.refs.Add(1) }
+
+func (c *chunk) unref() {
+	if c.refs.Add(-1) == 0 {
+		chunkPool.Put(c)
+	}
+}
+
+// next returns the next frame. Its payload is valid until the next call;
+// if lent() is non-nil, the payload lies in that chunk and may be borrowed
+// for longer.
 func (f *frameReader) next() (wire.Type, []byte, error) {
 	if f.pending > 0 {
 		_, _ = f.br.Discard(f.pending)
@@ -58,9 +81,9 @@ func (f *frameReader) next() (wire.Type, []byte, error) {
 			f.pending = size
 			return t, frame[wire.HeaderLen:], nil
 		}
-		f.big = readBufPool.Get().(*[]byte)
+		f.big = newChunk()
 		f.r = 0
-		f.w, _ = f.br.Read(*f.big) // only what br holds: no system call
+		f.w, _ = f.br.Read(f.big.buf) // only what br holds: no system call
 	}
 	return f.nextBig()
 }
@@ -68,8 +91,8 @@ func (f *frameReader) next() (wire.Type, []byte, error) {
 // nextBig returns the next frame from the large buffer, reading as much as
 // the transport has.
 func (f *frameReader) nextBig() (wire.Type, []byte, error) {
-	buf := *f.big
 	for {
+		buf := f.big.buf
 		size := wire.HeaderLen
 		if f.w-f.r >= wire.HeaderLen {
 			t, n, err := wire.ParseHeader(buf[f.r:f.w])
@@ -88,8 +111,8 @@ func (f *frameReader) nextBig() (wire.Type, []byte, error) {
 			}
 		}
 		if f.r+size > len(buf) {
-			f.w = copy(buf, buf[f.r:f.w])
-			f.r = 0
+			f.moveTail()
+			buf = f.big.buf
 		}
 		k, err := f.nc.Read(buf[f.w:])
 		f.w += k
@@ -106,19 +129,42 @@ func (f *frameReader) nextBig() (wire.Type, []byte, error) {
 // no frame a path carries is, but the codec allows it.
 func (f *frameReader) readHuge(n int) ([]byte, error) {
 	payload := make([]byte, n)
-	k := copy(payload, (*f.big)[f.r+wire.HeaderLen:f.w])
-	f.r = f.w
+	k := copy(payload, f.big.buf[f.r+wire.HeaderLen:f.w])
+	f.release() // the payload is not in it
 	if _, err := io.ReadFull(f.nc, payload[k:]); err != nil {
 		return nil, noEOF(err)
 	}
 	return payload, nil
 }
 
-// release returns the large buffer; the reader must not be used after it
+// moveTail makes room after an incomplete frame at the end of the chunk:
+// it moves the frame to the front, or to a fresh chunk while the queue
+// borrows from this one.
+func (f *frameReader) moveTail() {
+	dst := f.big
+	if dst.refs.Load() > 1 {
+		dst = newChunk()
+	}
+	f.w = copy(dst.buf, f.big.buf[f.r:f.w])
+	f.r = 0
+	if dst != f.big {
+		f.big.unref()
+		f.big = dst
+	}
+}
+
+// lent returns the chunk the last frame lies in, or nil.
+func (f *frameReader) lent() *chunk { return f.big }
+
+// drained reports whether the reader holds a chunk it has parsed to the end:
+// its next read will wait without it.
+func (f *frameReader) drained() bool { return f.big != nil && f.r == f.w }
+
+// release lets go of the chunk; the reader must not be used after it
 // unless it is empty.
 func (f *frameReader) release() {
 	if f.big != nil {
-		readBufPool.Put(f.big)
+		f.big.unref()
 		f.big = nil
 		f.r, f.w = 0, 0
 	}

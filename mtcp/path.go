@@ -110,6 +110,11 @@ func (p *path) readLoop() {
 		p.frames.Add(1)
 		c.mu.Lock()
 		err = c.handleFrameLocked(p, t, payload)
+		if p.fr.drained() {
+			// The reader is about to wait, maybe for long: the input it
+			// leaves must not keep its chunk from the pool.
+			c.in.buf.own(p.fr.lent())
+		}
 		c.mu.Unlock()
 		if err != nil {
 			c.pathFailed(p, err)
