@@ -60,14 +60,31 @@ func (q *byteQueue) borrow(p []byte, c *chunk) {
 	q.n += len(p)
 }
 
-// own replaces the blocks borrowed from c with copies, so that c can go
-// back to the pool.
-func (q *byteQueue) own(c *chunk) {
-	for i := range q.blocks {
-		if b := &q.blocks[i]; b.c == c {
-			b.b, b.c = append([]byte(nil), b.b...), nil
-			c.unref()
+// letGo copies what the queue borrows from c if that is less than half of
+// c, so that a few bytes do not keep c from the pool; more is worth its
+// room.
+func (q *byteQueue) letGo(c *chunk) {
+	held := 0
+	for _, b := range q.blocks {
+		if b.c == c {
+			held += len(b.b)
 		}
+	}
+	if held == 0 || held >= len(c.buf)/2 {
+		return
+	}
+	for i := range q.blocks {
+		b := &q.blocks[i]
+		if b.c != c {
+			continue
+		}
+		if i == 0 {
+			b.b = b.b[q.off:]
+			q.off = 0
+		}
+		own := (*blockPool.Get().(*[]byte))[:0] // a borrowed block is at most one frame
+		b.b, b.c = append(own, b.b...), nil
+		c.unref()
 	}
 }
 

@@ -81,7 +81,7 @@ func TestByteQueueBorrowsAndOwnsChunks(t *testing.T) {
 				ref = append(ref, p...)
 			}
 			if rng.IntN(2) == 0 {
-				q.own(c)
+				q.letGo(c)
 			}
 		case 3:
 			n := rng.IntN(len(ref) + 1)
@@ -89,7 +89,7 @@ func TestByteQueueBorrowsAndOwnsChunks(t *testing.T) {
 			ref = ref[n:]
 		case 4:
 			if len(chunks) > 0 {
-				q.own(chunks[rng.IntN(len(chunks))])
+				q.letGo(chunks[rng.IntN(len(chunks))])
 			}
 		}
 		if q.len() != len(ref) {

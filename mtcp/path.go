@@ -111,9 +111,9 @@ func (p *path) readLoop() {
 		c.mu.Lock()
 		err = c.handleFrameLocked(p, t, payload)
 		if p.fr.drained() {
-			// The reader is about to wait, maybe for long: the input it
-			// leaves must not keep its chunk from the pool.
-			c.in.buf.own(p.fr.lent())
+			// The reader is about to wait, maybe for long: a little input
+			// left unread or logged must not keep its chunk from the pool.
+			c.in.buf.letGo(p.fr.lent())
 		}
 		c.mu.Unlock()
 		if err != nil {
