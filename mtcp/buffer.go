@@ -10,11 +10,19 @@ import "sync"
 // pinned, consumed blocks are parked instead of recycled, and handed to the
 // pool when the writer unpins.
 type byteQueue struct {
-	blocks [][]byte // len = filled, cap = block size
-	off    int      // consumed bytes of blocks[0]
-	n      int      // unconsumed bytes
+	blocks []block
+	off    int // consumed bytes of blocks[0]
+	n      int // unconsumed bytes
 	pinned int
-	parked [][]byte
+	parked []block
+}
+
+// block is a run of queued bytes: either the queue's own, filled up to len
+// and appended to up to cap, or borrowed in place from a path reader's
+// chunk (cap = len, so nothing is appended to it).
+type block struct {
+	b []byte
+	c *chunk // the chunk a borrowed block lies in
 }
 
 const (
@@ -31,10 +39,10 @@ func (q *byteQueue) len() int { return q.n }
 
 func (q *byteQueue) push(p []byte) {
 	for len(p) > 0 {
-		if len(q.blocks) == 0 || len(q.blocks[len(q.blocks)-1]) == cap(q.blocks[len(q.blocks)-1]) {
-			q.blocks = append(q.blocks, q.newBlock(len(p)))
+		if len(q.blocks) == 0 || len(q.blocks[len(q.blocks)-1].b) == cap(q.blocks[len(q.blocks)-1].b) {
+			q.blocks = append(q.blocks, block{b: q.newBlock(len(p))})
 		}
-		last := &q.blocks[len(q.blocks)-1]
+		last := &q.blocks[len(q.blocks)-1].b
 		k := copy((*last)[len(*last):cap(*last)], p)
 		*last = (*last)[:len(*last)+k]
 		p = p[k:]
@@ -42,11 +50,49 @@ func (q *byteQueue) push(p []byte) {
 	}
 }
 
+// borrow appends p, which lies in c, without copying it.
+func (q *byteQueue) borrow(p []byte, c *chunk) {
+	if len(p) == 0 {
+		return
+	}
+	c.ref()
+	q.blocks = append(q.blocks, block{b: p[:len(p):len(p)], c: c})
+	q.n += len(p)
+}
+
+// letGo copies what the queue borrows from c if that is less than half of
+// c, so that a few bytes do not keep c from the pool; more is worth its
+// room.
+func (q *byteQueue) letGo(c *chunk) {
+	held := 0
+	for _, b := range q.blocks {
+		if b.c == c {
+			held += len(b.b)
+		}
+	}
+	if held == 0 || held >= len(c.buf)/2 {
+		return
+	}
+	for i := range q.blocks {
+		b := &q.blocks[i]
+		if b.c != c {
+			continue
+		}
+		if i == 0 {
+			b.b = b.b[q.off:]
+			q.off = 0
+		}
+		own := (*blockPool.Get().(*[]byte))[:0] // a borrowed block is at most one frame
+		b.b, b.c = append(own, b.b...), nil
+		c.unref()
+	}
+}
+
 // newBlock sizes blocks from small (a short message) to maxBlock (bulk).
 func (q *byteQueue) newBlock(want int) []byte {
 	size := minBlock
 	if len(q.blocks) > 0 {
-		size = 2 * cap(q.blocks[len(q.blocks)-1])
+		size = 2 * cap(q.blocks[len(q.blocks)-1].b)
 	}
 	for size < want && size < maxBlock {
 		size *= 2
@@ -61,14 +107,14 @@ func (q *byteQueue) newBlock(want int) []byte {
 func (q *byteQueue) drop(n int) {
 	q.n -= n
 	for n > 0 {
-		avail := len(q.blocks[0]) - q.off
+		avail := len(q.blocks[0].b) - q.off
 		if n < avail {
 			q.off += n
 			return
 		}
 		n -= avail
 		q.release(q.blocks[0])
-		q.blocks[0] = nil
+		q.blocks[0] = block{}
 		q.blocks = q.blocks[1:]
 		q.off = 0
 	}
@@ -77,16 +123,20 @@ func (q *byteQueue) drop(n int) {
 	}
 }
 
-func (q *byteQueue) release(b []byte) {
-	if cap(b) != maxBlock {
+func (q *byteQueue) release(b block) {
+	if b.c == nil && cap(b.b) != maxBlock {
 		return
 	}
 	if q.pinned > 0 {
 		q.parked = append(q.parked, b)
 		return
 	}
-	b = b[:0]
-	blockPool.Put(&b)
+	if b.c != nil {
+		b.c.unref()
+		return
+	}
+	buf := b.b[:0]
+	blockPool.Put(&buf)
 }
 
 func (q *byteQueue) pin() { q.pinned++ }
@@ -105,15 +155,15 @@ func (q *byteQueue) unpin() {
 // their block, at most max.
 func (q *byteQueue) slice(i, max int) []byte {
 	i += q.off
-	for _, b := range q.blocks {
-		if i < len(b) {
+	for _, blk := range q.blocks {
+		if b := blk.b; i < len(b) {
 			b = b[i:]
 			if len(b) > max {
 				b = b[:max]
 			}
 			return b[:len(b):len(b)]
 		}
-		i -= len(b)
+		i -= len(blk.b)
 	}
 	return nil
 }

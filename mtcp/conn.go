@@ -415,7 +415,7 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 		if err != nil {
 			return err
 		}
-		n, err := c.in.push(off, data)
+		n, err := c.in.push(off, data, p.fr.lent())
 		if err != nil {
 			return err
 		}
@@ -428,9 +428,7 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 		if c.sv != nil {
 			c.sv.checkLogLocked(c)
 		}
-		if p.br.Buffered() == 0 {
-			c.maybeAckLocked(p, false)
-		}
+		c.maybeAckLocked(p, false)
 	case wire.TypeAck:
 		off, err := wire.ParseOffset(payload)
 		if err != nil {
@@ -518,10 +516,9 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 	return nil
 }
 
-// maybeAckLocked queues an ACK once ackEvery bytes are unacknowledged. When
-// the path is idle (its read buffer ran dry) a smaller amount is
-// acknowledged after ackDelay, so a bulk stream is not answered frame by
-// frame; now acknowledges at once.
+// maybeAckLocked queues an ACK once ackEvery bytes are unacknowledged;
+// fewer are acknowledged ackDelay later, so a bulk stream is not answered
+// frame by frame. now acknowledges at once.
 func (c *Conn) maybeAckLocked(p *path, now bool) {
 	v := c.in.end()
 	if c.sv != nil {

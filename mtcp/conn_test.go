@@ -191,3 +191,35 @@ func TestCloseUnblocksAndReportsErrClosed(t *testing.T) {
 		t.Fatalf("Write after Close: %v", err)
 	}
 }
+
+// The server's ACK of the request may reach the client behind the data in
+// the same read; the data must still be acknowledged, or the server stalls
+// on its send buffer.
+func TestDownloadBeyondTheSendBufferAfterARequest(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 1, nil, func(cfg *ListenConfig) { cfg.Limits.MaxSendBuffer = 128 << 10 })
+	const size = 16 << 20
+	go func() {
+		c, err := tc.lns[0].AcceptMTCP()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := io.ReadFull(c, make([]byte, 9)); err != nil {
+			return
+		}
+		_, _ = c.Write(make([]byte, size))
+	}()
+	c, err := testDialer(tc).DialContext(context.Background(), "tcp", tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(make([]byte, 9)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := io.Copy(io.Discard, c); n != size || err != nil {
+		t.Fatalf("read %d bytes (%v), want %d", n, err, size)
+	}
+}

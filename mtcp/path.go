@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -25,7 +24,7 @@ func errUnexpected(t wire.Type) error {
 type path struct {
 	c    *Conn
 	nc   net.Conn
-	br   *bufio.Reader
+	fr   frameReader // used by the reader goroutine only
 	wake chan struct{}
 	quit chan struct{}
 	once sync.Once
@@ -48,7 +47,7 @@ func newPath(c *Conn, nc net.Conn, br *bufio.Reader) *path {
 	if br == nil {
 		br = bufio.NewReaderSize(nc, pathReadBuffer)
 	}
-	return &path{c: c, nc: nc, br: br, wake: make(chan struct{}, 1), quit: make(chan struct{})}
+	return &path{c: c, nc: nc, fr: frameReader{nc: nc, br: br}, wake: make(chan struct{}, 1), quit: make(chan struct{})}
 }
 
 // queue adds an encoded control frame; called with c.mu held.
@@ -96,46 +95,27 @@ func (p *path) close() {
 
 func (p *path) readLoop() {
 	defer p.wg.Done()
+	defer p.fr.release()
 	c := p.c
-	var hdr [wire.HeaderLen]byte
-	var small [64]byte
 	for {
 		if err := p.waitRecvSpace(); err != nil {
 			c.pathFailed(p, err)
 			return
 		}
-		if _, err := io.ReadFull(p.br, hdr[:]); err != nil {
-			c.pathFailed(p, err)
-			return
-		}
-		t, n, err := wire.ParseHeader(hdr[:])
+		t, payload, err := p.fr.next()
 		if err != nil {
-			c.pathFailed(p, err)
-			return
-		}
-		// Payload buffers come from a pool so an idle path holds none.
-		var payload []byte
-		var pooled *[]byte
-		switch {
-		case n <= len(small):
-			payload = small[:n]
-		case n <= payloadBufSize:
-			pooled = payloadPool.Get().(*[]byte)
-			payload = (*pooled)[:n]
-		default:
-			payload = make([]byte, n)
-		}
-		if _, err := io.ReadFull(p.br, payload); err != nil {
 			c.pathFailed(p, err)
 			return
 		}
 		p.frames.Add(1)
 		c.mu.Lock()
 		err = c.handleFrameLocked(p, t, payload)
-		c.mu.Unlock()
-		if pooled != nil {
-			payloadPool.Put(pooled)
+		if p.fr.drained() {
+			// The reader is about to wait, maybe for long: a little input
+			// left unread or logged must not keep its chunk from the pool.
+			c.in.buf.letGo(p.fr.lent())
 		}
+		c.mu.Unlock()
 		if err != nil {
 			c.pathFailed(p, err)
 			return
@@ -161,13 +141,6 @@ func (p *path) waitRecvSpace() error {
 		}
 	}
 }
-
-const payloadBufSize = 8 + wire.MaxData
-
-var payloadPool = sync.Pool{New: func() any {
-	b := make([]byte, payloadBufSize)
-	return &b
-}}
 
 // maxBatch bounds the bytes one writev carries.
 const maxBatch = 256 << 10

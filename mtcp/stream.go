@@ -100,8 +100,9 @@ func (r *recvStream) unread() int { return int(r.end() - r.read) }
 func (r *recvStream) logLen() int { return r.buf.len() }
 
 // push adds bytes that start at off, ignoring any the stream already holds.
-// It returns how many bytes were new.
-func (r *recvStream) push(off uint64, p []byte) (int, error) {
+// It returns how many bytes were new. If p lies in a chunk (c non-nil), the
+// new bytes are borrowed rather than copied.
+func (r *recvStream) push(off uint64, p []byte, c *chunk) (int, error) {
 	end := r.end()
 	if off > end {
 		return 0, fmt.Errorf("%w: data at %d leaves a gap after %d", errProtocol, off, end)
@@ -115,7 +116,11 @@ func (r *recvStream) push(off uint64, p []byte) (int, error) {
 	if r.fin && end+uint64(len(p)) > r.finOff {
 		return 0, fmt.Errorf("%w: data beyond FIN at %d", errProtocol, r.finOff)
 	}
-	r.buf.push(p)
+	if c != nil {
+		r.buf.borrow(p, c)
+	} else {
+		r.buf.push(p)
+	}
 	return len(p), nil
 }
 

@@ -24,7 +24,7 @@ func TestRecvStreamDropsDuplicatesAndRefusesGaps(t *testing.T) {
 		{11, "!", 1, false},       // exactly at the end
 		{5, " wor", 0, false},     // old
 	} {
-		n, err := r.push(tt.off, []byte(tt.data))
+		n, err := r.push(tt.off, []byte(tt.data), nil)
 		if n != tt.wantNew || (err != nil) != tt.wantErr {
 			t.Fatalf("push(%d, %q) = %d, %v", tt.off, tt.data, n, err)
 		}
@@ -43,7 +43,7 @@ func TestRecvStreamDropsDuplicatesAndRefusesGaps(t *testing.T) {
 	if err := r.setFin(12); err != nil || !r.eof() {
 		t.Fatalf("FIN at end: %v, eof %v", err, r.eof())
 	}
-	if _, err := r.push(12, []byte("late")); err == nil {
+	if _, err := r.push(12, []byte("late"), nil); err == nil {
 		t.Fatal("data beyond FIN accepted")
 	}
 }
