@@ -21,8 +21,16 @@ func (id ConnID) String() string { return hex.EncodeToString(id[:]) }
 // Limits bound a connection's buffers. Zero fields take the defaults.
 type Limits struct {
 	// MaxSendBuffer is how many written bytes may wait for the peer's
-	// acknowledgement before Write blocks. Default 4 MiB.
+	// acknowledgement before Write blocks. Default 4 MiB. In eager mode a
+	// server acknowledges input only up to its last saved snapshot, so
+	// this also bounds the input a client may send between snapshots.
 	MaxSendBuffer int
+	// SendWindow is how many written bytes may be on their way (sent or
+	// not) before the peer says it received them; Write blocks beyond it.
+	// Smaller than MaxSendBuffer, it keeps a bulk stream's buffers in the
+	// CPU caches; raise it on paths whose bandwidth × round trip exceeds
+	// it. Default 512 KiB, at most MaxSendBuffer.
+	SendWindow int
 	// MaxRecvBuffer is how many received bytes may wait for Read before the
 	// path stops reading (back-pressure). Default 1 MiB.
 	MaxRecvBuffer int
@@ -38,6 +46,10 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxSendBuffer <= 0 {
 		l.MaxSendBuffer = 4 << 20
 	}
+	if l.SendWindow <= 0 {
+		l.SendWindow = 512 << 10
+	}
+	l.SendWindow = min(l.SendWindow, l.MaxSendBuffer)
 	if l.MaxRecvBuffer <= 0 {
 		l.MaxRecvBuffer = 1 << 20
 	}
@@ -106,6 +118,7 @@ type Conn struct {
 	out        sendStream // bytes to the peer
 	path       *path
 	ackedIn    uint64 // highest ACK sent for in
+	heardIn    uint64 // highest offset of in reported received (ACK or RECEIVED)
 	ackTimer   *time.Timer
 	ackArmed   bool
 	peerClosed bool
@@ -271,7 +284,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 		// Regenerated output the stream already holds costs no buffer space.
 		k := len(b)
 		if dup := c.out.end() - c.out.app; dup < uint64(k) {
-			space := c.lim.MaxSendBuffer - c.out.unacked()
+			space := min(c.lim.MaxSendBuffer-c.out.unacked(), c.lim.SendWindow-c.out.unheard())
 			k = min(k, int(dup)+max(space, 0))
 		}
 		if k > 0 {
@@ -438,6 +451,15 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 			return err
 		}
 		c.notifyWriteLocked()
+	case wire.TypeReceived:
+		off, err := wire.ParseOffset(payload)
+		if err != nil {
+			return err
+		}
+		if err := c.out.received(off); err != nil {
+			return err
+		}
+		c.notifyWriteLocked()
 	case wire.TypeFin:
 		off, err := wire.ParseOffset(payload)
 		if err != nil {
@@ -520,16 +542,26 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 // fewer are acknowledged ackDelay later, so a bulk stream is not answered
 // frame by frame. now acknowledges at once.
 func (c *Conn) maybeAckLocked(p *path, now bool) {
-	v := c.in.end()
+	end := c.in.end()
+	v := end
 	if c.sv != nil {
 		v = c.sv.ackableLocked(c)
 	}
-	if v <= c.ackedIn {
+	heard := max(c.ackedIn, c.heardIn)
+	if v <= c.ackedIn && end <= heard {
 		return
 	}
-	if now || v-c.ackedIn >= ackEvery {
-		c.ackedIn = v
-		p.queue(wire.AppendOffset(nil, wire.TypeAck, v))
+	if now || end-heard >= ackEvery {
+		if v > c.ackedIn {
+			c.ackedIn = v
+			p.queue(wire.AppendOffset(nil, wire.TypeAck, v))
+		}
+		if end > max(v, c.heardIn) {
+			// Eager mode: the rest may not be discarded yet, but it
+			// arrived, and the peer's send window may move on.
+			c.heardIn = end
+			p.queue(wire.AppendOffset(nil, wire.TypeReceived, end))
+		}
 		return
 	}
 	if !c.ackArmed {
@@ -603,7 +635,7 @@ func (c *Conn) attachLocked(p *path, resume, peerHas uint64) error {
 		}
 	}
 	c.path = p
-	c.ackedIn = peerHas
+	c.ackedIn, c.heardIn = peerHas, peerHas
 	if c.sv != nil {
 		c.sv.attachedLocked()
 	}

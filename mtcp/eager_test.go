@@ -190,3 +190,59 @@ func TestOwnReattachSupersedesAPreparedSnapshot(t *testing.T) {
 	_ = c.Close()
 	waitFor(t, func() bool { return store.Len() == 0 })
 }
+
+// TestEagerInputBeyondTheSendWindowBeforeASnapshot: in eager mode the
+// server may not let the client discard input before its next snapshot,
+// yet the client sends far more than its SendWindow before the server's
+// application snapshots: RECEIVED frames move the window while the input
+// stays retained until the snapshot is saved.
+func TestEagerInputBeyondTheSendWindowBeforeASnapshot(t *testing.T) {
+	checkLeaks(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	store := NewMemStore()
+	tc := newCluster(t, 1, store, nil)
+	const total = 3 << 20
+	d := testDialer(tc)
+	d.Limits = Limits{SendWindow: 256 << 10, MaxSendBuffer: 4 << 20}
+	c, err := d.DialMTCP(ctx, tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc, err := tc.lns[0].AcceptMTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := c.Write(make([]byte, total))
+		wrote <- err
+	}()
+	if _, err := io.ReadFull(sc, make([]byte, total)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { // the last RECEIVED may be a delayed one
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.out.heard == total
+	})
+	c.mu.Lock()
+	retained := c.out.unacked()
+	c.mu.Unlock()
+	if retained != total {
+		t.Fatalf("before the snapshot the client retains %d bytes, want all %d", retained, total)
+	}
+	if err := sc.ExportState([]byte("read it all")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.out.unacked() == 0
+	})
+}

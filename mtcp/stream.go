@@ -17,6 +17,7 @@ var errProtocol = errors.New("mtcp: protocol violation")
 type sendStream struct {
 	base    uint64
 	buf     byteQueue
+	heard   uint64 // the peer received up to here (≥ base once it said so)
 	sent    uint64
 	app     uint64
 	fin     bool // the stream ends at end()
@@ -26,6 +27,19 @@ type sendStream struct {
 
 func (s *sendStream) end() uint64  { return s.base + uint64(s.buf.len()) }
 func (s *sendStream) unacked() int { return s.buf.len() }
+
+// unheard is how many bytes are on their way: not yet reported received.
+func (s *sendStream) unheard() int { return int(s.end() - max(s.base, s.heard)) }
+
+// received notes the peer's report that it holds everything below off,
+// which it may not let us discard yet.
+func (s *sendStream) received(off uint64) error {
+	if off > s.end() {
+		return fmt.Errorf("%w: received %d beyond end %d", errProtocol, off, s.end())
+	}
+	s.heard = max(s.heard, off)
+	return nil
+}
 
 // write appends p as the application writes it; bytes below end() are
 // regenerated output the stream already holds and are dropped.
@@ -68,6 +82,7 @@ func (s *sendStream) rewind(off uint64) error {
 		return fmt.Errorf("%w: resume at %d outside [%d,%d]", errProtocol, off, s.base, s.end())
 	}
 	s.sent = off
+	s.heard = off // what the new path's peer said it holds
 	s.finSent = false
 	return nil
 }

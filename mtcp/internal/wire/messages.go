@@ -3,7 +3,8 @@ package wire
 import "fmt"
 
 // Version is the protocol version carried in HELLO. Version 2 added
-// PREPARE, PUSH, PUSHED and DROP_PUSH, and the Prepared flag of MIGRATE.
+// PREPARE, PUSH, PUSHED, DROP_PUSH and RECEIVED, and the Prepared flag of
+// MIGRATE.
 const Version = 2
 
 // Hello opens a new connection.

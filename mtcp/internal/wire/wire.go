@@ -28,6 +28,7 @@ const (
 	TypeStandby  Type = 14 // client → server: warm path, a MIGRATE will follow
 	TypeMoved    Type = 15 // client → old server on the old path: the connection migrated
 	TypePrepare  Type = 16 // client → origin on the old path: push my state to this server
+	TypeReceived Type = 17 // offset the receiver holds but may not let the sender discard yet (eager)
 
 	TypePeerHello     Type = 32 // peer → peer: client nonce
 	TypePeerChallenge Type = 33 // server nonce + server proof
@@ -45,7 +46,7 @@ var typeNames = map[Type]string{
 	TypePing: "PING", TypePong: "PONG", TypeRedirect: "REDIRECT", TypeServers: "SERVERS",
 	TypeStandby: "STANDBY", TypeMoved: "MOVED", TypePeerHello: "PEER_HELLO", TypePeerChallenge: "PEER_CHALLENGE",
 	TypePeerAuth: "PEER_AUTH", TypeFetch: "FETCH", TypeTransfer: "TRANSFER",
-	TypePrepare: "PREPARE", TypePush: "PUSH", TypePushed: "PUSHED", TypeDropPush: "DROP_PUSH",
+	TypePrepare: "PREPARE", TypeReceived: "RECEIVED", TypePush: "PUSH", TypePushed: "PUSHED", TypeDropPush: "DROP_PUSH",
 }
 
 func (t Type) String() string {
