@@ -203,7 +203,7 @@ func runBenchMTCP(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			"with the client ends in a child process (this binary, re-run).", stderr)
 	var (
 		mib    = fs.Int("mib", 128, "MiB per transfer")
-		rounds = fs.Int("rounds", 5, "transfers per side and direction; the median counts")
+		rounds = fs.Int("rounds", 11, "transfers per side and direction; the median counts")
 		conns  = fs.Int("conns", 500, "idle connections measured (0: skip the memory measurement)")
 	)
 	if err := parseFlags(fs, args); err != nil {
