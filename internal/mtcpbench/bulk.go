@@ -21,7 +21,9 @@ type ThroughputConfig struct {
 	// Bytes is how much one transfer moves. Default 128 MiB.
 	Bytes int64
 	// Rounds is how many transfers each side makes per direction, in
-	// alternating order; the median counts. Default 11: loopback rates on a shared machine vary by tens of percent.
+	// alternating order; the median counts. Default 11: loopback rates on
+	// a shared machine vary by tens of percent from one transfer to the
+	// next.
 	Rounds int
 }
 
