@@ -229,6 +229,7 @@ type clientSide struct {
 	lastFrame uint64    // progress check: frame count seen last tick
 	lastMove  time.Time // and when it last changed
 	rateClock rateClock
+	linger    *time.Timer // after Close: gives up waiting for acknowledgements
 }
 
 type standbyPath struct {

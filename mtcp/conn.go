@@ -333,15 +333,16 @@ func (c *Conn) CloseWrite() error {
 	return nil
 }
 
-// Close closes the connection for good: bytes written so far are still
-// sent on the current path (for at most the linger time), then the peer
-// reads EOF.
+// Close closes the connection for good and returns at once. On a client
+// the connection lingers, migrating if its path fails, until the server
+// has acknowledged every byte written and the end of the stream (at most
+// closeLinger), then it sends CLOSE; the server's application reads EOF.
 func (c *Conn) Close() error {
 	if c.sv != nil {
 		return c.closeServer()
 	}
 	c.mu.Lock()
-	if c.state.terminal() {
+	if c.state.terminal() || c.appClosed {
 		err := c.stateErrLocked()
 		c.mu.Unlock()
 		if err == ErrMigrated {
@@ -349,17 +350,49 @@ func (c *Conn) Close() error {
 		}
 		return c.opErr("close", net.ErrClosed)
 	}
+	c.appClosed = true
 	c.out.fin = true
-	p := c.path
-	c.setStateLocked(stateClosed, net.ErrClosed)
-	if p != nil {
-		p.closing = true
+	c.in.discard() // nobody reads any more
+	c.notifyReadLocked()
+	c.notifyWriteLocked()
+	if c.state == statePeerClosed {
+		c.finishClientLocked()
+		c.mu.Unlock()
+		return nil
+	}
+	c.cl.linger = time.AfterFunc(closeLinger, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.finishClientLocked()
+	})
+	if p := c.path; p != nil {
 		p.wakeWriter()
-		_ = p.nc.SetDeadline(time.Now().Add(closeLinger))
 	}
 	c.mu.Unlock()
-	c.cl.closed(c)
 	return nil
+}
+
+// finishClientLocked ends a closed client's linger: the server has
+// everything (or the linger ran out).
+func (c *Conn) finishClientLocked() {
+	if c.state.terminal() {
+		return
+	}
+	if c.cl.linger != nil {
+		c.cl.linger.Stop()
+	}
+	if p := c.path; p != nil {
+		p.close()
+		c.path = nil
+	}
+	c.setStateLocked(stateClosed, net.ErrClosed)
+	go c.cl.closed(c)
+}
+
+// clientFlushedLocked reports whether a closed client's server has
+// acknowledged everything, the end of the stream included.
+func (c *Conn) clientFlushedLocked() bool {
+	return c.appClosed && c.out.finSent && c.out.base == c.out.end()
 }
 
 // closeServer closes a server end for the application at once, while the
@@ -432,6 +465,9 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 		if err != nil {
 			return err
 		}
+		if c.appClosed && c.cl != nil {
+			c.in.discard() // a closed client reads no more
+		}
 		if n > 0 {
 			c.notifyReadLocked()
 		}
@@ -451,6 +487,9 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 			return err
 		}
 		c.notifyWriteLocked()
+		if c.cl != nil && c.appClosed {
+			p.wakeWriter() // it sends CLOSE once everything is acknowledged
+		}
 	case wire.TypeReceived:
 		off, err := wire.ParseOffset(payload)
 		if err != nil {

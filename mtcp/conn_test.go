@@ -223,3 +223,54 @@ func TestDownloadBeyondTheSendBufferAfterARequest(t *testing.T) {
 		t.Fatalf("read %d bytes (%v), want %d", n, err, size)
 	}
 }
+
+// TestClientCloseFlushesThroughAMigration: the client writes, its path
+// fails, and it closes at once. The connection lingers, migrates, and
+// delivers every byte and the end of the stream before it ends.
+func TestClientCloseFlushesThroughAMigration(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 2, nil, nil)
+	got := make(chan []byte, 2)
+	for _, l := range tc.lns {
+		go func() {
+			for {
+				c, err := l.AcceptMTCP()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					if b, err := io.ReadAll(c); err == nil {
+						got <- b
+					}
+				}()
+			}
+		}()
+	}
+	c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := bytes.Repeat([]byte("linger "), 100_000)
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	p := c.path
+	c.mu.Unlock()
+	_ = p.nc.Close() // the path fails under the client
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write after Close: %v, want net.ErrClosed", err)
+	}
+	select {
+	case b := <-got:
+		if !bytes.Equal(b, msg) {
+			t.Fatalf("the server read %d bytes, want the %d written", len(b), len(msg))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the bytes written before Close never arrived")
+	}
+}

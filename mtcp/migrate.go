@@ -402,9 +402,10 @@ func (l *Listener) handOverAgain(mc *migratedConn, m wire.Migrate) (wire.ConnSta
 	pushed := mc.counter
 	mc.counter = m.Counter
 	mc.push = nil
+	// The copy pushed for the old counter must not be claimed now.
+	drop := ps != nil && ps.outcome != pushRefused
 	l.mu.Unlock()
-	if ps != nil && ps.outcome != pushRefused {
-		// The copy pushed for the old counter must not be claimed now.
+	if drop {
 		l.goTracked(func() { l.dropPushed(ps.target, ConnID(m.ConnID), pushed) })
 	}
 	return st, nil

@@ -192,6 +192,19 @@ func (p *path) writeLoop() {
 				bufs = append(bufs, wire.AppendOffset(nil, wire.TypeFin, c.out.end()))
 			}
 			closing := (p.closing || c.appClosed) && c.out.sent == c.out.end() && (!c.out.fin || c.out.finSent) && len(bufs) == 0
+			if closing && c.cl != nil {
+				// A closed client says CLOSE only once the server holds
+				// everything; until then a failed path is migrated.
+				if !c.clientFlushedLocked() {
+					closing = false
+				} else {
+					c.setStateLocked(stateClosed, net.ErrClosed)
+					if c.cl.linger != nil {
+						c.cl.linger.Stop()
+					}
+					go c.cl.closed(c)
+				}
+			}
 			if total > 0 {
 				c.out.buf.pin()
 			}

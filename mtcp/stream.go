@@ -159,6 +159,12 @@ func (r *recvStream) readInto(p []byte) int {
 
 func (r *recvStream) eof() bool { return r.fin && r.read == r.finOff }
 
+// discard drops every unread byte, as if read.
+func (r *recvStream) discard() {
+	r.read = r.end()
+	r.trim(r.read)
+}
+
 // trim drops the bytes below off (off ≤ read).
 func (r *recvStream) trim(off uint64) {
 	if off <= r.base {
