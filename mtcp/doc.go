@@ -67,8 +67,9 @@
 // reattachable and migratable, until the client has every byte: the server
 // sends the rest of its output, FIN and CLOSE, and the client's CLOSE in
 // answer ends it (or ListenConfig.DetachedTimeout, if the client never
-// comes back). Close on a client end sends what is buffered, FIN and CLOSE
-// on the current path and does not migrate any more.
+// comes back). Close on a client end returns at once too: the connection
+// lingers, migrating if its path fails, until the server has acknowledged
+// every byte and the FIN (at most 5 s), then it sends CLOSE.
 //
 // # Triggers, apart from the mechanism
 //
