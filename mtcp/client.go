@@ -230,6 +230,7 @@ type clientSide struct {
 	lastMove  time.Time // and when it last changed
 	rateClock rateClock
 	linger    *time.Timer // after Close: gives up waiting for acknowledgements
+	fled      map[string]time.Time // servers the rate policy left, and when
 }
 
 type standbyPath struct {

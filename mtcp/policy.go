@@ -48,6 +48,11 @@ type RatePolicy struct {
 	// MinPeak is the peak rate (bytes/s) below which the policy never
 	// fires, so a trickle does not cause migrations. Default 1 kB/s.
 	MinPeak float64
+	// Cooldown is how long a server the policy left for slowness stays
+	// out of its choices, so a dip on the new server never sends the
+	// stream back to the slow one (with two servers it stays put).
+	// Default 30s.
+	Cooldown time.Duration
 }
 
 func (r *RatePolicy) fill() {
@@ -64,6 +69,7 @@ func (r *RatePolicy) fill() {
 	if r.MinPeak <= 0 {
 		r.MinPeak = 1000
 	}
+	setDefault(&r.Cooldown, 30*time.Second)
 }
 
 // rateEstimator is the rate policy's state; observe is a pure step.
@@ -136,6 +142,21 @@ func (k *rateClock) due(now time.Time) bool {
 		k.next = now.Add(k.interval)
 	}
 	return true
+}
+
+// pickFaster chooses the rate policy's target: the first server after cur
+// that it has not left for slowness within cooldown, or "" if none.
+func pickFaster(servers []string, cur string, fled map[string]time.Time, now time.Time, cooldown time.Duration) string {
+	for i := range len(servers) {
+		s := pickServer(servers, cur, i)
+		if s == cur {
+			break
+		}
+		if t, ok := fled[s]; !ok || now.Sub(t) >= cooldown {
+			return s
+		}
+	}
+	return ""
 }
 
 // pickServer chooses the attempt-th migration target: the servers after

@@ -402,3 +402,25 @@ func TestServerDropsAClientThatVanished(t *testing.T) {
 		t.Fatalf("idle but live connection: %v", err)
 	}
 }
+
+func TestPickFasterSkipsServersLeftForSlowness(t *testing.T) {
+	now := time.Now()
+	servers := []string{"a", "b", "c"}
+	fled := map[string]time.Time{"b": now.Add(-time.Second), "c": now.Add(-time.Minute)}
+	for _, tt := range []struct {
+		cur  string
+		want string
+	}{
+		{"a", "c"}, // b was left a second ago; c long enough ago
+		{"c", "a"},
+		{"b", "c"},
+	} {
+		if got := pickFaster(servers, tt.cur, fled, now, 30*time.Second); got != tt.want {
+			t.Errorf("from %s: %q, want %q", tt.cur, got, tt.want)
+		}
+	}
+	// Two servers: never straight back to the one just left.
+	if got := pickFaster([]string{"a", "b"}, "a", map[string]time.Time{"b": now}, now, 30*time.Second); got != "" {
+		t.Errorf("went back to the server just left: %q", got)
+	}
+}

@@ -89,14 +89,33 @@ func (cl *clientSide) act(c *Conn) {
 	case want == "no progress" && p != nil:
 		c.log.Info("path made no progress; migrating")
 		c.pathFailed(p, errors.New("no progress"))
-	case want != "" && target != cl.cur:
-		c.log.Info("migrating", "reason", want, "to", target)
-		if err := cl.migrateOnce(ctx, c, target, false); err != nil {
-			c.log.Info("migration failed", "to", target, "err", err)
-			c.mu.Lock()
-			cl.resetPolicyLocked(time.Now())
-			c.mu.Unlock()
+	case want == "rate":
+		now := time.Now()
+		c.mu.Lock()
+		from := cl.cur
+		if target != "" && target == from || cl.fled[target].Add(cl.d.Triggers.Rate.Cooldown).After(now) {
+			target = pickFaster(cl.servers, from, cl.fled, now, cl.d.Triggers.Rate.Cooldown)
 		}
+		if target == "" {
+			// Every other server was left for slowness lately: stay.
+			cl.resetPolicyLocked(now)
+			c.mu.Unlock()
+			break
+		}
+		c.mu.Unlock()
+		c.log.Info("migrating", "reason", want, "to", target)
+		err := cl.migrateOnce(ctx, c, target, false)
+		c.mu.Lock()
+		if err != nil {
+			c.log.Info("migration failed", "to", target, "err", err)
+			cl.resetPolicyLocked(time.Now())
+		} else {
+			if cl.fled == nil {
+				cl.fled = make(map[string]time.Time)
+			}
+			cl.fled[from] = now
+		}
+		c.mu.Unlock()
 	}
 	c.mu.Lock()
 	down := c.path == nil && !c.state.terminal() && c.state != statePeerClosed
