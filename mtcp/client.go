@@ -229,7 +229,7 @@ type clientSide struct {
 	lastFrame uint64    // progress check: frame count seen last tick
 	lastMove  time.Time // and when it last changed
 	rateClock rateClock
-	linger    *time.Timer // after Close: gives up waiting for acknowledgements
+	linger    *time.Timer          // after Close: gives up waiting for acknowledgements
 	fled      map[string]time.Time // servers the rate policy left, and when
 }
 
