@@ -372,18 +372,23 @@ func (c *Conn) Close() error {
 	return nil
 }
 
-// finishClientLocked ends a closed client's linger: the server has
-// everything (or the linger ran out).
+// finishClientLocked ends a closed client's linger without a CLOSE: the
+// server closed first, or the linger ran out.
 func (c *Conn) finishClientLocked() {
 	if c.state.terminal() {
 		return
 	}
-	if c.cl.linger != nil {
-		c.cl.linger.Stop()
-	}
 	if p := c.path; p != nil {
 		p.close()
 		c.path = nil
+	}
+	c.endLingerLocked()
+}
+
+// endLingerLocked makes a closed client's connection closed for good.
+func (c *Conn) endLingerLocked() {
+	if c.cl.linger != nil {
+		c.cl.linger.Stop()
 	}
 	c.setStateLocked(stateClosed, net.ErrClosed)
 	go c.cl.closed(c)

@@ -51,6 +51,11 @@ func newCluster(t *testing.T, n int, store SnapshotStore, mod func(*ListenConfig
 
 // echo serves every accepted connection by copying input to output.
 func (tc *testCluster) echo() {
+	tc.serve(func(c *Conn) { _, _ = io.Copy(c, c) })
+}
+
+// serve runs app on every connection each server accepts, and closes it.
+func (tc *testCluster) serve(app func(*Conn)) {
 	for _, l := range tc.lns {
 		go func() {
 			for {
@@ -60,7 +65,7 @@ func (tc *testCluster) echo() {
 				}
 				go func() {
 					defer c.Close()
-					_, _ = io.Copy(c, c)
+					app(c)
 				}()
 			}
 		}()
@@ -231,22 +236,11 @@ func TestClientCloseFlushesThroughAMigration(t *testing.T) {
 	checkLeaks(t)
 	tc := newCluster(t, 2, nil, nil)
 	got := make(chan []byte, 2)
-	for _, l := range tc.lns {
-		go func() {
-			for {
-				c, err := l.AcceptMTCP()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					if b, err := io.ReadAll(c); err == nil {
-						got <- b
-					}
-				}()
-			}
-		}()
-	}
+	tc.serve(func(c *Conn) {
+		if b, err := io.ReadAll(c); err == nil {
+			got <- b
+		}
+	})
 	c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
 	if err != nil {
 		t.Fatal(err)

@@ -157,9 +157,18 @@ func (l *Listener) reattach(c *Conn, m wire.Migrate, nc net.Conn, br *bufio.Read
 func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time, stats *MigrationStats) (wire.ConnState, Mode, time.Duration, *RefusalError) {
 	t1 := time.Now()
 	stats.PrepareRequest = t1.Sub(t0)
-	if m.Prepared && len(l.cfg.ClusterKey) > 0 {
-		if st, ok := l.waitPushed(ctx, m, prepareHedge); ok {
-			stats.Pushed = true
+	// pushed takes the state the origin pushed for this MIGRATE, waiting
+	// at most d; worth it only for a prepared MIGRATE.
+	pushed := func(d time.Duration) (wire.ConnState, bool) {
+		if !m.Prepared {
+			return wire.ConnState{}, false
+		}
+		st, ok := l.waitPushed(ctx, m, d)
+		stats.Pushed = ok
+		return st, ok
+	}
+	if len(l.cfg.ClusterKey) > 0 {
+		if st, ok := pushed(prepareHedge); ok {
 			return st, ModeLazy, time.Since(t1), nil
 		}
 	}
@@ -168,10 +177,9 @@ func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time,
 		// and its move failed: hand the state over to ourselves.
 		if c, mc := l.lookup(m.ConnID); c == nil && mc != nil {
 			st, rerr := l.handOverAgain(mc, m)
-			if rerr != nil && rerr.Code == RefuseReplayedCounter && m.Prepared {
+			if rerr != nil && rerr.Code == RefuseReplayedCounter {
 				// We pushed it to ourselves under another name.
-				if st, ok := l.waitPushed(ctx, m, l.cfg.PeerTimeout); ok {
-					stats.Pushed = true
+				if st, ok := pushed(l.cfg.PeerTimeout); ok {
 					return st, ModeLazy, time.Since(t1), nil
 				}
 			}
@@ -183,11 +191,10 @@ func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time,
 		pctx, cancel := context.WithTimeout(ctx, l.cfg.PeerTimeout)
 		tr, err := l.peers.fetch(pctx, m.Origin, m)
 		cancel()
-		if err == nil && tr.Code == uint8(RefuseReplayedCounter) && m.Prepared {
+		if err == nil && tr.Code == uint8(RefuseReplayedCounter) {
 			// The origin pushed this very MIGRATE's state: it is here
 			// already or on its way.
-			if st, ok := l.waitPushed(ctx, m, l.cfg.PeerTimeout); ok {
-				stats.Pushed = true
+			if st, ok := pushed(l.cfg.PeerTimeout); ok {
 				return st, ModeLazy, time.Since(t1), nil
 			}
 		}

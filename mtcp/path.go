@@ -198,11 +198,7 @@ func (p *path) writeLoop() {
 				if !c.clientFlushedLocked() {
 					closing = false
 				} else {
-					c.setStateLocked(stateClosed, net.ErrClosed)
-					if c.cl.linger != nil {
-						c.cl.linger.Stop()
-					}
-					go c.cl.closed(c)
+					c.endLingerLocked() // this path sends the CLOSE
 				}
 			}
 			if total > 0 {

@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -43,101 +44,71 @@ type peerConn struct {
 	next uint64
 }
 
-// fetch asks the origin at addr to hand over the connection named in m.
-// A pooled channel that turns out dead is replaced once.
-func (pp *peerPool) fetch(ctx context.Context, addr string, m wire.Migrate) (wire.Transfer, error) {
+// call sends one request on a pooled channel to addr and reads the answer,
+// which must be of type want; encode builds the request for a request
+// number, which every answer repeats in its first 8 bytes. A pooled channel
+// that turns out dead is replaced once, unless the request was written in
+// full and must not be repeated (once). sent reports whether it was.
+func (pp *peerPool) call(ctx context.Context, addr string, once bool, want wire.Type, encode func(req uint64) []byte) (payload []byte, sent bool, err error) {
 	for attempt := 0; ; attempt++ {
 		pc, reused, err := pp.take(ctx, addr)
 		if err != nil {
-			return wire.Transfer{}, err
+			return nil, false, err
 		}
-		tr, err := pc.request(ctx, m)
-		if err == nil {
+		pc.next++
+		t, payload, sent, err := exchangeSent(ctx, pc.nc, pc.br, encode(pc.next), time.Minute)
+		switch {
+		case err != nil:
+		case t != want:
+			err = errUnexpected(t)
+		case len(payload) < 8 || binary.BigEndian.Uint64(payload) != pc.next:
+			err = fmt.Errorf("%w: %s is not the answer to request %d", errProtocol, t, pc.next)
+		default:
 			pp.put(pc)
-			return tr, nil
+			return payload, true, nil
 		}
 		pp.discard(pc)
-		if !reused || attempt > 0 || ctx.Err() != nil {
-			return wire.Transfer{}, err
+		if (once && sent) || !reused || attempt > 0 || ctx.Err() != nil {
+			return nil, sent, err
 		}
 	}
+}
+
+// fetch asks the origin at addr to hand over the connection named in m.
+func (pp *peerPool) fetch(ctx context.Context, addr string, m wire.Migrate) (wire.Transfer, error) {
+	payload, _, err := pp.call(ctx, addr, false, wire.TypeTransfer, func(req uint64) []byte {
+		return wire.AppendFetch(nil, wire.Fetch{Req: req, Migrate: m})
+	})
+	if err != nil {
+		return wire.Transfer{}, err
+	}
+	return wire.ParseTransfer(payload)
 }
 
 // push hands a prepared connection's state to the server at addr. sent
 // reports whether the whole PUSH was written: after that, an error leaves
-// open whether the server kept it.
+// open whether the server kept it, so it is not repeated.
 func (pp *peerPool) push(ctx context.Context, addr string, p wire.Push) (ans wire.Pushed, sent bool, err error) {
-	for attempt := 0; ; attempt++ {
-		pc, reused, err := pp.take(ctx, addr)
-		if err != nil {
-			return wire.Pushed{}, false, err
-		}
-		ans, sent, err := pc.pushOne(ctx, p)
-		if err == nil {
-			pp.put(pc)
-			return ans, true, nil
-		}
-		pp.discard(pc)
-		if sent || !reused || attempt > 0 || ctx.Err() != nil {
-			return wire.Pushed{}, sent, err
-		}
+	payload, sent, err := pp.call(ctx, addr, true, wire.TypePushed, func(req uint64) []byte {
+		p.Req = req
+		return wire.AppendPush(nil, p)
+	})
+	if err == nil {
+		ans, err = wire.ParsePushed(payload)
 	}
-}
-
-func (pc *peerConn) pushOne(ctx context.Context, p wire.Push) (wire.Pushed, bool, error) {
-	pc.next++
-	p.Req = pc.next
-	t, payload, sent, err := exchangeSent(ctx, pc.nc, pc.br, wire.AppendPush(nil, p), time.Minute)
-	if err != nil {
-		return wire.Pushed{}, sent, err
-	}
-	if t != wire.TypePushed {
-		return wire.Pushed{}, true, errUnexpected(t)
-	}
-	ans, err := wire.ParsePushed(payload)
-	if err == nil && ans.Req != pc.next {
-		err = fmt.Errorf("%w: answer to push %d, want %d", errProtocol, ans.Req, pc.next)
-	}
-	return ans, true, err
+	return ans, sent, err
 }
 
 // dropPush asks the server at addr to forget a pushed state.
 func (pp *peerPool) dropPush(ctx context.Context, addr string, d wire.DropPush) error {
-	pc, _, err := pp.take(ctx, addr)
-	if err != nil {
-		return err
-	}
-	pc.next++
-	d.Req = pc.next
-	t, payload, err := exchange(ctx, pc.nc, pc.br, wire.AppendDropPush(nil, d), time.Minute)
-	if err == nil && t != wire.TypePushed {
-		err = errUnexpected(t)
-	}
+	payload, _, err := pp.call(ctx, addr, false, wire.TypePushed, func(req uint64) []byte {
+		d.Req = req
+		return wire.AppendDropPush(nil, d)
+	})
 	if err == nil {
 		_, err = wire.ParsePushed(payload)
 	}
-	if err != nil {
-		pp.discard(pc)
-		return err
-	}
-	pp.put(pc)
-	return nil
-}
-
-func (pc *peerConn) request(ctx context.Context, m wire.Migrate) (wire.Transfer, error) {
-	pc.next++
-	t, payload, err := exchange(ctx, pc.nc, pc.br, wire.AppendFetch(nil, wire.Fetch{Req: pc.next, Migrate: m}), time.Minute)
-	if err != nil {
-		return wire.Transfer{}, err
-	}
-	if t != wire.TypeTransfer {
-		return wire.Transfer{}, errUnexpected(t)
-	}
-	tr, err := wire.ParseTransfer(payload)
-	if err == nil && tr.Req != pc.next {
-		err = fmt.Errorf("%w: transfer for request %d, want %d", errProtocol, tr.Req, pc.next)
-	}
-	return tr, err
+	return err
 }
 
 // take returns an idle channel to addr or dials a new one.

@@ -172,14 +172,18 @@ type Refuse struct {
 }
 
 func AppendRefuse(b []byte, m Refuse) []byte {
-	r := m.Reason
+	return frame(b, TypeRefuse, func(b []byte) []byte {
+		b = append(b, m.Code)
+		return appendReason(b, m.Reason)
+	})
+}
+
+// appendReason appends a refusal reason, cut to MaxReason bytes.
+func appendReason(b []byte, r string) []byte {
 	if len(r) > MaxReason {
 		r = r[:MaxReason]
 	}
-	return frame(b, TypeRefuse, func(b []byte) []byte {
-		b = append(b, m.Code)
-		return appendString8(b, r)
-	})
+	return appendString8(b, r)
 }
 
 func ParseRefuse(b []byte) (m Refuse, err error) {
@@ -370,11 +374,7 @@ func AppendTransfer(b []byte, m Transfer) []byte {
 	return frame(b, TypeTransfer, func(b []byte) []byte {
 		b = appendU64(b, m.Req)
 		b = append(b, m.Code)
-		r := m.Reason
-		if len(r) > MaxReason {
-			r = r[:MaxReason]
-		}
-		b = appendString8(b, r)
+		b = appendReason(b, m.Reason)
 		if m.Code != 0 {
 			return b
 		}
@@ -467,9 +467,11 @@ func ParsePush(b []byte) (m Push, err error) {
 	return m, p.done()
 }
 
-// Pushed answers a Push: Code 0 means the new server holds the state for
-// the MIGRATE; otherwise it refused (the origin then still owns the
-// handover and answers a FETCH for the same MIGRATE with the state).
+// Pushed answers a Push or a DropPush. For a Push, Code 0 means the new
+// server holds the state for the MIGRATE; otherwise it refused (the origin
+// then still owns the handover and answers a FETCH for the same MIGRATE
+// with the state). Like Transfer it starts with the request number, as
+// every answer on the peer channel does.
 type Pushed struct {
 	Req    uint64
 	Code   uint8
@@ -480,11 +482,7 @@ func AppendPushed(b []byte, m Pushed) []byte {
 	return frame(b, TypePushed, func(b []byte) []byte {
 		b = appendU64(b, m.Req)
 		b = append(b, m.Code)
-		r := m.Reason
-		if len(r) > MaxReason {
-			r = r[:MaxReason]
-		}
-		return appendString8(b, r)
+		return appendReason(b, m.Reason)
 	})
 }
 
