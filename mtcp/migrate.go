@@ -168,7 +168,7 @@ func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time,
 		return st, ok
 	}
 	if len(l.cfg.ClusterKey) > 0 {
-		if st, ok := pushed(prepareHedge); ok {
+		if st, ok := pushed(l.cfg.pushWait); ok {
 			return st, ModeLazy, time.Since(t1), nil
 		}
 	}

@@ -64,7 +64,12 @@ func (l *Listener) numPushed() int {
 func TestPreparedMigrationIsPushed(t *testing.T) {
 	checkLeaks(t)
 	var log statsLog
-	tc := newCluster(t, 2, nil, func(cfg *ListenConfig) { cfg.OnMigration = log.add })
+	tc := newCluster(t, 2, nil, func(cfg *ListenConfig) {
+		cfg.OnMigration = log.add
+		// On a busy machine the PREPARE can reach the origin after the
+		// new server's hedged FETCH, which then rightly wins.
+		cfg.pushWait = 5 * time.Second
+	})
 	tc.echo()
 	c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
 	if err != nil {

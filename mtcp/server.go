@@ -59,6 +59,11 @@ type ListenConfig struct {
 	// OnMigration, if set, is called after every migration this server
 	// takes part in (as new server or origin), including failed ones.
 	OnMigration func(MigrationStats)
+
+	// pushWait is how long a new server waits for a pushed state before
+	// it also sends a FETCH (prepareHedge); tests lengthen it so that a
+	// push loses to the FETCH only when it fails, not when CI is busy.
+	pushWait time.Duration
 }
 
 func (c *ListenConfig) fill(ln net.Listener) {
@@ -81,6 +86,7 @@ func (c *ListenConfig) fill(ln net.Listener) {
 	setDefault(&c.StandbyTimeout, 5*time.Minute)
 	setDefault(&c.IdleTimeout, 30*time.Second)
 	setDefault(&c.MigratedRetention, 30*time.Second)
+	setDefault(&c.pushWait, prepareHedge)
 }
 
 func setDefault(d *time.Duration, v time.Duration) {
