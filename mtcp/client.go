@@ -34,8 +34,17 @@ type Dialer struct {
 	// NoPrepare stops the client from sending PREPARE on its current path
 	// before it dials the next server, so every migration fetches the
 	// state on the new server's request instead of having it pushed
-	// during the dial (for comparisons; the push is faster).
+	// during the dial (for comparisons).
 	NoPrepare bool
+	// PrepareMinRTT: the client sends PREPARE only when its current path's
+	// round-trip time (the kernel's minimum RTT of the TCP connection) is
+	// at least this. The push saves the new server's FETCH round trip but
+	// adds work on all three parties (PREPARE, PUSH and its answer); when
+	// round trips are this short, as between processes on one host, that
+	// work costs more than the round trip. Paths whose RTT cannot be read
+	// (not kernel TCP, not Linux) always prepare. Default 100µs; negative:
+	// prepare whatever the RTT.
+	PrepareMinRTT time.Duration
 	// HandshakeTimeout bounds a connect or one migration attempt. Default 10s.
 	HandshakeTimeout time.Duration
 	// RecoverTimeout is how long a client whose path failed keeps trying
@@ -59,6 +68,9 @@ func (d Dialer) filled() *Dialer {
 	d.Triggers.fill()
 	setDefault(&d.HandshakeTimeout, 10*time.Second)
 	setDefault(&d.RecoverTimeout, 30*time.Second)
+	if d.PrepareMinRTT == 0 {
+		d.PrepareMinRTT = defaultPrepareMinRTT
+	}
 	d.Servers = append([]string(nil), d.Servers...)
 	return &d
 }
@@ -381,7 +393,7 @@ func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string, ifDown 
 	m := wire.Migrate{ConnID: c.id, Counter: cl.counter, RecvOff: c.in.end(), Origin: cl.self}
 	m.MAC = migrateMAC(c.secret, m)
 	stats := MigrationStats{ConnID: c.id, Role: RoleClient, From: cl.self, To: addr}
-	if p := c.path; p != nil && !cl.d.NoPrepare && addr != cl.cur && cl.self != "" {
+	if p := c.path; p != nil && addr != cl.cur && cl.self != "" && cl.worthPreparing(p) {
 		// Ask the origin to push the state to addr while we dial it.
 		p.queue(wire.AppendPrepare(nil, wire.Prepare{Target: addr, Migrate: m}))
 		m.Prepared, stats.Pushed = true, true
@@ -471,6 +483,23 @@ func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string, ifDown 
 	cl.report(c, stats)
 	cl.armStandby(c)
 	return nil
+}
+
+// defaultPrepareMinRTT is Dialer.PrepareMinRTT's default: on loopback the
+// minimum RTT is tens of µs, on a LAN between hosts 100µs and more.
+const defaultPrepareMinRTT = 100 * time.Microsecond
+
+// worthPreparing tells whether to have the origin push the state while
+// the client dials (see Dialer.PrepareMinRTT).
+func (cl *clientSide) worthPreparing(p *path) bool {
+	if cl.d.NoPrepare {
+		return false
+	}
+	if cl.d.PrepareMinRTT < 0 {
+		return true
+	}
+	rtt, ok := pathRTT(p.nc)
+	return !ok || rtt >= cl.d.PrepareMinRTT
 }
 
 func (cl *clientSide) report(c *Conn, s MigrationStats) {

@@ -85,7 +85,8 @@ func testLogger() *slog.Logger {
 }
 
 func testDialer(tc *testCluster) *Dialer {
-	return &Dialer{Logger: testLogger(), Servers: tc.addrs, NoPrepare: tc.noPrepare, Triggers: Triggers{KeepAlive: 200 * time.Millisecond, PathTimeout: 2 * time.Second}}
+	// PREPARE whatever the RTT: on loopback the default would skip it.
+	return &Dialer{Logger: testLogger(), Servers: tc.addrs, NoPrepare: tc.noPrepare, PrepareMinRTT: -1, Triggers: Triggers{KeepAlive: 200 * time.Millisecond, PathTimeout: 2 * time.Second}}
 }
 
 func TestEchoOverOnePath(t *testing.T) {

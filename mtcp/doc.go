@@ -52,7 +52,9 @@
 // push's answer and gets the state only if the push failed. A client
 // whose dial fails after a PREPARE goes back to the origin (or on to any
 // server), which takes the frozen state again under a higher counter.
-// Dialer.NoPrepare turns PREPARE off.
+// The push is worth its extra work only on paths whose round trip is at
+// least Dialer.PrepareMinRTT (100µs); on shorter ones, as on one host, the
+// client sends no PREPARE. Dialer.NoPrepare turns PREPARE off.
 //
 // In eager mode (ListenConfig.Store set) every ExportState is saved before
 // it returns and input is acknowledged to the client as discardable only up

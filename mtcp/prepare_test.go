@@ -3,7 +3,9 @@ package mtcp
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -391,4 +393,67 @@ func TestPrepareNamesOnlyClusterServersAndItsOwnConnection(t *testing.T) {
 	if tc.lns[0].NumConns() != 2 || tc.lns[1].numPushed() != 0 {
 		t.Fatalf("a PREPARE on one connection moved another: %d conns on the origin, %d pushed", tc.lns[0].NumConns(), tc.lns[1].numPushed())
 	}
+}
+
+// TestPrepareOnlyOnLongPaths: below Dialer.PrepareMinRTT the client sends
+// no PREPARE and the new server fetches the state.
+func TestPrepareOnlyOnLongPaths(t *testing.T) {
+	checkLeaks(t)
+	var log statsLog
+	tc := newCluster(t, 2, nil, func(cfg *ListenConfig) { cfg.OnMigration = log.add })
+	tc.echo()
+	d := testDialer(tc)
+	d.PrepareMinRTT = time.Hour // longer than any loopback round trip
+	c, err := d.DialMTCP(context.Background(), tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echoCheck(t, c)
+	if err := c.Migrate(context.Background(), tc.addrs[1]); err != nil {
+		t.Fatal(err)
+	}
+	echoCheck(t, c)
+	if c.LastMigration().Pushed {
+		t.Fatal("the client sent PREPARE on a path shorter than PrepareMinRTT")
+	}
+	if s := log.find(t, RoleNewServer); s.Pushed || s.Mode != ModeLazy || s.Err != nil {
+		t.Fatalf("new server: want a fetched state, got %+v", s)
+	}
+}
+
+func TestPathRTT(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if _, ok := pathRTT(a); ok {
+		t.Fatal("an RTT for a pipe")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if nc, err := ln.Accept(); err == nil {
+			_, _ = io.Copy(nc, nc)
+			_ = nc.Close()
+		}
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := nc.Write([]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(nc, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	rtt, ok := pathRTT(nc)
+	if runtime.GOOS == "linux" && (!ok || rtt <= 0 || rtt > time.Second) {
+		t.Fatalf("loopback RTT %v, ok %v", rtt, ok)
+	}
+	t.Logf("loopback min RTT %v", rtt)
 }

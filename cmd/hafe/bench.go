@@ -94,10 +94,11 @@ func runBenchMigrate(ctx context.Context, args []string, stdout, stderr io.Write
 	fs := newFlagSet("bench migrate", "bench migrate [flags]",
 		"Reproduces the seed's microbenchmark: a client migrates its MTCP connection\n"+
 			"back and forth between two servers on loopback (lazy transfer over the\n"+
-			"peer channel), for each application state size, in three variants: the\n"+
-			"client's PREPARE has the origin push the state during the dial (the\n"+
-			"default); no PREPARE, so the new server fetches the state after the\n"+
-			"MIGRATE (the seed's protocol); and a warm standby path. Each round is\n"+
+			"peer channel), for each application state size, in four variants: the\n"+
+			"default client, which sends PREPARE (the origin pushes the state during\n"+
+			"the dial) only on paths whose RTT is at least 100µs, so on loopback\n"+
+			"the new server fetches the state after the MIGRATE; PREPARE always; no\n"+
+			"PREPARE (the seed's protocol); and a warm standby path. Each round is\n"+
 			"interleaved with a plain TCP connect plus one round trip. Prints the mean\n"+
 			"time of every phase on all three parties and the ratios.\n"+
 			"With --delay it runs on a simulated network (gVisor netstack) whose links\n"+

@@ -37,7 +37,7 @@ func newClusterOn(tr transport, n int, mod func(i int, cfg *mtcp.ListenConfig), 
 	cl := &cluster{conns: make(map[*mtcp.Conn]struct{})}
 	var raws []net.Listener
 	for i := range n {
-		ln, self, err := tr.listen(i)
+		ln, self, err := tr.listen(i, false)
 		if err != nil {
 			for _, r := range raws {
 				_ = r.Close()

@@ -55,15 +55,18 @@ type Variant struct {
 	// FetchOnly: the client sends no PREPARE, so the new server fetches
 	// the state from the origin after the MIGRATE (the seed's protocol).
 	FetchOnly bool
-	Phases    Phases
+	// AlwaysPrepare: the client sends PREPARE whatever its path's RTT;
+	// by default it does only from mtcp.Dialer.PrepareMinRTT on.
+	AlwaysPrepare bool
+	Phases        Phases
 	// Total is the client's mean time from starting the migration until the
 	// stream is reattached (initiate + wait + complete); Median its median.
 	Total, Median time.Duration
 	// StandbyUsed counts the runs the warm path actually carried.
 	StandbyUsed int
-	// PushedUsed counts the runs whose new server took the state the
-	// origin pushed after the client's PREPARE.
-	PushedUsed int
+	// PrepareSent counts the runs whose client sent PREPARE; PushedUsed
+	// those whose new server took the state the origin pushed after it.
+	PrepareSent, PushedUsed int
 	// Transferred is the mean state the origin handed over (snapshot, input
 	// log, unacknowledged output), in bytes.
 	Transferred int
@@ -81,7 +84,8 @@ type MigrateResult struct {
 	// same conditions: goroutines parked, caches cold); HotRTT is the same
 	// in a tight loop, the best case.
 	RTT, RTTMedian, HotRTT time.Duration
-	Lazy                   []Variant // by size: PREPARE, the state pushed during the dial
+	Lazy                   []Variant // by size: the default client (PREPARE by RTT)
+	Prepared               []Variant // by size: PREPARE always, the state pushed during the dial
 	FetchOnly              []Variant // by size: no PREPARE, the new server fetches
 	Standby                []Variant // by size
 	Failures               int       // migrations that failed and were retried
@@ -156,7 +160,7 @@ func RunMigrate(ctx context.Context, cfg MigrateConfig) (*MigrateResult, error) 
 	}
 	res := &MigrateResult{Runs: cfg.Runs, Network: tr.String()}
 	var runs []*variantRun
-	for _, kind := range []Variant{{}, {FetchOnly: true}, {Standby: true}} {
+	for _, kind := range []Variant{{}, {AlwaysPrepare: true}, {FetchOnly: true}, {Standby: true}} {
 		for _, size := range cfg.Sizes {
 			v := kind
 			v.StateBytes = size
@@ -207,6 +211,9 @@ func RunMigrate(ctx context.Context, cfg MigrateConfig) (*MigrateResult, error) 
 	for _, r := range runs {
 		d := &mtcp.Dialer{Servers: cl.addrs, Standby: r.v.Standby, NoPrepare: r.v.FetchOnly, DialPath: tr.dialFrom(-1),
 			Triggers: mtcp.Triggers{KeepAlive: time.Minute, PathTimeout: time.Hour}}
+		if r.v.AlwaysPrepare {
+			d.PrepareMinRTT = -1
+		}
 		c, err := d.DialMTCP(ctx, cl.addrs[0])
 		if err != nil {
 			return nil, err
@@ -302,6 +309,9 @@ func RunMigrate(ctx context.Context, cfg MigrateConfig) (*MigrateResult, error) 
 			if s.Standby {
 				r.v.StandbyUsed++
 			}
+			if s.Pushed {
+				r.v.PrepareSent++
+			}
 		}
 	}
 	res.RTT, res.RTTMedian = mean(rtts), median(rtts)
@@ -345,6 +355,8 @@ func RunMigrate(ctx context.Context, cfg MigrateConfig) (*MigrateResult, error) 
 			res.Standby = append(res.Standby, *r.v)
 		case r.v.FetchOnly:
 			res.FetchOnly = append(res.FetchOnly, *r.v)
+		case r.v.AlwaysPrepare:
+			res.Prepared = append(res.Prepared, *r.v)
 		default:
 			res.Lazy = append(res.Lazy, *r.v)
 		}
@@ -376,7 +388,7 @@ type tcpEcho struct {
 }
 
 func newTCPEcho(tr transport) (*tcpEcho, error) {
-	ln, addr, err := tr.listen(2)
+	ln, addr, err := tr.listen(2, true)
 	if err != nil {
 		return nil, err
 	}
@@ -500,14 +512,21 @@ func (r *MigrateResult) Table() string {
 	lazyRows := func(vs []Variant) {
 		header("state size", vs)
 		phaseRows(vs)
+		row("", "PREPARE sent", vs, func(v Variant) string { return fmt.Sprintf("%9s", fmt.Sprintf("%d/%d", v.PrepareSent, r.Runs)) })
 		row("", "state pushed", vs, func(v Variant) string { return fmt.Sprintf("%9s", fmt.Sprintf("%d/%d", v.PushedUsed, r.Runs)) })
 		row("baseline", "TCP connect + 1 RTT", vs, func(Variant) string { return us(r.Baseline) })
 		row("ratio", "migration / baseline", vs, func(v Variant) string { return fmt.Sprintf("%8.2fx", ratio(v.Total, r.Baseline)) })
 		row("", "medians' ratio", vs, func(v Variant) string { return fmt.Sprintf("%8.2fx", ratio(v.Median, r.BaselineMedian)) })
 	}
 	fmt.Fprintf(&b, "One-way lazy migration between two servers, mean of %d runs, µs\non %s\n", r.Runs, r.Network)
-	b.WriteString("the client sends PREPARE on the old path and dials; the origin pushes the state meanwhile\n\n")
+	b.WriteString("the default client: it sends PREPARE on the old path when that path's RTT is at least\n")
+	b.WriteString("mtcp.Dialer.PrepareMinRTT (100 µs), so that the origin pushes the state while it dials;\n")
+	b.WriteString("on shorter paths the new server fetches the state after the MIGRATE\n\n")
 	lazyRows(r.Lazy)
+	if len(r.Prepared) > 0 {
+		fmt.Fprintf(&b, "\nLazy migration, PREPARE whatever the RTT (the origin pushes the state during the dial), mean of %d runs, µs\n\n", r.Runs)
+		lazyRows(r.Prepared)
+	}
 	if len(r.FetchOnly) > 0 {
 		fmt.Fprintf(&b, "\nLazy migration without PREPARE (the new server fetches the state after the MIGRATE), mean of %d runs, µs\n\n", r.Runs)
 		lazyRows(r.FetchOnly)

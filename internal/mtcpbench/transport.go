@@ -18,8 +18,9 @@ type dialFunc func(ctx context.Context, addr string) (net.Conn, error)
 // the seed's LAN, where round trips dominate software costs).
 type transport interface {
 	// listen opens a listener on host i; servers are hosts 0…n-1, the
-	// baseline's echo server is host n.
-	listen(i int) (ln net.Listener, self string, err error)
+	// baseline's echo server is host n. An MTCP server listens as
+	// mtcp.Listen does; a plain one (the baseline) as net.Listen does.
+	listen(i int, plain bool) (ln net.Listener, self string, err error)
 	// dialFrom returns how host i dials (the client is host -1).
 	dialFrom(i int) dialFunc
 	Close() error
@@ -28,8 +29,12 @@ type transport interface {
 
 type loopback struct{}
 
-func (loopback) listen(int) (net.Listener, string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func (loopback) listen(_ int, plain bool) (net.Listener, string, error) {
+	var lc net.ListenConfig // Go's default: OS keepalive on accepted conns
+	if !plain {
+		lc.KeepAlive = -1 // MTCP pings on its own, as mtcp.Listen sets up
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, "", err
 	}
@@ -75,7 +80,7 @@ func newSimulated(n int, delay time.Duration) (*simulated, error) {
 	return s, nil
 }
 
-func (s *simulated) listen(i int) (net.Listener, string, error) {
+func (s *simulated) listen(i int, _ bool) (net.Listener, string, error) {
 	ln, err := s.hosts[i].Listen("tcp", ":80")
 	if err != nil {
 		return nil, "", err
