@@ -1,6 +1,9 @@
 package wire
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Version is the protocol version carried in HELLO. Version 2 added
 // PREPARE, PUSH, PUSHED, DROP_PUSH and RECEIVED, and the Prepared flag of
@@ -101,6 +104,10 @@ func appendMigrateBody(b []byte, m Migrate) []byte {
 	b = appendU64(b, m.RecvOff)
 	b = appendString8(b, m.Origin)
 	return appendBytes8(b, m.MAC)
+}
+
+func migrateBodyLen(m Migrate) int {
+	return len(m.ConnID) + 8 + 8 + 1 + len(m.Origin) + 1 + len(m.MAC)
 }
 
 func parseMigrateBody(p *parser) (m Migrate) {
@@ -371,6 +378,7 @@ type Transfer struct {
 }
 
 func AppendTransfer(b []byte, m Transfer) []byte {
+	b = slices.Grow(b, HeaderLen+8+1+1+len(m.Reason)+connStateLen(m.State))
 	return frame(b, TypeTransfer, func(b []byte) []byte {
 		b = appendU64(b, m.Req)
 		b = append(b, m.Code)
@@ -385,6 +393,7 @@ func AppendTransfer(b []byte, m Transfer) []byte {
 // AppendConnState encodes s without a frame header (also used by snapshot
 // stores that want one opaque blob).
 func AppendConnState(b []byte, s ConnState) []byte {
+	b = slices.Grow(b, connStateLen(s)) // one allocation, not one per doubling
 	b = append(b, s.ConnID[:]...)
 	b = appendBytes8(b, s.Secret)
 	b = appendU64(b, s.Counter)
@@ -397,6 +406,11 @@ func AppendConnState(b []byte, s ConnState) []byte {
 	b = appendU64(b, s.OutOff)
 	b = appendBytes32(b, s.Output)
 	return append(b, boolByte(s.OutFin))
+}
+
+// connStateLen is the encoded size of s.
+func connStateLen(s ConnState) int {
+	return len(s.ConnID) + 1 + len(s.Secret) + 4*8 + 4 + len(s.State) + 4 + len(s.Input) + 1 + 8 + 4 + len(s.Output) + 1
 }
 
 func boolByte(v bool) byte {
@@ -452,6 +466,7 @@ type Push struct {
 }
 
 func AppendPush(b []byte, m Push) []byte {
+	b = slices.Grow(b, HeaderLen+8+migrateBodyLen(m.Migrate)+connStateLen(m.State))
 	return frame(b, TypePush, func(b []byte) []byte {
 		b = appendU64(b, m.Req)
 		b = appendMigrateBody(b, m.Migrate)

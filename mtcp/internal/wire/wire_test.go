@@ -228,3 +228,17 @@ func FuzzParseConnState(f *testing.F) {
 		}
 	})
 }
+
+// The encoders of the state-carrying frames size their buffer once.
+func TestStateFramesAllocateOnce(t *testing.T) {
+	st := ConnState{Secret: make([]byte, 32), State: make([]byte, 10<<10), Input: make([]byte, 300), Output: make([]byte, 700)}
+	m := Migrate{Counter: 3, Origin: "10.0.0.1:7000", MAC: make([]byte, 32)}
+	for name, enc := range map[string]func() []byte{
+		"TRANSFER": func() []byte { return AppendTransfer(nil, Transfer{Req: 1, State: st}) },
+		"PUSH":     func() []byte { return AppendPush(nil, Push{Req: 1, Migrate: m, State: st}) },
+	} {
+		if n := testing.AllocsPerRun(20, func() { _ = enc() }); n != 1 {
+			t.Errorf("%s: %v allocations, want 1", name, n)
+		}
+	}
+}
