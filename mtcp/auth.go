@@ -36,6 +36,15 @@ func migrateMAC(secret []byte, m wire.Migrate) []byte {
 	return h.Sum(nil)
 }
 
+// prepareMAC binds a PREPARE's target to the MIGRATE it announces.
+func prepareMAC(secret []byte, m wire.Migrate, target string) []byte {
+	h := hmac.New(sha256.New, secret)
+	h.Write([]byte("mtcp prepare v1\x00"))
+	h.Write(m.MAC)
+	h.Write([]byte(target))
+	return h.Sum(nil)
+}
+
 // checkMigrate is a server's verdict on a MIGRATE for a connection with the
 // given secret whose last accepted migration counter is last. 0 means accept.
 func checkMigrate(secret []byte, last uint64, m wire.Migrate) RefusalCode {

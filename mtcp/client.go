@@ -395,7 +395,7 @@ func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string, ifDown 
 	stats := MigrationStats{ConnID: c.id, Role: RoleClient, From: cl.self, To: addr}
 	if p := c.path; p != nil && addr != cl.cur && cl.self != "" && cl.worthPreparing(p) {
 		// Ask the origin to push the state to addr while we dial it.
-		p.queue(wire.AppendPrepare(nil, wire.Prepare{Target: addr, Migrate: m}))
+		p.queue(wire.AppendPrepare(nil, wire.Prepare{Target: addr, Migrate: m, MAC: prepareMAC(c.secret, m, addr)}))
 		m.Prepared, stats.Pushed = true, true
 	}
 	var sb *standbyPath

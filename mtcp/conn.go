@@ -568,6 +568,7 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 			return nil // a PREPARE moves only the connection it came on
 		}
 		pr.Migrate.MAC = bytes.Clone(pr.Migrate.MAC) // payload is reused
+		pr.MAC = bytes.Clone(pr.MAC)
 		// Not under c.mu: freezing takes it, pushing waits on a peer.
 		c.sv.ln.goTracked(func() { c.sv.ln.prepare(pr) })
 	case wire.TypePong:

@@ -304,7 +304,7 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 func (l *Listener) freeze(m wire.Migrate) (wire.ConnState, *RefusalError) {
 	t0 := time.Now()
 	stats := MigrationStats{ConnID: ConnID(m.ConnID), Role: RoleOrigin, Mode: ModeLazy, From: l.cfg.Self}
-	st, _, rerr := l.freezeState(m, "")
+	st, _, rerr := l.freezeState(m, nil)
 	stats.PrepareReply = time.Since(t0)
 	if rerr != nil {
 		stats.Err = rerr
@@ -316,12 +316,12 @@ func (l *Listener) freeze(m wire.Migrate) (wire.ConnState, *RefusalError) {
 }
 
 // freezeState hands over a live connection, or again the state of one
-// already handed over. With pushTo set (a client's PREPARE) it only
-// freezes a live connection and returns the push's bookkeeping.
-func (l *Listener) freezeState(m wire.Migrate, pushTo string) (wire.ConnState, *pushState, *RefusalError) {
+// already handed over. For a client's PREPARE (pr set) it only freezes a
+// live connection and returns the push's bookkeeping.
+func (l *Listener) freezeState(m wire.Migrate, pr *wire.Prepare) (wire.ConnState, *pushState, *RefusalError) {
 	c, mc := l.lookup(m.ConnID)
 	if c == nil {
-		if mc == nil || pushTo != "" {
+		if mc == nil || pr != nil {
 			return wire.ConnState{}, nil, refusal(RefuseUnknownConn, "unknown connection")
 		}
 		st, rerr := l.handOverAgain(mc, m)
@@ -335,6 +335,9 @@ func (l *Listener) freezeState(m wire.Migrate, pushTo string) (wire.ConnState, *
 	}
 	if code := checkMigrate(c.secret, s.counter, m); code != 0 {
 		return wire.ConnState{}, nil, refusal(code, "%s", code)
+	}
+	if pr != nil && !hmac.Equal(prepareMAC(c.secret, m, pr.Target), pr.MAC) {
+		return wire.ConnState{}, nil, refusal(RefuseBadMAC, "PREPARE's MAC does not cover its target")
 	}
 	if s.logLost {
 		return wire.ConnState{}, nil, refusal(RefuseStateUnavailable, "input log overflowed since the last snapshot")
@@ -365,8 +368,8 @@ func (l *Listener) freezeState(m wire.Migrate, pushTo string) (wire.ConnState, *
 		s.detached.Stop()
 	}
 	var ps *pushState
-	if pushTo != "" {
-		ps = &pushState{mac: bytes.Clone(m.MAC), target: pushTo, done: make(chan struct{})}
+	if pr != nil {
+		ps = &pushState{mac: bytes.Clone(m.MAC), target: pr.Target, done: make(chan struct{})}
 	}
 	mc = &migratedConn{secret: c.secret, counter: m.Counter, state: full, push: ps}
 	l.mu.Lock()

@@ -84,7 +84,7 @@ func (l *Listener) prepare(pr wire.Prepare) {
 	t0 := time.Now()
 	m := pr.Migrate
 	stats := MigrationStats{ConnID: ConnID(m.ConnID), Role: RoleOrigin, Mode: ModeLazy, From: l.cfg.Self, To: pr.Target, Pushed: true}
-	st, ps, rerr := l.freezeState(m, pr.Target)
+	st, ps, rerr := l.freezeState(m, &pr)
 	stats.PrepareReply = time.Since(t0)
 	if rerr != nil {
 		// A FETCH froze it first, or the PREPARE is stale or forged.

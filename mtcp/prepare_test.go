@@ -192,12 +192,13 @@ func TestClientReturnsToTheOriginWhenItCannotReachTheTarget(t *testing.T) {
 	waitFor(t, func() bool { return tc.lns[1].numPushed() == 0 })
 }
 
-// TestForgedPrepareFreezesNothing: a PREPARE whose MAC does not verify, or
-// whose counter was used, is ignored: the connection stays where it is and
-// nothing is pushed.
+// TestForgedPrepareFreezesNothing: a PREPARE whose MIGRATE's MAC does not
+// verify, whose counter was used, or whose target is not the one its own
+// MAC covers, is ignored: the connection stays where it is and nothing is
+// pushed.
 func TestForgedPrepareFreezesNothing(t *testing.T) {
 	checkLeaks(t)
-	tc := newCluster(t, 2, nil, nil)
+	tc := newCluster(t, 3, nil, nil)
 	tc.echo()
 	c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
 	if err != nil {
@@ -211,19 +212,45 @@ func TestForgedPrepareFreezesNothing(t *testing.T) {
 	c.mu.Lock()
 	used := c.cl.counter
 	c.mu.Unlock()
+	prepare := func(m wire.Migrate, target string) wire.Prepare {
+		return wire.Prepare{Target: target, Migrate: m, MAC: prepareMAC(c.secret, m, target)}
+	}
 	forged := signedMigrate(c, used+1, tc.addrs[1])
 	forged.MAC[0] ^= 1
-	replayed := signedMigrate(c, used, tc.addrs[1])
-	for _, m := range []wire.Migrate{forged, replayed} {
+	redirected := prepare(signedMigrate(c, used+1, tc.addrs[1]), tc.addrs[0])
+	redirected.Target = tc.addrs[2] // on the path, someone sends the push elsewhere
+	unsigned := prepare(signedMigrate(c, used+1, tc.addrs[1]), tc.addrs[0])
+	unsigned.MAC = nil
+	for i, pr := range []wire.Prepare{
+		prepare(forged, tc.addrs[0]),
+		prepare(signedMigrate(c, used, tc.addrs[1]), tc.addrs[0]), // replayed counter
+		redirected,
+		unsigned,
+	} {
 		c.mu.Lock()
-		c.path.queue(wire.AppendPrepare(nil, wire.Prepare{Target: tc.addrs[0], Migrate: m}))
+		c.path.queue(wire.AppendPrepare(nil, pr))
 		c.mu.Unlock()
 		echoCheck(t, c)
 		time.Sleep(20 * time.Millisecond) // a push would have arrived by now
-		if tc.lns[1].NumConns() != 1 || tc.lns[0].numPushed() != 0 {
-			t.Fatalf("a bad PREPARE moved the connection: %d conns, %d pushed", tc.lns[1].NumConns(), tc.lns[0].numPushed())
+		if tc.lns[1].NumConns() != 1 || tc.lns[0].numPushed() != 0 || tc.lns[2].numPushed() != 0 {
+			t.Fatalf("bad PREPARE %d moved the connection: %d conns, %d+%d pushed", i,
+				tc.lns[1].NumConns(), tc.lns[0].numPushed(), tc.lns[2].numPushed())
 		}
 		echoCheck(t, c)
+	}
+	// The same PREPARE, untouched, does move it.
+	good := prepare(signedMigrate(c, used+1, tc.addrs[1]), tc.addrs[0])
+	c.mu.Lock()
+	c.path.queue(wire.AppendPrepare(nil, good))
+	c.mu.Unlock()
+	waitFor(t, func() bool { return tc.lns[0].numPushed() == 1 })
+	// and the MIGRATE it announced (the client's next) takes the push.
+	if err := c.Migrate(context.Background(), tc.addrs[0]); err != nil {
+		t.Fatal(err)
+	}
+	echoCheck(t, c)
+	if n := tc.lns[0].numPushed(); n != 0 {
+		t.Fatalf("the pushed state was not taken: %d left", n)
 	}
 }
 
@@ -365,7 +392,7 @@ func TestPrepareNamesOnlyClusterServersAndItsOwnConnection(t *testing.T) {
 	c.mu.Unlock()
 	m := signedMigrate(c, next, tc.addrs[0])
 	c.mu.Lock()
-	c.path.queue(wire.AppendPrepare(nil, wire.Prepare{Target: outside.Addr().String(), Migrate: m}))
+	c.path.queue(wire.AppendPrepare(nil, wire.Prepare{Target: outside.Addr().String(), Migrate: m, MAC: prepareMAC(c.secret, m, outside.Addr().String())}))
 	c.mu.Unlock()
 	echoCheck(t, c)
 	select {
@@ -385,7 +412,7 @@ func TestPrepareNamesOnlyClusterServersAndItsOwnConnection(t *testing.T) {
 	echoCheck(t, other)
 	om := signedMigrate(other, 1, tc.addrs[0])
 	c.mu.Lock()
-	c.path.queue(wire.AppendPrepare(nil, wire.Prepare{Target: tc.addrs[1], Migrate: om}))
+	c.path.queue(wire.AppendPrepare(nil, wire.Prepare{Target: tc.addrs[1], Migrate: om, MAC: prepareMAC(other.secret, om, tc.addrs[1])}))
 	c.mu.Unlock()
 	echoCheck(t, c)
 	time.Sleep(20 * time.Millisecond)

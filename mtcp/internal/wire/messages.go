@@ -7,8 +7,8 @@ import (
 
 // Version is the protocol version carried in HELLO. Version 2 added
 // PREPARE, PUSH, PUSHED, DROP_PUSH and RECEIVED, and the Prepared flag of
-// MIGRATE.
-const Version = 2
+// MIGRATE; version 3 the MAC of PREPARE over its target.
+const Version = 3
 
 // Hello opens a new connection.
 type Hello struct{ Version uint8 }
@@ -130,15 +130,20 @@ func ParseMigrate(b []byte) (Migrate, error) {
 // Target, asks the origin to freeze the connection and push its state to
 // Target now, so the state is there (or on its way) when the MIGRATE
 // arrives. Migrate is the very MIGRATE the client then sends.
+// MAC, keyed with the connection's secret, covers Target and the
+// MIGRATE's own MAC, so that no one on the path can send the push
+// elsewhere.
 type Prepare struct {
 	Target  string
 	Migrate Migrate
+	MAC     []byte
 }
 
 func AppendPrepare(b []byte, m Prepare) []byte {
 	return frame(b, TypePrepare, func(b []byte) []byte {
 		b = appendString8(b, m.Target)
-		return appendMigrateBody(b, m.Migrate)
+		b = appendMigrateBody(b, m.Migrate)
+		return appendBytes8(b, m.MAC)
 	})
 }
 
@@ -146,6 +151,7 @@ func ParsePrepare(b []byte) (m Prepare, err error) {
 	p := parser{b: b}
 	m.Target = p.string8()
 	m.Migrate = parseMigrateBody(&p)
+	m.MAC = p.bytes8(MaxMAC)
 	return m, p.done()
 }
 

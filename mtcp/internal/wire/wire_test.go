@@ -125,7 +125,7 @@ func sampleFrames() [][]byte {
 		ConnID: id, Secret: []byte("s"), Counter: 3, Seq: 9, SnapIn: 100, SnapOut: 200,
 		State: []byte("state"), Input: []byte("log"), InFin: true, OutOff: 150, Output: []byte("out"), OutFin: true,
 	}}))
-	add(AppendPrepare(nil, Prepare{Target: "b:2", Migrate: mig}))
+	add(AppendPrepare(nil, Prepare{Target: "b:2", Migrate: mig, MAC: []byte{9, 8, 7}}))
 	add(AppendPush(nil, Push{Req: 7, Migrate: mig, State: ConnState{
 		ConnID: id, Secret: []byte("s"), Counter: 3, SnapIn: 10, SnapOut: 20, State: []byte("st"), OutOff: 15, Output: []byte("o"),
 	}}))
