@@ -30,10 +30,31 @@ const (
 	maxBlock = 64 << 10
 )
 
-var blockPool = sync.Pool{New: func() any {
-	b := make([]byte, 0, maxBlock)
-	return &b
-}}
+// blockPools recycle blocks by size, minBlock << i: a connection that
+// comes and goes (a short exchange, a migration) reuses the small ones
+// too, not only bulk streams the large ones.
+var blockPools [numBlockSizes]sync.Pool
+
+const numBlockSizes = 6 // minBlock … maxBlock
+
+func getBlock(size int) []byte {
+	if i := blockSizeIndex(size); i >= 0 {
+		if bp, ok := blockPools[i].Get().(*[]byte); ok {
+			return (*bp)[:0]
+		}
+	}
+	return make([]byte, 0, size)
+}
+
+// blockSizeIndex is i for size minBlock << i, or -1 for other sizes.
+func blockSizeIndex(size int) int {
+	for i := range numBlockSizes {
+		if size == minBlock<<i {
+			return i
+		}
+	}
+	return -1
+}
 
 func (q *byteQueue) len() int { return q.n }
 
@@ -82,7 +103,7 @@ func (q *byteQueue) letGo(c *chunk) {
 			b.b = b.b[q.off:]
 			q.off = 0
 		}
-		own := (*blockPool.Get().(*[]byte))[:0] // a borrowed block is at most one frame
+		own := getBlock(maxBlock) // a borrowed block is at most one frame
 		b.b, b.c = append(own, b.b...), nil
 		c.unref()
 	}
@@ -91,16 +112,15 @@ func (q *byteQueue) letGo(c *chunk) {
 // newBlock sizes blocks from small (a short message) to maxBlock (bulk).
 func (q *byteQueue) newBlock(want int) []byte {
 	size := minBlock
-	if len(q.blocks) > 0 {
-		size = 2 * cap(q.blocks[len(q.blocks)-1].b)
+	if len(q.blocks) > 0 { // the next size up from the last block
+		for last := cap(q.blocks[len(q.blocks)-1].b); size <= last && size < maxBlock; {
+			size *= 2
+		}
 	}
 	for size < want && size < maxBlock {
 		size *= 2
 	}
-	if size >= maxBlock {
-		return (*blockPool.Get().(*[]byte))[:0]
-	}
-	return make([]byte, 0, size)
+	return getBlock(size)
 }
 
 // drop consumes n bytes.
@@ -124,7 +144,7 @@ func (q *byteQueue) drop(n int) {
 }
 
 func (q *byteQueue) release(b block) {
-	if b.c == nil && cap(b.b) != maxBlock {
+	if b.c == nil && blockSizeIndex(cap(b.b)) < 0 {
 		return
 	}
 	if q.pinned > 0 {
@@ -136,7 +156,7 @@ func (q *byteQueue) release(b block) {
 		return
 	}
 	buf := b.b[:0]
-	blockPool.Put(&buf)
+	blockPools[blockSizeIndex(cap(buf))].Put(&buf)
 }
 
 func (q *byteQueue) pin() { q.pinned++ }

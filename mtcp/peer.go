@@ -89,10 +89,14 @@ func (pp *peerPool) fetch(ctx context.Context, addr string, m wire.Migrate) (wir
 // reports whether the whole PUSH was written: after that, an error leaves
 // open whether the server kept it, so it is not repeated.
 func (pp *peerPool) push(ctx context.Context, addr string, p wire.Push) (ans wire.Pushed, sent bool, err error) {
+	bp := frameBufs.Get().(*[]byte)
+	var frame []byte
 	payload, sent, err := pp.call(ctx, addr, true, wire.TypePushed, func(req uint64) []byte {
 		p.Req = req
-		return wire.AppendPush(nil, p)
+		frame = wire.AppendPush((*bp)[:0], p)
+		return frame
 	})
+	putFrameBuf(bp, frame)
 	if err == nil {
 		ans, err = wire.ParsePushed(payload)
 	}
@@ -278,6 +282,7 @@ func (l *Listener) servePeer(nc net.Conn, br *bufio.Reader, payload []byte) {
 			return
 		}
 		var answer []byte
+		bp := frameBufs.Get().(*[]byte)
 		switch t {
 		case wire.TypeFetch:
 			f, err := wire.ParseFetch(payload)
@@ -289,7 +294,7 @@ func (l *Listener) servePeer(nc net.Conn, br *bufio.Reader, payload []byte) {
 			if rerr != nil {
 				tr = wire.Transfer{Req: f.Req, Code: uint8(rerr.Code), Reason: rerr.Reason}
 			}
-			answer = wire.AppendTransfer(nil, tr)
+			answer = wire.AppendTransfer(*bp, tr)
 		case wire.TypePush:
 			p, err := wire.ParsePush(payload)
 			if err != nil {
@@ -310,8 +315,26 @@ func (l *Listener) servePeer(nc net.Conn, br *bufio.Reader, payload []byte) {
 		default:
 			return
 		}
-		if _, err := nc.Write(answer); err != nil {
+		_, err = nc.Write(answer)
+		putFrameBuf(bp, answer)
+		if err != nil {
 			return
 		}
 	}
+}
+
+// frameBufs recycles the buffers of the frames that carry a state (TRANSFER,
+// PUSH): each is written once and forgotten, and a large state would
+// otherwise cost a fresh allocation per migration.
+var frameBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledFrame keeps the buffers of unusually large states out of the pool.
+const maxPooledFrame = 256 << 10
+
+func putFrameBuf(bp *[]byte, b []byte) {
+	if cap(b) > maxPooledFrame {
+		return
+	}
+	*bp = b[:0]
+	frameBufs.Put(bp)
 }
