@@ -98,8 +98,9 @@ func runBenchMigrate(ctx context.Context, args []string, stdout, stderr io.Write
 			"default client, which sends PREPARE (the origin pushes the state during\n"+
 			"the dial) only on paths whose RTT is at least 100µs, so on loopback\n"+
 			"the new server fetches the state after the MIGRATE; PREPARE always; no\n"+
-			"PREPARE (the seed's protocol); and a warm standby path. Each round is\n"+
-			"interleaved with a plain TCP connect plus one round trip. Prints the mean\n"+
+			"PREPARE (the seed's protocol); and a warm standby path. Each round\n"+
+			"takes one migration of every variant and a plain TCP connect plus one\n"+
+			"round trip, in a shuffled order. Prints the mean\n"+
 			"time of every phase on all three parties and the ratios.\n"+
 			"With --delay it runs on a simulated network (gVisor netstack) whose links\n"+
 			"add that one-way delay, where round trips dominate as on the seed's LAN.", stderr)

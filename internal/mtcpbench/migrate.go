@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"strings"
@@ -141,7 +142,8 @@ func serveStateEcho(c *mtcp.Conn) {
 
 // RunMigrate measures one-way lazy migrations between two servers on
 // loopback, with and without a warm standby path, for each state size,
-// interleaved round by round with the connect+RTT baseline.
+// interleaved round by round, in a shuffled order, with the connect+RTT
+// baseline.
 func RunMigrate(ctx context.Context, cfg MigrateConfig) (*MigrateResult, error) {
 	cfg.fill()
 	for _, s := range cfg.Sizes {
@@ -251,7 +253,18 @@ func RunMigrate(ctx context.Context, cfg MigrateConfig) (*MigrateResult, error) 
 		}
 		s := r.conn.LastMigration()
 		// The stream works, and the new server has snapshotted again.
-		return s, roundTrip(r.conn)
+		if err := roundTrip(r.conn); err != nil {
+			return s, err
+		}
+		if r.v.Standby {
+			// Let the next warm path open now rather than during the
+			// next measurement.
+			back := cl.addrs[i%2]
+			for k := 0; k < 1000 && r.conn.Standby() != back; k++ {
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
+		return s, nil
 	}
 	for i := 0; i < cfg.Warmup; i++ {
 		if _, err := echo.connectRTT(); err != nil {
@@ -283,21 +296,35 @@ func RunMigrate(ctx context.Context, cfg MigrateConfig) (*MigrateResult, error) 
 	}
 	defer rttConn.Close()
 	var base, rtts []time.Duration
-	for i := 0; i < cfg.Runs; i++ {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
+	order := rand.New(rand.NewPCG(1, 2))
+	baseline := func() error {
 		b, err := echo.connectRTT()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		base = append(base, b)
 		t0 := time.Now()
 		if err := roundTrip(rttConn); err != nil {
-			return nil, err
+			return err
 		}
 		rtts = append(rtts, time.Since(t0))
-		for _, r := range runs {
+		return nil
+	}
+	for i := 0; i < cfg.Runs; i++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		// Each round takes the steps (the baseline is step 0) in a new
+		// order, so that whatever one measurement leaves behind (a path
+		// closing, garbage) falls on every other one alike.
+		for _, step := range order.Perm(len(runs) + 1) {
+			if step == 0 {
+				if err := baseline(); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			r := runs[step-1]
 			s, err := migrate(r, i)
 			if err != nil {
 				return nil, err
