@@ -319,16 +319,31 @@ func (l *Listener) freeze(m wire.Migrate) (wire.ConnState, *RefusalError) {
 // already handed over. For a client's PREPARE (pr set) it only freezes a
 // live connection and returns the push's bookkeeping.
 func (l *Listener) freezeState(m wire.Migrate, pr *wire.Prepare) (wire.ConnState, *pushState, *RefusalError) {
-	c, mc := l.lookup(m.ConnID)
-	if c == nil {
-		if mc == nil || pr != nil {
-			return wire.ConnState{}, nil, refusal(RefuseUnknownConn, "unknown connection")
+	for again := true; ; again = false {
+		c, mc := l.lookup(m.ConnID)
+		if c == nil {
+			if mc == nil || pr != nil {
+				return wire.ConnState{}, nil, refusal(RefuseUnknownConn, "unknown connection")
+			}
+			st, rerr := l.handOverAgain(mc, m)
+			return st, nil, rerr
 		}
-		st, rerr := l.handOverAgain(mc, m)
-		return st, nil, rerr
+		c.mu.Lock()
+		if c.state == stateMigrated && again {
+			// A PREPARE and a FETCH raced, and the other froze it while
+			// we waited for the lock: answer from its handed-over record.
+			c.mu.Unlock()
+			continue
+		}
+		st, ps, rerr := l.freezeLocked(c, m, pr)
+		c.mu.Unlock()
+		return st, ps, rerr
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
+}
+
+// freezeLocked is freezeState's part for a connection still in the table;
+// called with c.mu held.
+func (l *Listener) freezeLocked(c *Conn, m wire.Migrate, pr *wire.Prepare) (wire.ConnState, *pushState, *RefusalError) {
 	s := c.sv
 	if c.state.terminal() || c.state == statePeerClosed {
 		return wire.ConnState{}, nil, refusal(RefuseUnknownConn, "connection ended")
@@ -371,7 +386,7 @@ func (l *Listener) freezeState(m wire.Migrate, pr *wire.Prepare) (wire.ConnState
 	if pr != nil {
 		ps = &pushState{mac: bytes.Clone(m.MAC), target: pr.Target, done: make(chan struct{})}
 	}
-	mc = &migratedConn{secret: c.secret, counter: m.Counter, state: full, push: ps}
+	mc := &migratedConn{secret: c.secret, counter: m.Counter, state: full, push: ps}
 	l.mu.Lock()
 	delete(l.conns, c.id)
 	if !l.closing {

@@ -484,3 +484,64 @@ func TestPathRTT(t *testing.T) {
 	}
 	t.Logf("loopback min RTT %v", rtt)
 }
+
+// TestFetchRacingAPrepareGetsTheHandover: a FETCH that waited for the
+// connection's lock while a PREPARE froze it answers from the handed-over
+// record (here: the state, once the push is refused), not "connection
+// ended". Under load the new server's hedged FETCH can reach the origin
+// while the PREPARE is freezing the connection.
+func TestFetchRacingAPrepareGetsTheHandover(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 2, nil, nil)
+	tc.echo()
+	c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echoCheck(t, c)
+	l := tc.lns[0]
+	sc, _ := l.lookup(c.id)
+	if sc == nil {
+		t.Fatal("the origin does not hold the connection")
+	}
+	m := signedMigrate(c, 1, tc.addrs[0])
+	pr := wire.Prepare{Target: tc.addrs[1], Migrate: m, MAC: prepareMAC(c.secret, m, tc.addrs[1])}
+	type result struct {
+		st   wire.ConnState
+		ps   *pushState
+		rerr *RefusalError
+	}
+	prepared, fetched := make(chan result, 1), make(chan result, 1)
+	sc.mu.Lock()
+	go func() {
+		st, ps, rerr := l.freezeState(m, &pr)
+		prepared <- result{st, ps, rerr}
+	}()
+	time.Sleep(20 * time.Millisecond) // the PREPARE waits for the lock first
+	go func() {
+		st, ps, rerr := l.freezeState(m, nil)
+		fetched <- result{st, ps, rerr}
+	}()
+	time.Sleep(20 * time.Millisecond)
+	sc.mu.Unlock()
+
+	p := <-prepared
+	if p.rerr == nil {
+		// The PREPARE won: its push "fails", so the FETCH is owed the state.
+		l.mu.Lock()
+		p.ps.outcome = pushRefused
+		l.mu.Unlock()
+		close(p.ps.done)
+	}
+	f := <-fetched
+	if f.rerr != nil {
+		t.Fatalf("the FETCH that raced the PREPARE (which got %v) was refused: %v", p.rerr, f.rerr)
+	}
+	if f.st.Counter != 0 || f.st.ConnID != c.id {
+		t.Fatalf("the FETCH got the wrong state: %+v", f.st)
+	}
+	// The client finds its path closed and recovers under a higher counter.
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	echoCheck(t, c)
+}
