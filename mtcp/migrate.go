@@ -158,10 +158,13 @@ func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time,
 	t1 := time.Now()
 	stats.PrepareRequest = t1.Sub(t0)
 	// pushed takes the state the origin pushed for this MIGRATE, waiting
-	// at most d; worth it only for a prepared MIGRATE.
+	// at most d for it if the client announced the push (the push went to
+	// the server its PREPARE named, which is the one it dials: here).
+	// Without the flag it takes only a push that is here already: no MAC
+	// covers the flag.
 	pushed := func(d time.Duration) (wire.ConnState, bool) {
 		if !m.Prepared {
-			return wire.ConnState{}, false
+			d = 0
 		}
 		st, ok := l.waitPushed(ctx, m, d)
 		stats.Pushed = ok

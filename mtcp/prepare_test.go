@@ -198,7 +198,8 @@ func TestClientReturnsToTheOriginWhenItCannotReachTheTarget(t *testing.T) {
 // pushed.
 func TestForgedPrepareFreezesNothing(t *testing.T) {
 	checkLeaks(t)
-	tc := newCluster(t, 3, nil, nil)
+	var log statsLog
+	tc := newCluster(t, 3, nil, func(cfg *ListenConfig) { cfg.OnMigration = log.add })
 	tc.echo()
 	c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
 	if err != nil {
@@ -209,6 +210,8 @@ func TestForgedPrepareFreezesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	echoCheck(t, c)
+	log.find(t, RoleOrigin)
+	log.reset()
 	c.mu.Lock()
 	used := c.cl.counter
 	c.mu.Unlock()
@@ -238,20 +241,24 @@ func TestForgedPrepareFreezesNothing(t *testing.T) {
 		}
 		echoCheck(t, c)
 	}
-	// The same PREPARE, untouched, does move it.
+	log.mu.Lock()
+	for _, s := range log.s {
+		if s.Role == RoleOrigin && s.Err == nil {
+			t.Fatalf("a bad PREPARE froze the connection: %+v", s)
+		}
+	}
+	log.mu.Unlock()
+	// The same PREPARE, untouched, does freeze and push it; the client,
+	// which did not send it, finds its path closed and follows.
 	good := prepare(signedMigrate(c, used+1, tc.addrs[1]), tc.addrs[0])
 	c.mu.Lock()
 	c.path.queue(wire.AppendPrepare(nil, good))
 	c.mu.Unlock()
-	waitFor(t, func() bool { return tc.lns[0].numPushed() == 1 })
-	// and the MIGRATE it announced (the client's next) takes the push.
-	if err := c.Migrate(context.Background(), tc.addrs[0]); err != nil {
-		t.Fatal(err)
-	}
+	log.findWhere(t, func(s MigrationStats) bool {
+		return s.Role == RoleOrigin && s.Pushed && s.Err == nil && s.To == tc.addrs[0]
+	})
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	echoCheck(t, c)
-	if n := tc.lns[0].numPushed(); n != 0 {
-		t.Fatalf("the pushed state was not taken: %d left", n)
-	}
 }
 
 // TestPushMustMatchItsState: a pushed state is kept only if the MIGRATE
@@ -287,6 +294,19 @@ func TestPushMustMatchItsState(t *testing.T) {
 	}
 	if l.numPushed() != 0 {
 		t.Fatal("the pushed state was not consumed")
+	}
+
+	// A MIGRATE whose prepared flag was cleared on the way (no MAC covers
+	// it) still takes the state pushed for it, without waiting.
+	if rerr := l.keepPushed(m, st); rerr != nil {
+		t.Fatal(rerr)
+	}
+	var stats MigrationStats
+	unflagged := m
+	unflagged.Prepared = false
+	got, mode, _, rerr := l.fetchState(context.Background(), unflagged, time.Now(), &stats)
+	if rerr != nil || mode != ModeLazy || !stats.Pushed || got.Counter != 4 {
+		t.Fatalf("unflagged MIGRATE: %v, mode %v, pushed %v, %+v", rerr, mode, stats.Pushed, got)
 	}
 }
 
