@@ -41,7 +41,10 @@ type Dialer struct {
 	// at least this. The push saves the new server's FETCH round trip but
 	// adds work on all three parties (PREPARE, PUSH and its answer); when
 	// round trips are this short, as between processes on one host, that
-	// work costs more than the round trip. Paths whose RTT cannot be read
+	// work costs more than the round trip. The client's own path stands in
+	// for the distance between the servers, which is what the push saves:
+	// a client next to its server (a proxy on the same host) with servers
+	// far apart should set it negative. Paths whose RTT cannot be read
 	// (not kernel TCP, not Linux) always prepare. Default 100µs; negative:
 	// prepare whatever the RTT.
 	PrepareMinRTT time.Duration

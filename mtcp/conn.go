@@ -562,7 +562,7 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 		}
 		pr, err := wire.ParsePrepare(payload)
 		if err != nil {
-			return err
+			return nil // only a shortcut: the new server will fetch
 		}
 		if pr.Migrate.ConnID != c.id {
 			return nil // a PREPARE moves only the connection it came on

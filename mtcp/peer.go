@@ -96,7 +96,9 @@ func (pp *peerPool) push(ctx context.Context, addr string, p wire.Push) (ans wir
 		frame = wire.AppendPush((*bp)[:0], p)
 		return frame
 	})
-	putFrameBuf(bp, frame)
+	if frame != nil {
+		putFrameBuf(bp, frame)
+	}
 	if err == nil {
 		ans, err = wire.ParsePushed(payload)
 	}
@@ -304,14 +306,14 @@ func (l *Listener) servePeer(nc net.Conn, br *bufio.Reader, payload []byte) {
 			if rerr := l.keepPushed(p.Migrate, p.State); rerr != nil {
 				ans.Code, ans.Reason = uint8(rerr.Code), rerr.Reason
 			}
-			answer = wire.AppendPushed(nil, ans)
+			answer = wire.AppendPushed(*bp, ans)
 		case wire.TypeDropPush:
 			d, err := wire.ParseDropPush(payload)
 			if err != nil {
 				return
 			}
 			l.forgetPushed(ConnID(d.ConnID), d.Counter)
-			answer = wire.AppendPushed(nil, wire.Pushed{Req: d.Req})
+			answer = wire.AppendPushed(*bp, wire.Pushed{Req: d.Req})
 		default:
 			return
 		}

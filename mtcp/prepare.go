@@ -18,7 +18,9 @@ import (
 // Exactly one server gets the state for a counter: the origin decides, at
 // the freeze, whether the counter is handed over by push; a FETCH for the
 // same MIGRATE waits for the push's answer and gets the state only if the
-// push was refused or lost. If the PREPARE never arrives, the new server's
+// push was refused (an unanswered push leaves the state unavailable for
+// that counter: the client retries with the next). If the PREPARE never
+// arrives, the new server's
 // FETCH freezes the connection as in a plain lazy migration and the late
 // PREPARE finds nothing to freeze.
 
