@@ -79,6 +79,9 @@ func (c Chart) Render() *image.RGBA {
 	draw.Draw(img, img.Bounds(), image.White, image.Point{}, draw.Src)
 
 	xmin, xmax, ymin, ymax := c.bounds()
+	xstep, ystep := niceStep((xmax-xmin)/5), niceStep((ymax-ymin)/5)
+	xmin, xmax = math.Floor(xmin/xstep)*xstep, math.Ceil(xmax/xstep)*xstep
+	ymin, ymax = math.Floor(ymin/ystep)*ystep, math.Ceil(ymax/ystep)*ystep
 	area := image.Rect(marginLeft, marginTop, width-marginRight, height-marginBottom)
 	px := func(x float64) int {
 		return area.Min.X + int(math.Round((x-xmin)/(xmax-xmin)*float64(area.Dx())))
@@ -87,24 +90,26 @@ func (c Chart) Render() *image.RGBA {
 		return area.Max.Y - int(math.Round((y-ymin)/(ymax-ymin)*float64(area.Dy())))
 	}
 
-	// Grid, ticks and tick labels.
-	for i := 0; i <= 5; i++ {
-		x := xmin + (xmax-xmin)*float64(i)/5
-		y := ymin + (ymax-ymin)*float64(i)/5
+	// Grid, ticks and tick labels, at round values.
+	for i := 0; xmin+float64(i)*xstep <= xmax*(1+1e-9); i++ {
+		x := xmin + float64(i)*xstep
 		vline(img, px(x), area.Min.Y, area.Max.Y, grey)
-		hline(img, area.Min.X, area.Max.X, py(y), grey)
 		text(img, px(x)-15, area.Max.Y+15, short(x), black)
+	}
+	for i := 0; ymin+float64(i)*ystep <= ymax*(1+1e-9); i++ {
+		y := ymin + float64(i)*ystep
+		hline(img, area.Min.X, area.Max.X, py(y), grey)
 		text(img, 5, py(y)+4, short(y), black)
 	}
 	hline(img, area.Min.X, area.Max.X, area.Max.Y, black)
 	vline(img, area.Min.X, area.Min.Y, area.Max.Y, black)
 
-	for _, m := range c.Markers {
+	for i, m := range c.Markers {
 		x := px(m.X)
 		for y := area.Min.Y; y < area.Max.Y; y += 6 {
 			vline(img, x, y, min(y+3, area.Max.Y), red)
 		}
-		text(img, x+3, area.Min.Y+12, m.Label, red)
+		text(img, x+3, area.Min.Y+12+12*i, m.Label, red) // one line each: markers may be close
 	}
 	for i, s := range c.Series {
 		col := s.Color
@@ -145,12 +150,28 @@ func (c Chart) bounds() (xmin, xmax, ymin, ymax float64) {
 	return xmin, xmax, ymin, ymax
 }
 
+// niceStep rounds a tick spacing up to 1, 2, 2.5 or 5 times a power of ten.
+func niceStep(raw float64) float64 {
+	if raw <= 0 || math.IsInf(raw, 0) || math.IsNaN(raw) {
+		return 1
+	}
+	p := math.Pow(10, math.Floor(math.Log10(raw)))
+	for _, m := range []float64{1, 2, 2.5, 5} {
+		if m*p >= raw {
+			return m * p
+		}
+	}
+	return 10 * p
+}
+
 func short(v float64) string {
 	switch a := math.Abs(v); {
 	case a >= 1e9:
 		return fmt.Sprintf("%.1fG", v/1e9)
 	case a >= 1e6:
 		return fmt.Sprintf("%.1fM", v/1e6)
+	case a >= 1e3 && math.Mod(a, 1e3) == 0:
+		return fmt.Sprintf("%.0fk", v/1e3)
 	case a >= 1e3:
 		return fmt.Sprintf("%.1fk", v/1e3)
 	case a == math.Trunc(a):

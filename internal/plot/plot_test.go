@@ -37,3 +37,11 @@ func TestEmptyChartRenders(t *testing.T) {
 		t.Fatal("default size not used")
 	}
 }
+
+func TestNiceStep(t *testing.T) {
+	for raw, want := range map[float64]float64{0.3: 0.5, 1: 1, 1.5: 2, 214: 250, 3000: 5000, 7: 10, 0: 1} {
+		if got := niceStep(raw); got != want {
+			t.Errorf("niceStep(%v) = %v, want %v", raw, got, want)
+		}
+	}
+}
