@@ -28,8 +28,10 @@ type Limits struct {
 	// SendWindow is how many written bytes may be on their way (sent or
 	// not) before the peer says it received them; Write blocks beyond it.
 	// Smaller than MaxSendBuffer, it keeps a bulk stream's buffers in the
-	// CPU caches; raise it on paths whose bandwidth × round trip exceeds
-	// it. Default 512 KiB, at most MaxSendBuffer.
+	// CPU caches. On a long path (kernel TCP on Linux, a round trip of
+	// longPathRTT or more) the window, not the cache, limits a stream, so
+	// there a Write that the window holds up gets all of MaxSendBuffer.
+	// Default 512 KiB, at most MaxSendBuffer.
 	SendWindow int
 	// MaxRecvBuffer is how many received bytes may wait for Read before the
 	// path stops reading (back-pressure). Default 1 MiB.
@@ -40,7 +42,15 @@ type Limits struct {
 	MaxInputLog int
 	// MaxState bounds ExportState's argument. Default 1 MiB.
 	MaxState int
+
+	// rttOf reads a path's round-trip time (pathRTT); tests replace it.
+	rttOf func(net.Conn) (time.Duration, bool)
 }
+
+// longPathRTT is the round trip from which a connection's send window is
+// all of MaxSendBuffer: 512 KiB per millisecond is 500 MB/s, more than a
+// stream gets from one core, while a 50 ms path would be held to 10 MB/s.
+const longPathRTT = time.Millisecond
 
 func (l Limits) withDefaults() Limits {
 	if l.MaxSendBuffer <= 0 {
@@ -55,6 +65,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxInputLog <= 0 {
 		l.MaxInputLog = 8 << 20
+	}
+	if l.rttOf == nil {
+		l.rttOf = pathRTT
 	}
 	if l.MaxState <= 0 {
 		l.MaxState = 1 << 20
@@ -258,8 +271,29 @@ func (c *Conn) stateErrLocked() error {
 	return ErrLost
 }
 
+// sendWindowLocked is the send window on the current path: SendWindow,
+// or MaxSendBuffer once a Write found SendWindow full on a long path. The
+// path's RTT is read then, once per path.
+func (c *Conn) sendWindowLocked() int {
+	p := c.path
+	if p == nil {
+		return c.lim.SendWindow
+	}
+	if !p.rttRead && c.out.unheard() >= c.lim.SendWindow {
+		// Only a Write the window holds up pays for reading the RTT.
+		p.rttRead = true
+		rtt, ok := c.lim.rttOf(p.nc)
+		p.long = ok && rtt >= longPathRTT
+	}
+	if p.long {
+		return c.lim.MaxSendBuffer
+	}
+	return c.lim.SendWindow
+}
+
 // Write writes output (server) or input (client) bytes. It blocks while
-// MaxSendBuffer bytes wait for the peer's acknowledgement.
+// MaxSendBuffer bytes wait for the peer's acknowledgement, or the send
+// window is full.
 func (c *Conn) Write(b []byte) (int, error) {
 	n := 0
 	for {
@@ -284,7 +318,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 		// Regenerated output the stream already holds costs no buffer space.
 		k := len(b)
 		if dup := c.out.end() - c.out.app; dup < uint64(k) {
-			space := min(c.lim.MaxSendBuffer-c.out.unacked(), c.lim.SendWindow-c.out.unheard())
+			space := min(c.lim.MaxSendBuffer-c.out.unacked(), c.sendWindowLocked()-c.out.unheard())
 			k = min(k, int(dup)+max(space, 0))
 		}
 		if k > 0 {

@@ -269,3 +269,41 @@ func TestClientCloseFlushesThroughAMigration(t *testing.T) {
 		t.Fatal("the bytes written before Close never arrived")
 	}
 }
+
+// TestLongPathGetsTheWholeSendBuffer: a Write that the send window holds
+// up on a path with a round trip of longPathRTT or more may go on to
+// MaxSendBuffer; on a short path it stops at SendWindow.
+func TestLongPathGetsTheWholeSendBuffer(t *testing.T) {
+	checkLeaks(t)
+	for _, rtt := range []time.Duration{20 * time.Microsecond, 40 * time.Millisecond} {
+		tc := newCluster(t, 1, nil, func(cfg *ListenConfig) {
+			cfg.Limits.MaxRecvBuffer = 64 << 10 // the server hears little
+		})
+		release := make(chan struct{})
+		tc.serve(func(c *Conn) { // its application reads only at the end
+			<-release
+			_, _ = io.Copy(io.Discard, c)
+		})
+		d := testDialer(tc)
+		d.Limits.rttOf = func(net.Conn) (time.Duration, bool) { return rtt, true }
+		c, err := d.DialMTCP(context.Background(), tc.addrs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
+		n, err := c.Write(make([]byte, 8<<20))
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("RTT %v: write ended with %v after %d bytes", rtt, err, n)
+		}
+		lim := c.lim
+		switch long := rtt >= longPathRTT; {
+		case !long && n > lim.SendWindow+(256<<10):
+			t.Errorf("short path: %d bytes written, window %d", n, lim.SendWindow)
+		case long && n < lim.MaxSendBuffer/2:
+			t.Errorf("long path: only %d bytes written, buffer %d", n, lim.MaxSendBuffer)
+		}
+		t.Logf("RTT %v: %d KiB written before the window closed", rtt, n>>10)
+		close(release)
+		_ = c.Close()
+	}
+}

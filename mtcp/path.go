@@ -36,6 +36,8 @@ type path struct {
 	retiring bool   // send the queued control frames and bye, then shut down
 	bye      []byte
 	started  bool
+	rttRead  bool // long is known
+	long     bool // the round trip is longPathRTT or more: the send window is MaxSendBuffer
 
 	frames atomic.Uint64 // frames received, for the client's progress check
 }
