@@ -100,8 +100,8 @@ func runBenchMigrate(ctx context.Context, args []string, stdout, stderr io.Write
 			"the new server fetches the state after the MIGRATE; PREPARE always; no\n"+
 			"PREPARE (the seed's protocol); and a warm standby path. Each round\n"+
 			"takes one migration of every variant and a plain TCP connect plus one\n"+
-			"round trip, in a shuffled order. Prints the mean\n"+
-			"time of every phase on all three parties and the ratios.\n"+
+			"round trip, in a shuffled order. Prints the mean time of every phase\n"+
+			"on all three parties and the ratios.\n"+
 			"With --delay it runs on a simulated network (gVisor netstack) whose links\n"+
 			"add that one-way delay, where round trips dominate as on the seed's LAN.", stderr)
 	var (
