@@ -89,6 +89,19 @@ func testDialer(tc *testCluster) *Dialer {
 	return &Dialer{Logger: testLogger(), Servers: tc.addrs, NoPrepare: tc.noPrepare, PrepareMinRTT: -1, Triggers: Triggers{KeepAlive: 200 * time.Millisecond, PathTimeout: 2 * time.Second}}
 }
 
+// dialChecked connects to server 0 with d and checks the echo; the
+// connection closes when the test ends.
+func (tc *testCluster) dialChecked(d *Dialer) *Conn {
+	tc.t.Helper()
+	c, err := d.DialMTCP(context.Background(), tc.addrs[0])
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	tc.t.Cleanup(func() { _ = c.Close() })
+	echoCheck(tc.t, c)
+	return c
+}
+
 func TestEchoOverOnePath(t *testing.T) {
 	checkLeaks(t)
 	tc := newCluster(t, 1, nil, nil)

@@ -73,12 +73,7 @@ func TestPreparedMigrationIsPushed(t *testing.T) {
 		cfg.pushWait = 5 * time.Second
 	})
 	tc.echo()
-	c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	echoCheck(t, c)
+	c := tc.dialChecked(testDialer(tc))
 	for i := 0; i < 6; i++ {
 		log.reset()
 		to := tc.addrs[(i+1)%2]
@@ -120,12 +115,7 @@ func TestRefusedPushFallsBackToFetch(t *testing.T) {
 		n++
 	})
 	tc.echo()
-	c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	echoCheck(t, c)
+	c := tc.dialChecked(testDialer(tc))
 	if err := c.Migrate(context.Background(), tc.addrs[1]); err != nil {
 		t.Fatal(err)
 	}
@@ -161,12 +151,7 @@ func TestClientReturnsToTheOriginWhenItCannotReachTheTarget(t *testing.T) {
 		var nd net.Dialer
 		return nd.DialContext(ctx, "tcp", addr)
 	}
-	c, err := d.DialMTCP(context.Background(), tc.addrs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	echoCheck(t, c)
+	c := tc.dialChecked(d)
 	if err := c.Migrate(context.Background(), blocked); err == nil {
 		t.Fatal("migration to an unreachable server succeeded")
 	}
@@ -406,12 +391,7 @@ func TestPrepareNamesOnlyClusterServersAndItsOwnConnection(t *testing.T) {
 	}()
 	tc := newCluster(t, 2, nil, nil)
 	tc.echo()
-	c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	echoCheck(t, c)
+	c := tc.dialChecked(testDialer(tc))
 	c.mu.Lock()
 	next := c.cl.counter + 1
 	c.mu.Unlock()
@@ -429,12 +409,7 @@ func TestPrepareNamesOnlyClusterServersAndItsOwnConnection(t *testing.T) {
 		t.Fatal("a PREPARE for an outside target froze the connection")
 	}
 
-	other, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	echoCheck(t, other)
+	other := tc.dialChecked(testDialer(tc))
 	om := signedMigrate(other, 1, tc.addrs[0])
 	c.mu.Lock()
 	c.path.queue(wire.AppendPrepare(nil, wire.Prepare{Target: tc.addrs[1], Migrate: om, MAC: prepareMAC(other.secret, om, tc.addrs[1])}))
@@ -456,12 +431,7 @@ func TestPrepareOnlyOnLongPaths(t *testing.T) {
 	tc.echo()
 	d := testDialer(tc)
 	d.PrepareMinRTT = time.Hour // longer than any loopback round trip
-	c, err := d.DialMTCP(context.Background(), tc.addrs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	echoCheck(t, c)
+	c := tc.dialChecked(d)
 	if err := c.Migrate(context.Background(), tc.addrs[1]); err != nil {
 		t.Fatal(err)
 	}
@@ -519,12 +489,7 @@ func TestFetchRacingAPrepareGetsTheHandover(t *testing.T) {
 	checkLeaks(t)
 	tc := newCluster(t, 2, nil, nil)
 	tc.echo()
-	c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	echoCheck(t, c)
+	c := tc.dialChecked(testDialer(tc))
 	l := tc.lns[0]
 	sc, _ := l.lookup(c.id)
 	if sc == nil {
