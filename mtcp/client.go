@@ -501,7 +501,7 @@ func (cl *clientSide) worthPreparing(p *path) bool {
 	if cl.d.PrepareMinRTT < 0 {
 		return true
 	}
-	rtt, ok := pathRTT(p.nc)
+	rtt, ok := p.roundTrip()
 	return !ok || rtt >= cl.d.PrepareMinRTT
 }
 

@@ -272,21 +272,13 @@ func (c *Conn) stateErrLocked() error {
 }
 
 // sendWindowLocked is the send window on the current path: SendWindow,
-// or MaxSendBuffer once a Write found SendWindow full on a long path. The
-// path's RTT is read then, once per path.
+// or MaxSendBuffer once a Write finds SendWindow full on a long path.
 func (c *Conn) sendWindowLocked() int {
-	p := c.path
-	if p == nil {
-		return c.lim.SendWindow
-	}
-	if !p.rttRead && c.out.unheard() >= c.lim.SendWindow {
-		// Only a Write the window holds up pays for reading the RTT.
-		p.rttRead = true
-		rtt, ok := c.lim.rttOf(p.nc)
-		p.long = ok && rtt >= longPathRTT
-	}
-	if p.long {
-		return c.lim.MaxSendBuffer
+	// Only a Write the window holds up pays for reading the RTT.
+	if p := c.path; p != nil && c.out.unheard() >= c.lim.SendWindow {
+		if rtt, ok := p.roundTrip(); ok && rtt >= longPathRTT {
+			return c.lim.MaxSendBuffer
+		}
 	}
 	return c.lim.SendWindow
 }

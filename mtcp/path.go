@@ -36,8 +36,9 @@ type path struct {
 	retiring bool   // send the queued control frames and bye, then shut down
 	bye      []byte
 	started  bool
-	rttRead  bool // long is known
-	long     bool // the round trip is longPathRTT or more: the send window is MaxSendBuffer
+	rttRead  bool // rtt and rttOK are known
+	rttOK    bool
+	rtt      time.Duration
 
 	frames atomic.Uint64 // frames received, for the client's progress check
 }
@@ -50,6 +51,17 @@ func newPath(c *Conn, nc net.Conn, br *bufio.Reader) *path {
 		br = bufio.NewReaderSize(nc, pathReadBuffer)
 	}
 	return &path{c: c, nc: nc, fr: frameReader{nc: nc, br: br}, wake: make(chan struct{}, 1), quit: make(chan struct{})}
+}
+
+// roundTrip is the path's round-trip time, read once on first need (the
+// kernel's minimum RTT of a path hardly changes); ok is false where it
+// cannot be read. Called with c.mu held.
+func (p *path) roundTrip() (time.Duration, bool) {
+	if !p.rttRead {
+		p.rttRead = true
+		p.rtt, p.rttOK = p.c.lim.rttOf(p.nc)
+	}
+	return p.rtt, p.rttOK
 }
 
 // queue adds an encoded control frame; called with c.mu held.
