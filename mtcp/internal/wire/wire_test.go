@@ -231,6 +231,9 @@ func FuzzParseConnState(f *testing.F) {
 
 // The encoders of the state-carrying frames size their buffer once.
 func TestStateFramesAllocateOnce(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates on its own")
+	}
 	st := ConnState{Secret: make([]byte, 32), State: make([]byte, 10<<10), Input: make([]byte, 300), Output: make([]byte, 700)}
 	m := Migrate{Counter: 3, Origin: "10.0.0.1:7000", MAC: make([]byte, 32)}
 	for name, enc := range map[string]func() []byte{
