@@ -208,7 +208,7 @@ func dialOne(ctx context.Context, cfg *Dialer, addr string) (*Conn, error) {
 	cl.ctx, cl.cancel = context.WithCancel(context.Background())
 	c.cl = cl
 	c.mu.Lock()
-	err = c.attachLocked(newPath(c, nc, br), 0, 0)
+	err = c.attachLocked(newPath(c, nc, br), 0, 0, nil)
 	cl.resetPolicyLocked(time.Now())
 	c.mu.Unlock()
 	if err != nil {
@@ -469,7 +469,7 @@ func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string, ifDown 
 		_ = nc.Close()
 		return c.opErr("migrate", net.ErrClosed)
 	}
-	if err := c.attachLocked(newPath(c, nc, br), acc.RecvOff, m.RecvOff); err != nil {
+	if err := c.attachLocked(newPath(c, nc, br), acc.RecvOff, m.RecvOff, nil); err != nil {
 		// The server lacks input we already discarded: unrecoverable.
 		_ = nc.Close()
 		c.setStateLocked(stateFailed, fmt.Errorf("%w: %v", ErrLost, err))

@@ -33,8 +33,10 @@ type Limits struct {
 	// there a Write that the window holds up gets all of MaxSendBuffer.
 	// Default 512 KiB, at most MaxSendBuffer.
 	SendWindow int
-	// MaxRecvBuffer is how many received bytes may wait for Read before the
-	// path stops reading (back-pressure). Default 1 MiB.
+	// MaxRecvBuffer is how many received bytes may wait for Read: the
+	// credit this end gives its peer (back-pressure without ever pausing
+	// the path's reader). At least 64 KiB are buffered whatever it says, as
+	// a new path starts with that much credit. Default 1 MiB.
 	MaxRecvBuffer int
 	// MaxInputLog is how many input bytes a server keeps since the last
 	// snapshot; past it the connection cannot migrate until the next
@@ -138,7 +140,6 @@ type Conn struct {
 	appClosed  bool          // server: the application closed; the stream lingers until delivered
 	rwait      chan struct{} // closed when Read may make progress
 	wwait      chan struct{} // closed when Write may make progress
-	dwait      chan struct{} // closed when the receive buffer drains
 
 	readDL, writeDL deadline
 	done            chan struct{} // closed when the connection ends locally
@@ -182,7 +183,6 @@ func (c *Conn) setStateLocked(s connState, err error) {
 	}
 	c.notifyReadLocked()
 	c.notifyWriteLocked()
-	c.notifyDrainLocked()
 }
 
 func (c *Conn) notifyReadLocked() {
@@ -196,13 +196,6 @@ func (c *Conn) notifyWriteLocked() {
 	if c.wwait != nil {
 		close(c.wwait)
 		c.wwait = nil
-	}
-}
-
-func (c *Conn) notifyDrainLocked() {
-	if c.dwait != nil {
-		close(c.dwait)
-		c.dwait = nil
 	}
 }
 
@@ -227,11 +220,8 @@ func (c *Conn) Read(b []byte) (int, error) {
 				c.mu.Unlock()
 				return 0, nil
 			}
-			wasFull := c.in.unread() >= c.lim.MaxRecvBuffer
 			n := c.in.readInto(b)
-			if wasFull || c.in.unread() < c.lim.MaxRecvBuffer/2 {
-				c.notifyDrainLocked()
-			}
+			c.maybeCreditLocked(false)
 			c.mu.Unlock()
 			return n, nil
 		}
@@ -498,6 +488,7 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 		}
 		if c.appClosed && c.cl != nil {
 			c.in.discard() // a closed client reads no more
+			c.maybeCreditLocked(false)
 		}
 		if n > 0 {
 			c.notifyReadLocked()
@@ -530,6 +521,13 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 			return err
 		}
 		c.notifyWriteLocked()
+	case wire.TypeCredit:
+		off, err := wire.ParseOffset(payload)
+		if err != nil {
+			return err
+		}
+		c.out.credit(off)
+		p.wakeWriter()
 	case wire.TypeFin:
 		off, err := wire.ParseOffset(payload)
 		if err != nil {
@@ -645,6 +643,18 @@ func (c *Conn) maybeAckLocked(p *path, now bool) {
 	}
 }
 
+// maybeCreditLocked tells the peer it may send more once the application
+// has read a good part of the window (now: whatever it read).
+func (c *Conn) maybeCreditLocked(now bool) {
+	p := c.path
+	if p == nil {
+		return // the next path starts with a CREDIT of its own
+	}
+	if off, ok := c.in.grant(c.lim.MaxRecvBuffer, now); ok {
+		p.queue(wire.AppendOffset(nil, wire.TypeCredit, off))
+	}
+}
+
 // ackDelay bounds how long received bytes go unacknowledged.
 const ackDelay = 2 * time.Millisecond
 
@@ -694,7 +704,9 @@ func (c *Conn) pathFailed(p *path, err error) {
 
 // attachLocked makes p the connection's path, resuming output at resume;
 // peerHas is the input offset the peer already counts as acknowledged.
-func (c *Conn) attachLocked(p *path, resume, peerHas uint64) error {
+// greeting, if any, is the first frame the path sends (a server's WELCOME
+// or ACCEPTED); the path's first CREDIT rides with it.
+func (c *Conn) attachLocked(p *path, resume, peerHas uint64, greeting []byte) error {
 	if err := c.out.rewind(resume); err != nil {
 		return err
 	}
@@ -707,6 +719,9 @@ func (c *Conn) attachLocked(p *path, resume, peerHas uint64) error {
 	}
 	c.path = p
 	c.ackedIn, c.heardIn = peerHas, peerHas
+	p.ctrl = append(p.ctrl, greeting...)
+	c.in.openPath()
+	c.maybeCreditLocked(true)
 	if c.sv != nil {
 		c.sv.attachedLocked()
 	}

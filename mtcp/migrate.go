@@ -140,11 +140,9 @@ func (l *Listener) reattach(c *Conn, m wire.Migrate, nc net.Conn, br *bufio.Read
 	resume := max(m.RecvOff, c.out.base)
 	_ = c.out.ack(resume, true)
 	acc := wire.AppendAccepted(nil, wire.Accepted{RecvOff: c.in.end(), Self: l.cfg.Self, Servers: l.serverList()})
-	if _, err := nc.Write(acc); err != nil {
-		return false, false, nil
-	}
 	_ = nc.SetDeadline(time.Time{})
-	if err := c.attachLocked(newPath(c, nc, br), resume, 0); err != nil {
+	// A failed write of the greeting fails the path like any other.
+	if err := c.attachLocked(newPath(c, nc, br), resume, 0, acc); err != nil {
 		return false, false, nil
 	}
 	return true, false, nil

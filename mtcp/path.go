@@ -112,10 +112,6 @@ func (p *path) readLoop() {
 	defer p.fr.release()
 	c := p.c
 	for {
-		if err := p.waitRecvSpace(); err != nil {
-			c.pathFailed(p, err)
-			return
-		}
 		t, payload, err := p.fr.next()
 		if err != nil {
 			c.pathFailed(p, err)
@@ -133,25 +129,6 @@ func (p *path) readLoop() {
 		if err != nil {
 			c.pathFailed(p, err)
 			return
-		}
-	}
-}
-
-// waitRecvSpace blocks while the application has MaxRecvBuffer unread bytes.
-func (p *path) waitRecvSpace() error {
-	c := p.c
-	for {
-		c.mu.Lock()
-		if c.in.unread() < c.lim.MaxRecvBuffer || c.state.terminal() || c.path != p {
-			c.mu.Unlock()
-			return nil
-		}
-		ch := waitChan(&c.dwait)
-		c.mu.Unlock()
-		select {
-		case <-ch:
-		case <-p.quit:
-			return net.ErrClosed
 		}
 	}
 }

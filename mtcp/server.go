@@ -385,8 +385,7 @@ func (l *Listener) register(c *Conn, nc net.Conn, br *bufio.Reader, resume uint6
 		c.mu.Unlock()
 		return false
 	}
-	_, _ = nc.Write(greeting)
-	if err := c.attachLocked(newPath(c, nc, br), resume, 0); err != nil {
+	if err := c.attachLocked(newPath(c, nc, br), resume, 0, greeting); err != nil {
 		c.mu.Unlock()
 		l.remove(c)
 		return false

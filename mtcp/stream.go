@@ -3,14 +3,17 @@ package mtcp
 import (
 	"errors"
 	"fmt"
+
+	"hafe.dev/hafe/mtcp/internal/wire"
 )
 
 var errProtocol = errors.New("mtcp: protocol violation")
 
 // sendStream holds the bytes the local application wrote that the peer has
 // not acknowledged: offsets [base, end). sent is the next offset the current
-// path transmits. app is the application's own write offset, which trails
-// end while a migrated server regenerates output the stream already holds.
+// path transmits, and it never passes limit, the peer's credit. app is the
+// application's own write offset, which trails end while a migrated server
+// regenerates output the stream already holds.
 //
 // The buffer only ever advances its start and appends at its end, so a path
 // writer may send a slice of it without holding the lock.
@@ -19,6 +22,7 @@ type sendStream struct {
 	buf     byteQueue
 	heard   uint64 // the peer received up to here (≥ base once it said so)
 	sent    uint64
+	limit   uint64 // the peer's credit on the current path: DATA stays below it
 	app     uint64
 	fin     bool // the stream ends at end()
 	appFin  bool // the application called CloseWrite
@@ -83,14 +87,23 @@ func (s *sendStream) rewind(off uint64) error {
 	}
 	s.sent = off
 	s.heard = off // what the new path's peer said it holds
+	s.limit = off + wire.InitialCredit
 	s.finSent = false
 	return nil
 }
 
-// next returns up to max unsent bytes and marks them sent.
-func (s *sendStream) next(max int) (uint64, []byte) {
+// credit raises the limit the peer lets us send up to on this path.
+func (s *sendStream) credit(off uint64) { s.limit = max(s.limit, off) }
+
+// next returns up to n unsent bytes the peer's credit allows and marks them
+// sent.
+func (s *sendStream) next(n int) (uint64, []byte) {
 	off := s.sent
-	b := s.buf.slice(int(off-s.base), max)
+	if off >= s.limit {
+		return off, nil
+	}
+	n = int(min(uint64(n), s.limit-off))
+	b := s.buf.slice(int(off-s.base), n)
 	s.sent += uint64(len(b))
 	return off, b
 }
@@ -100,11 +113,14 @@ func (s *sendStream) needFin() bool { return s.fin && !s.finSent && s.sent == s.
 
 // recvStream holds bytes received from the peer: offsets [base, end). The
 // application reads from read on. A client discards bytes as they are read;
-// a server keeps them from the last snapshot on (the input log).
+// a server keeps them from the last snapshot on (the input log). limit is
+// the credit the peer has on the current path: no DATA may reach past it,
+// so the unread bytes stay bounded without ever pausing the path reader.
 type recvStream struct {
 	base    uint64
 	buf     byteQueue
 	read    uint64
+	limit   uint64
 	fin     bool
 	finOff  uint64
 	keepLog bool
@@ -128,6 +144,9 @@ func (r *recvStream) push(off uint64, p []byte, c *chunk) (int, error) {
 		}
 		p = p[dup:]
 	}
+	if end+uint64(len(p)) > r.limit {
+		return 0, fmt.Errorf("%w: data to %d beyond credit %d", errProtocol, end+uint64(len(p)), r.limit)
+	}
 	if r.fin && end+uint64(len(p)) > r.finOff {
 		return 0, fmt.Errorf("%w: data beyond FIN at %d", errProtocol, r.finOff)
 	}
@@ -137,6 +156,28 @@ func (r *recvStream) push(off uint64, p []byte, c *chunk) (int, error) {
 		r.buf.push(p)
 	}
 	return len(p), nil
+}
+
+// openPath starts a new path's credit: the peer resumes at end() and may
+// send InitialCredit bytes before it hears a CREDIT.
+func (r *recvStream) openPath() { r.limit = r.end() + wire.InitialCredit }
+
+// grant returns a new credit to advertise when the application has read
+// at least a quarter of the window since the last one, and records it as
+// given. now always returns one: a new path's first CREDIT states the
+// receiver's limit exactly, so the two ends never disagree about it
+// (the receiver's implicit limit may be above the sender's).
+func (r *recvStream) grant(window int, now bool) (uint64, bool) {
+	want := r.read + uint64(window)
+	if now {
+		r.limit = max(r.limit, want)
+		return r.limit, true
+	}
+	if want <= r.limit || want-r.limit < uint64(window/4) {
+		return 0, false
+	}
+	r.limit = want
+	return want, true
 }
 
 func (r *recvStream) setFin(off uint64) error {

@@ -10,6 +10,7 @@ import (
 
 func TestRecvStreamDropsDuplicatesAndRefusesGaps(t *testing.T) {
 	var r recvStream
+	r.openPath()
 	for _, tt := range []struct {
 		off     uint64
 		data    string
@@ -53,7 +54,7 @@ func TestRecvStreamDropsDuplicatesAndRefusesGaps(t *testing.T) {
 func TestSendStreamDropsRegeneratedOutput(t *testing.T) {
 	// The client holds output up to 10; the origin sent up to 14 ("KLMN"
 	// transferred); the snapshot was at 6.
-	s := sendStream{base: 10, buf: queueOf([]byte("KLMN")), sent: 10, app: 6}
+	s := sendStream{base: 10, buf: queueOf([]byte("KLMN")), sent: 10, app: 6, limit: 10 + wire.InitialCredit}
 	s.write([]byte("ghij")) // offsets 6..9: client has them
 	s.write([]byte("KL"))   // 10..11: already held
 	s.write([]byte("MNOP")) // 12..15: "OP" is new
@@ -85,6 +86,56 @@ func TestSendStreamDropsRegeneratedOutput(t *testing.T) {
 	s.write([]byte("UV"))   // 20..21: new
 	if s.end() != 22 || string(s.buf.bytesFrom(0, s.buf.len())) != "UV" {
 		t.Fatalf("after catching up: end %d", s.end())
+	}
+}
+
+// Credit bounds both ends: the sender sends no byte past the peer's
+// credit, and the receiver refuses DATA that reaches past the credit it
+// gave, whatever the sender does.
+func TestCreditBoundsSenderAndReceiver(t *testing.T) {
+	var s sendStream
+	if err := s.rewind(0); err != nil {
+		t.Fatal(err)
+	}
+	s.write(make([]byte, wire.InitialCredit+100))
+	if _, b := s.next(wire.InitialCredit + 100); len(b) != wire.InitialCredit {
+		t.Fatalf("sent %d bytes on a fresh path, want the initial credit %d", len(b), wire.InitialCredit)
+	}
+	if off, b := s.next(10); len(b) != 0 || off != wire.InitialCredit {
+		t.Fatalf("sent %d bytes at %d past the credit", len(b), off)
+	}
+	s.credit(wire.InitialCredit + 40)
+	s.credit(5) // credit never shrinks
+	if _, b := s.next(100); len(b) != 40 {
+		t.Fatalf("sent %d bytes after a credit of 40 more", len(b))
+	}
+
+	var r recvStream
+	r.openPath()
+	if _, err := r.push(0, make([]byte, wire.InitialCredit), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.push(wire.InitialCredit, []byte("x"), nil); !errors.Is(err, errProtocol) {
+		t.Fatalf("data past the credit: %v, want a protocol violation", err)
+	}
+	const window = 256 << 10
+	if _, ok := r.grant(window, false); !ok {
+		t.Fatal("no credit granted while the whole window is free")
+	}
+	if _, ok := r.grant(window, false); ok {
+		t.Fatal("credit granted again with nothing read")
+	}
+	buf := make([]byte, window/8)
+	r.readInto(buf)
+	if _, ok := r.grant(window, false); ok {
+		t.Fatal("credit granted for an eighth of the window")
+	}
+	r.readInto(buf)
+	if off, ok := r.grant(window, false); !ok || off != r.read+window {
+		t.Fatalf("grant after a quarter of the window = %d, %v", off, ok)
+	}
+	if _, err := r.push(r.end(), make([]byte, int(r.limit-r.end())), nil); err != nil {
+		t.Fatalf("data up to the granted credit: %v", err)
 	}
 }
 

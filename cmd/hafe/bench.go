@@ -201,18 +201,21 @@ func runBenchMTCP(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs := newFlagSet("bench mtcp", "bench mtcp [flags]",
 		"Moves bulk data over raw TCP and over an MTCP connection on loopback, both\n"+
 			"directions, in alternating rounds, and prints the rates side by side. Then\n"+
-			"measures the Go memory one idle server connection holds, MTCP and raw TCP,\n"+
-			"with the client ends in a child process (this binary, re-run).", stderr)
+			"a full-duplex echo (the client writes and reads at once) over both, with\n"+
+			"MTCP's default settings, and the migrations it caused (none is right).\n"+
+			"Then measures the Go memory one idle server connection holds, MTCP and raw\n"+
+			"TCP, with the client ends in a child process (this binary, re-run).", stderr)
 	var (
-		mib    = fs.Int("mib", 128, "MiB per transfer")
-		rounds = fs.Int("rounds", 11, "transfers per side and direction; the median counts")
-		conns  = fs.Int("conns", 500, "idle connections measured (0: skip the memory measurement)")
+		mib       = fs.Int("mib", 128, "MiB per transfer")
+		rounds    = fs.Int("rounds", 11, "transfers per side and direction; the median counts")
+		duplexMiB = fs.Int("duplex-mib", 8, "MiB per full-duplex echo (0: skip it)")
+		conns     = fs.Int("conns", 500, "idle connections measured (0: skip the memory measurement)")
 	)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *mib < 1 || *rounds < 1 || *conns < 0 {
-		return errors.New("bench mtcp: need --mib ≥ 1, --rounds ≥ 1 and --conns ≥ 0")
+	if *mib < 1 || *rounds < 1 || *conns < 0 || *duplexMiB < 0 {
+		return errors.New("bench mtcp: need --mib ≥ 1, --rounds ≥ 1, --duplex-mib ≥ 0 and --conns ≥ 0")
 	}
 	tp, err := mtcpbench.RunThroughput(ctx, mtcpbench.ThroughputConfig{Bytes: int64(*mib) << 20, Rounds: *rounds})
 	if err != nil {
@@ -220,6 +223,15 @@ func runBenchMTCP(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	fmt.Fprint(stdout, tp.Table())
 	verdicts := tp.Verdicts()
+	if *duplexMiB > 0 {
+		dx, err := mtcpbench.RunDuplex(ctx, mtcpbench.DuplexConfig{Bytes: int64(*duplexMiB) << 20, Rounds: *rounds})
+		if err != nil {
+			return fmt.Errorf("bench mtcp: %w", err)
+		}
+		fmt.Fprintln(stdout)
+		fmt.Fprint(stdout, dx.Table())
+		verdicts = append(verdicts, dx.Verdicts()...)
+	}
 	if *conns > 0 {
 		self, err := os.Executable()
 		if err != nil {

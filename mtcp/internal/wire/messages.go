@@ -7,8 +7,9 @@ import (
 
 // Version is the protocol version carried in HELLO. Version 2 added
 // PREPARE, PUSH, PUSHED, DROP_PUSH and RECEIVED, and the Prepared flag of
-// MIGRATE; version 3 the MAC of PREPARE over its target.
-const Version = 3
+// MIGRATE; version 3 the MAC of PREPARE over its target; version 4 credit
+// flow control (CREDIT, InitialCredit).
+const Version = 4
 
 // Hello opens a new connection.
 type Hello struct{ Version uint8 }

@@ -29,6 +29,7 @@ const (
 	TypeMoved    Type = 15 // client → old server on the old path: the connection migrated
 	TypePrepare  Type = 16 // client → origin on the old path: push my state to this server
 	TypeReceived Type = 17 // offset the receiver holds but may not let the sender discard yet (eager)
+	TypeCredit   Type = 18 // receiver → sender: DATA may go up to this offset on this path
 
 	TypePeerHello     Type = 32 // peer → peer: client nonce
 	TypePeerChallenge Type = 33 // server nonce + server proof
@@ -46,7 +47,7 @@ var typeNames = map[Type]string{
 	TypePing: "PING", TypePong: "PONG", TypeRedirect: "REDIRECT", TypeServers: "SERVERS",
 	TypeStandby: "STANDBY", TypeMoved: "MOVED", TypePeerHello: "PEER_HELLO", TypePeerChallenge: "PEER_CHALLENGE",
 	TypePeerAuth: "PEER_AUTH", TypeFetch: "FETCH", TypeTransfer: "TRANSFER",
-	TypePrepare: "PREPARE", TypeReceived: "RECEIVED", TypePush: "PUSH", TypePushed: "PUSHED", TypeDropPush: "DROP_PUSH",
+	TypePrepare: "PREPARE", TypeReceived: "RECEIVED", TypeCredit: "CREDIT", TypePush: "PUSH", TypePushed: "PUSHED", TypeDropPush: "DROP_PUSH",
 }
 
 func (t Type) String() string {
@@ -58,6 +59,11 @@ func (t Type) String() string {
 
 // HeaderLen is the size of a frame header.
 const HeaderLen = 5
+
+// InitialCredit is how far past the offset a path resumes at a sender may
+// send DATA before the receiver's first CREDIT on that path arrives. Every
+// receiver buffers at least this much; CREDIT frames then move the limit.
+const InitialCredit = 64 << 10
 
 // Size bounds. MaxData bounds one DATA frame's bytes; MaxPayload bounds any
 // frame (a TRANSFER carries state, input log and unacknowledged output).

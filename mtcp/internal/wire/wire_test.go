@@ -41,7 +41,7 @@ func parseAny(frameBytes []byte) (any, []byte, error) {
 	case TypeData:
 		off, d, e := ParseData(b)
 		m, err, enc = [2]any{off, string(d)}, e, AppendData(nil, off, d)
-	case TypeAck, TypeFin, TypePing, TypePong, TypeReceived:
+	case TypeAck, TypeFin, TypePing, TypePong, TypeReceived, TypeCredit:
 		v, e := ParseOffset(b)
 		m, err, enc = v, e, AppendOffset(nil, t, v)
 	case TypeClose, TypeMoved:
@@ -111,6 +111,7 @@ func sampleFrames() [][]byte {
 	add(AppendOffset(nil, TypePing, 2))
 	add(AppendOffset(nil, TypePong, 3))
 	add(AppendOffset(nil, TypeReceived, 4))
+	add(AppendOffset(nil, TypeCredit, 5))
 	add(AppendClose(nil))
 	add(AppendMoved(nil))
 	add(AppendRedirect(nil, Redirect{Addr: "c:3"}))
