@@ -195,18 +195,22 @@ func dialOne(ctx context.Context, cfg *Dialer, addr string) (*Conn, error) {
 	}
 	c := newConn(ConnID(w.ConnID), w.Secret, cfg.Logger.With("component", "mtcp-client"), cfg.Limits)
 	cl := &clientSide{
-		d:       cfg,
-		cur:     addr,
-		self:    w.Self,
-		servers: mergeServers(append([]string(nil), cfg.Servers...), append(w.Servers, addr)),
-		kick:    make(chan struct{}, 1),
-		mig:     make(chan struct{}, 1),
+		clientProto: clientProto{
+			cur:             addr,
+			servers:         mergeServers(append([]string(nil), cfg.Servers...), append(w.Servers, addr)),
+			ignoreRedirects: cfg.Triggers.IgnoreRedirects,
+		},
+		d:    cfg,
+		self: w.Self,
+		kick: make(chan struct{}, 1),
+		mig:  make(chan struct{}, 1),
 	}
 	if len(w.Servers) > 0 {
 		cl.servers = mergeServers(append([]string(nil), w.Servers...), []string{addr})
 	}
 	cl.ctx, cl.cancel = context.WithCancel(context.Background())
 	c.cl = cl
+	c.side = &cl.clientProto
 	c.mu.Lock()
 	err = c.attachLocked(newPath(c, nc, br), 0, 0, nil)
 	cl.resetPolicyLocked(time.Now())
@@ -223,20 +227,17 @@ func dialOne(ctx context.Context, cfg *Dialer, addr string) (*Conn, error) {
 
 // clientSide is the client half of a Conn.
 type clientSide struct {
-	d      *Dialer
-	ctx    context.Context // ends with the connection
-	cancel context.CancelFunc
-	kick   chan struct{}
-	mig    chan struct{} // one migration at a time
-	wg     sync.WaitGroup
+	clientProto // the machine's client side
+	d           *Dialer
+	ctx         context.Context // ends with the connection
+	cancel      context.CancelFunc
+	kick        chan struct{}
+	mig         chan struct{} // one migration at a time
+	wg          sync.WaitGroup
 
 	// Guarded by the Conn's mu.
 	counter   uint64
-	cur       string // address of the current server as dialled
 	self      string // the current server's own name (origin in MIGRATE)
-	servers   []string
-	received  uint64 // bytes received on the current server
-	redirect  string
 	want      string // a trigger's reason to migrate
 	standby   *standbyPath
 	last      MigrationStats
@@ -261,35 +262,34 @@ func (cl *clientSide) poke() {
 	}
 }
 
-func (cl *clientSide) handleFrameLocked(c *Conn, t wire.Type, payload []byte) error {
-	switch t {
-	case wire.TypeRedirect:
-		r, err := wire.ParseRedirect(payload)
-		if err != nil {
-			return err
-		}
-		if !cl.d.Triggers.IgnoreRedirects && r.Addr != "" {
-			cl.redirect = r.Addr
-			cl.servers = mergeServers(cl.servers, []string{r.Addr})
-			cl.poke()
-		}
-	case wire.TypeServers:
-		s, err := wire.ParseServers(payload)
-		if err != nil {
-			return err
-		}
-		if len(s.Addrs) > 0 {
-			cl.servers = mergeServers(s.Addrs, []string{cl.cur})
-		}
+// apply carries out the client's effects of a machine event.
+func (cl *clientSide) apply(c *Conn, fx effects) {
+	if fx.ended || fx.peerGone {
+		cl.cancel()
 	}
-	return nil
+	if fx.peerGone {
+		cl.dropStandbyLocked()
+	}
+	if fx.poke {
+		cl.poke()
+	}
+	if fx.armLinger {
+		cl.linger = time.AfterFunc(closeLinger, func() { cl.onLingerTimeout(c) })
+	}
+	if fx.clientDone {
+		if cl.linger != nil {
+			cl.linger.Stop()
+		}
+		go cl.closed(c)
+	}
 }
 
-func (cl *clientSide) pathDownLocked(c *Conn) { cl.poke() }
-
-func (cl *clientSide) peerClosedLocked(c *Conn) {
-	cl.cancel()
-	cl.dropStandbyLocked()
+// onLingerTimeout gives up on a closed client's unacknowledged bytes.
+func (cl *clientSide) onLingerTimeout(c *Conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.finishClient()
+	c.applyLocked()
 }
 
 func (cl *clientSide) closed(c *Conn) {

@@ -19,8 +19,8 @@ func errUnexpected(t wire.Type) error {
 }
 
 // path is one transport connection currently carrying a Conn's stream. It
-// runs two goroutines: a reader applying frames to the Conn and a writer
-// sending queued control frames and unsent data.
+// runs two goroutines: a reader feeding frames to the Conn's machine and a
+// writer sending what the machine has queued (control frames, data).
 type path struct {
 	c    *Conn
 	nc   net.Conn
@@ -31,9 +31,8 @@ type path struct {
 	wg   sync.WaitGroup
 
 	// Guarded by c.mu.
-	ctrl     []byte // queued control frames
-	closing  bool   // send remaining data, FIN and CLOSE, then shut down
-	retiring bool   // send the queued control frames and bye, then shut down
+	retiring bool   // send last and bye, then shut down
+	last     []byte // frames queued for this path before it was replaced
 	bye      []byte
 	started  bool
 	rttRead  bool // rtt and rttOK are known
@@ -64,10 +63,14 @@ func (p *path) roundTrip() (time.Duration, bool) {
 	return p.rtt, p.rttOK
 }
 
-// queue adds an encoded control frame; called with c.mu held.
+// queue adds an encoded control frame for this path, the current one;
+// called with c.mu held.
 func (p *path) queue(frame []byte) {
-	p.ctrl = append(p.ctrl, frame...)
-	p.wakeWriter()
+	if p.c.path != p {
+		return
+	}
+	p.c.queue(frame)
+	p.c.applyLocked()
 }
 
 func (p *path) wakeWriter() {
@@ -88,15 +91,22 @@ func (p *path) start() {
 	go p.writeLoop()
 }
 
-// retire makes the writer send the queued control frames and bye, then
-// close the path; called with c.mu held.
+// retire makes the writer send the current path's queued control frames
+// and bye, then close it; called with c.mu held.
 func (p *path) retire(bye []byte) {
+	c := p.c
+	p.retireWith(c.ctrl, bye)
+	c.ctrl = nil
+}
+
+// retireWith makes the writer send last and bye, then close the path.
+func (p *path) retireWith(last, bye []byte) {
 	if !p.started {
 		p.close()
 		return
 	}
 	p.retiring = true
-	p.bye = bye
+	p.last, p.bye = last, bye
 	p.wakeWriter()
 }
 
@@ -149,11 +159,11 @@ func (p *path) writeLoop() {
 		for {
 			c.mu.Lock()
 			if p.retiring {
-				ctrl := p.ctrl
-				p.ctrl = nil
+				last := append(p.last, p.bye...)
+				p.last = nil
 				c.mu.Unlock()
 				_ = p.nc.SetWriteDeadline(time.Now().Add(time.Second))
-				_, _ = p.nc.Write(append(ctrl, p.bye...))
+				_, _ = p.nc.Write(last)
 				p.close()
 				return
 			}
@@ -161,52 +171,21 @@ func (p *path) writeLoop() {
 				c.mu.Unlock()
 				return
 			}
-			var bufs net.Buffers
-			if len(p.ctrl) > 0 {
-				bufs = append(bufs, p.ctrl)
-				p.ctrl = nil
-			}
-			hdrs = hdrs[:0]
-			total := 0
-			for total < maxBatch {
-				off, b := c.out.next(wire.MaxData)
-				if len(b) == 0 {
-					break
-				}
-				h := len(hdrs)
-				hdrs = wire.AppendDataHeader(hdrs, off, len(b))
-				bufs = append(bufs, hdrs[h:], b)
-				total += len(b)
-			}
-			if c.out.needFin() {
-				c.out.finSent = true
-				bufs = append(bufs, wire.AppendOffset(nil, wire.TypeFin, c.out.end()))
-			}
-			closing := (p.closing || c.appClosed) && c.out.sent == c.out.end() && (!c.out.fin || c.out.finSent) && len(bufs) == 0
-			if closing && c.cl != nil {
-				// A closed client says CLOSE only once the server holds
-				// everything; until then a failed path is migrated.
-				if !c.clientFlushedLocked() {
-					closing = false
-				} else {
-					c.endLingerLocked() // this path sends the CLOSE
-				}
-			}
-			if total > 0 {
-				c.out.buf.pin()
-			}
+			var b sendBatch
+			b, hdrs = c.poll(hdrs, maxBatch)
+			c.applyLocked()
 			c.mu.Unlock()
-			if closing {
+			if b.close {
 				p.finishClose()
 				return
 			}
-			if len(bufs) == 0 {
+			if len(b.bufs) == 0 {
 				break
 			}
-			_, err := bufs.WriteTo(p.nc)
-			if total > 0 {
+			_, err := b.bufs.WriteTo(p.nc)
+			if b.data > 0 {
 				c.mu.Lock()
-				c.out.buf.unpin()
+				c.sent(b.data)
 				c.mu.Unlock()
 			}
 			if err != nil {

@@ -325,7 +325,8 @@ func (l *Listener) serverList() []string {
 
 func (l *Listener) newServerConn(id ConnID, secret []byte) *Conn {
 	c := newConn(id, secret, l.log, l.cfg.Limits)
-	c.sv = &serverSide{ln: l}
+	c.sv = &serverSide{ln: l, serverProto: serverProto{eager: l.cfg.Store != nil, maxInputLog: c.lim.MaxInputLog}}
+	c.side = &c.sv.serverProto
 	c.in.keepLog = true
 	return c
 }
@@ -436,12 +437,12 @@ func (l *Listener) report(s MigrationStats) {
 
 // serverSide is the server half of a Conn.
 type serverSide struct {
+	serverProto  // the machine's server side
 	ln           *Listener
 	counter      uint64 // last accepted migration counter
 	snap         snapshot
 	imported     []byte
 	hasImported  bool
-	durableIn    uint64 // eager: input offset of the last saved snapshot
 	durableSeq   uint64
 	durable      snapshot   // eager: the last saved snapshot
 	preparing    bool       // an application's PrepareSnapshot awaits SnapshotSaved
@@ -449,28 +450,37 @@ type serverSide struct {
 	saveMu       sync.Mutex // one Save at a time, so versions chain
 	lastFrames   uint64     // idle sweep: frames seen on the path last time
 	lastMove     time.Time  // and when that count last changed
-	logLost      bool       // input log overflowed since the last snapshot
 	detached     *time.Timer
 }
 
-// ackableLocked is how far the client may discard input: everything
-// received in lazy mode, only up to the last durable snapshot in eager mode.
-func (s *serverSide) ackableLocked(c *Conn) uint64 {
-	if s.ln.cfg.Store == nil || s.logLost {
-		return c.in.end()
+// apply carries out the server's effects of a machine event.
+func (s *serverSide) apply(c *Conn, fx effects) {
+	switch {
+	case fx.reattached:
+		s.lastMove = time.Time{} // a new path: the idle sweep starts over
+		s.stopDetachedTimer()
+	case fx.detached:
+		s.detachedLocked(c)
 	}
-	return s.durableIn
+	if fx.remove || fx.forget {
+		s.stopDetachedTimer()
+	}
+	if fx.remove {
+		go s.ln.remove(c)
+	}
+	if fx.forget {
+		go s.closed(c)
+	}
+	if pr := fx.prepare; pr != nil {
+		// Not under c.mu: freezing takes it, pushing waits on a peer.
+		s.ln.goTracked(func() { s.ln.prepare(*pr) })
+	}
 }
 
-// checkLogLocked gives up the input log when it outgrows its bound; the
-// connection cannot migrate until the next snapshot.
-func (s *serverSide) checkLogLocked(c *Conn) {
-	if c.in.logLen() > c.lim.MaxInputLog && !s.logLost {
-		c.log.Warn("input log overflow; not migratable until the next snapshot", "bytes", c.in.logLen())
-		s.logLost = true
-	}
-	if s.logLost {
-		c.in.trim(c.in.read)
+func (s *serverSide) stopDetachedTimer() {
+	if s.detached != nil {
+		s.detached.Stop()
+		s.detached = nil
 	}
 }
 
@@ -492,21 +502,6 @@ func (s *serverSide) onDetachedTimeout(c *Conn) {
 	c.setStateLocked(stateFailed, ErrLost)
 	c.mu.Unlock()
 	s.closed(c)
-}
-
-func (s *serverSide) attachedLocked() {
-	s.lastMove = time.Time{} // a new path: the idle sweep starts over
-	if s.detached != nil {
-		s.detached.Stop()
-		s.detached = nil
-	}
-}
-
-func (s *serverSide) peerClosedLocked(c *Conn) {
-	if s.detached != nil {
-		s.detached.Stop()
-	}
-	go s.ln.remove(c)
 }
 
 // closed forgets a connection that ended.
