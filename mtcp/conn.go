@@ -430,6 +430,14 @@ func (c *Conn) attachLocked(p *path, resume, peerHas uint64, greeting []byte) er
 	a, b := p.nc.LocalAddr(), p.nc.RemoteAddr()
 	c.laddr.Store(&a)
 	c.raddr.Store(&b)
+	if greeting != nil {
+		// Written here rather than by the path's writer: the client
+		// waits for it, and a goroutine hand-off costs it a wake-up. A
+		// failed write fails the path like any other.
+		first := c.ctrl
+		c.ctrl = nil
+		_, _ = p.nc.Write(first)
+	}
 	p.start()
 	c.applyLocked()
 	return nil

@@ -351,13 +351,20 @@ func (m *machine) ackTimerFired() {
 }
 
 // grantCredit tells the peer it may send more once the application has
-// read a good part of the window (now: whatever it read).
+// read a good part of the window (now: whatever it read). While the peer
+// still has half a window of credit, the CREDIT waits for the next frame
+// the path sends anyway (the ACK of the data still coming), instead of
+// costing a write of its own.
 func (m *machine) grantCredit(now bool) {
 	if !m.attached {
 		return // the next path starts with a CREDIT of its own
 	}
+	left := m.in.limit - min(m.in.end(), m.in.limit)
 	if off, ok := m.in.grant(m.lim.MaxRecvBuffer, now); ok {
-		m.queue(wire.AppendOffset(nil, wire.TypeCredit, off))
+		m.ctrl = wire.AppendOffset(m.ctrl, wire.TypeCredit, off)
+		if now || left < uint64(m.lim.MaxRecvBuffer/2) {
+			m.fx.wakeWriter = true
+		}
 	}
 }
 

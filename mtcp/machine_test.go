@@ -146,9 +146,35 @@ func TestMachineGrantsCreditAsTheApplicationReads(t *testing.T) {
 	m.read(buf)
 	got, _ = drain(t, m)
 	wantLines(t, got) // an eighth of the window: not worth a frame
+	m.takeEffects()
 	m.read(buf)
+	if !m.takeEffects().wakeWriter {
+		t.Fatal("a CREDIT for a peer out of credit waits for another frame")
+	}
 	got, _ = drain(t, m)
 	wantLines(t, got, "CREDIT 327680")
+}
+
+// While the peer has half a window of credit left, a new CREDIT rides with
+// the next frame the path sends (the ACK for the data still coming).
+func TestMachineCreditRidesAlongWhileThePeerHasPlenty(t *testing.T) {
+	const window = 256 << 10
+	m := newServerMachine(Limits{MaxRecvBuffer: window})
+	if err := m.attach(0, 0, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	drain(t, m)
+	m.takeEffects()
+	if err := m.frame(true, wire.TypeData, dataFrame(0, 64<<10), nil); err != nil {
+		t.Fatal(err)
+	}
+	m.read(make([]byte, 64<<10))
+	if m.takeEffects().wakeWriter {
+		t.Fatal("a CREDIT woke the writer while the peer had 3/4 of its window")
+	}
+	m.ackTimerFired()
+	got, _ := drain(t, m)
+	wantLines(t, got, "CREDIT 327680", "ACK 65536")
 }
 
 func TestMachineSenderStopsAtTheCredit(t *testing.T) {
