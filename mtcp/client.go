@@ -210,7 +210,7 @@ func dialOne(ctx context.Context, cfg *Dialer, addr string) (*Conn, error) {
 	}
 	cl.ctx, cl.cancel = context.WithCancel(context.Background())
 	c.cl = cl
-	c.side = &cl.clientProto
+	c.side, c.end = &cl.clientProto, cl
 	c.mu.Lock()
 	err = c.attachLocked(newPath(c, nc, br), 0, 0, nil)
 	cl.resetPolicyLocked(time.Now())

@@ -124,8 +124,9 @@ const ackEvery = 256 << 10
 // writer, retires paths).
 type Conn struct {
 	secret []byte
-	cl     *clientSide
-	sv     *serverSide
+	cl     *clientSide // client ends only
+	sv     *serverSide // server ends only
+	end    endIO       // whichever of the two it is
 
 	mu sync.Mutex
 	machine
@@ -184,11 +185,15 @@ func (c *Conn) applyLocked() {
 		c.readDL.stop()
 		c.writeDL.stop()
 	}
-	if c.sv != nil {
-		c.sv.apply(c, fx)
-	} else if c.cl != nil {
-		c.cl.apply(c, fx)
+	if c.end != nil {
+		c.end.apply(c, fx)
 	}
+}
+
+// endIO is the I/O half of what differs between the two ends: it carries
+// out the effects only one end has (serverSide and clientSide).
+type endIO interface {
+	apply(c *Conn, fx effects)
 }
 
 // setStateLocked changes the connection's state (see machine.setState).
@@ -409,12 +414,8 @@ func (c *Conn) pathFailed(p *path, err error) {
 // greeting, if any, is the first frame the path sends (a server's WELCOME
 // or ACCEPTED); the path's first CREDIT rides with it.
 func (c *Conn) attachLocked(p *path, resume, peerHas uint64, greeting []byte) error {
-	var bye []byte
-	if c.cl != nil {
-		bye = wire.AppendMoved(nil) // tell the old server the connection moved
-	}
 	old := c.path
-	if err := c.attach(resume, peerHas, greeting, bye); err != nil {
+	if err := c.attach(resume, peerHas, greeting); err != nil {
 		return err
 	}
 	fx := c.fx.prev

@@ -93,6 +93,9 @@ type side interface {
 	pathLost(m *machine)
 	// closeApp handles the application's Close.
 	closeApp(m *machine)
+	// replacedBye is the last frame a path replaced by a new one sends,
+	// nil to just close it.
+	replacedBye() []byte
 }
 
 func newMachine(id ConnID, s side, lim Limits, log *slog.Logger) machine {
@@ -371,14 +374,13 @@ func (m *machine) grantCredit(now bool) {
 // attach makes a new path the connection's current one, resuming output
 // at resume; peerHas is the input offset the peer already counts as
 // acknowledged. greeting, if any, is the path's first frame (a server's
-// WELCOME or ACCEPTED); the path's first CREDIT rides with it. bye is
-// what a replaced path says last (a client's MOVED), nil to just close it.
-func (m *machine) attach(resume, peerHas uint64, greeting, bye []byte) error {
+// WELCOME or ACCEPTED); the path's first CREDIT rides with it.
+func (m *machine) attach(resume, peerHas uint64, greeting []byte) error {
 	if err := m.out.rewind(resume); err != nil {
 		return err
 	}
 	if m.attached {
-		m.fx.prev = retired{ctrl: m.ctrl, bye: bye, valid: true}
+		m.fx.prev = retired{ctrl: m.ctrl, bye: m.side.replacedBye(), valid: true}
 	}
 	m.ctrl = append([]byte(nil), greeting...)
 	m.attached = true
@@ -524,6 +526,10 @@ func (s *serverProto) frame(m *machine, current bool, t wire.Type, payload []byt
 	return errUnexpected(t)
 }
 
+// replacedBye: the client replaced the path itself, so there is nothing
+// to tell it on the old one.
+func (s *serverProto) replacedBye() []byte { return nil }
+
 // lastFrame: a closed server says CLOSE once all is sent.
 func (s *serverProto) lastFrame(*machine) bool { return true }
 
@@ -569,6 +575,10 @@ func (cl *clientProto) dataArrived(m *machine, n int) {
 }
 
 func (cl *clientProto) ackable(m *machine) uint64 { return m.in.end() }
+
+// replacedBye tells the old server the connection moved (its copy may
+// be a stale one the store superseded).
+func (cl *clientProto) replacedBye() []byte { return wire.AppendMoved(nil) }
 
 func (cl *clientProto) ackOutput(m *machine, off uint64) error {
 	if err := m.out.ack(off, false); err != nil {

@@ -86,7 +86,7 @@ func wantLines(t *testing.T, got []string, want ...string) {
 func TestMachineFirstCreditRidesWithTheGreeting(t *testing.T) {
 	m := newServerMachine(Limits{})
 	greeting := wire.AppendAccepted(nil, wire.Accepted{RecvOff: 0, Self: "a:1"})
-	if err := m.attach(0, 0, greeting, nil); err != nil {
+	if err := m.attach(0, 0, greeting); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := drain(t, m)
@@ -99,7 +99,7 @@ func TestMachineFirstCreditRidesWithTheGreeting(t *testing.T) {
 // credit; nothing waits on the application.
 func TestMachineTakesControlFramesWhileTheApplicationDoesNotRead(t *testing.T) {
 	m := newServerMachine(Limits{MaxRecvBuffer: 128 << 10})
-	if err := m.attach(0, 0, nil, nil); err != nil {
+	if err := m.attach(0, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	drain(t, m)
@@ -130,7 +130,7 @@ func TestMachineTakesControlFramesWhileTheApplicationDoesNotRead(t *testing.T) {
 func TestMachineGrantsCreditAsTheApplicationReads(t *testing.T) {
 	const window = 256 << 10
 	m := newClientMachine(Limits{MaxRecvBuffer: window})
-	if err := m.attach(0, 0, nil, nil); err != nil {
+	if err := m.attach(0, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := drain(t, m)
@@ -160,7 +160,7 @@ func TestMachineGrantsCreditAsTheApplicationReads(t *testing.T) {
 func TestMachineCreditRidesAlongWhileThePeerHasPlenty(t *testing.T) {
 	const window = 256 << 10
 	m := newServerMachine(Limits{MaxRecvBuffer: window})
-	if err := m.attach(0, 0, nil, nil); err != nil {
+	if err := m.attach(0, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	drain(t, m)
@@ -179,7 +179,7 @@ func TestMachineCreditRidesAlongWhileThePeerHasPlenty(t *testing.T) {
 
 func TestMachineSenderStopsAtTheCredit(t *testing.T) {
 	m := newClientMachine(Limits{})
-	if err := m.attach(0, 0, nil, nil); err != nil {
+	if err := m.attach(0, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	drain(t, m)
@@ -200,7 +200,7 @@ func TestMachineSenderStopsAtTheCredit(t *testing.T) {
 
 func TestMachineDelaysSmallAcks(t *testing.T) {
 	m := newServerMachine(Limits{})
-	if err := m.attach(0, 0, nil, nil); err != nil {
+	if err := m.attach(0, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	drain(t, m)
@@ -223,7 +223,7 @@ func TestMachineDelaysSmallAcks(t *testing.T) {
 func TestMachineEagerServerAcksOnlyDurableInput(t *testing.T) {
 	m := newServerMachine(Limits{})
 	m.side.(*serverProto).eager = true
-	if err := m.attach(0, 0, nil, nil); err != nil {
+	if err := m.attach(0, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	drain(t, m)
@@ -242,7 +242,7 @@ func TestMachineEagerServerAcksOnlyDurableInput(t *testing.T) {
 
 func TestMachineClientClosesOnceTheServerHoldsEverything(t *testing.T) {
 	m := newClientMachine(Limits{})
-	if err := m.attach(0, 0, nil, nil); err != nil {
+	if err := m.attach(0, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	drain(t, m)
@@ -271,7 +271,7 @@ func TestMachineClientClosesOnceTheServerHoldsEverything(t *testing.T) {
 
 func TestMachineServerCloseHandshake(t *testing.T) {
 	m := newServerMachine(Limits{})
-	if err := m.attach(0, 0, nil, nil); err != nil {
+	if err := m.attach(0, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	drain(t, m)
@@ -298,7 +298,7 @@ func TestMachineServerCloseHandshake(t *testing.T) {
 // end) does not end the connection: the current server sends its own.
 func TestMachineClientIgnoresCloseFromAnOldPath(t *testing.T) {
 	m := newClientMachine(Limits{})
-	if err := m.attach(0, 0, nil, nil); err != nil {
+	if err := m.attach(0, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.frame(false, wire.TypeClose, nil, nil); err != nil || m.peerClosed {
@@ -314,7 +314,7 @@ func TestMachineClientIgnoresCloseFromAnOldPath(t *testing.T) {
 
 func TestMachineMovedMarksOnlyTheCurrentCopyMigrated(t *testing.T) {
 	m := newServerMachine(Limits{})
-	if err := m.attach(0, 0, nil, nil); err != nil {
+	if err := m.attach(0, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.frame(false, wire.TypeMoved, nil, nil); !errors.Is(err, errPeerClosedPath) || m.state != stateActive {
@@ -334,7 +334,7 @@ func TestMachineMovedMarksOnlyTheCurrentCopyMigrated(t *testing.T) {
 
 func TestMachinePrepareMovesOnlyItsOwnConnection(t *testing.T) {
 	m := newServerMachine(Limits{})
-	if err := m.attach(0, 0, nil, nil); err != nil {
+	if err := m.attach(0, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	other := wire.Prepare{Target: "b:1", Migrate: wire.Migrate{ConnID: [16]byte{2}, Counter: 1}}
@@ -365,7 +365,7 @@ func TestMachinePrepareMovesOnlyItsOwnConnection(t *testing.T) {
 // and starts with a credit of its own.
 func TestMachineClientMigrationRetiresTheOldPath(t *testing.T) {
 	m := newClientMachine(Limits{})
-	if err := m.attach(0, 0, nil, nil); err != nil {
+	if err := m.attach(0, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	drain(t, m)
@@ -373,7 +373,7 @@ func TestMachineClientMigrationRetiresTheOldPath(t *testing.T) {
 	drain(t, m) // sent on the old path, never acknowledged
 	m.queue(wire.AppendOffset(nil, wire.TypePing, 7))
 	m.takeEffects()
-	if err := m.attach(4, 0, nil, wire.AppendMoved(nil)); err != nil {
+	if err := m.attach(4, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	fx := m.takeEffects()
@@ -382,7 +382,7 @@ func TestMachineClientMigrationRetiresTheOldPath(t *testing.T) {
 	}
 	got, _ := drain(t, m)
 	wantLines(t, got, "CREDIT 1048576", "DATA 4+6")
-	if err := m.attach(11, 0, nil, nil); err == nil {
+	if err := m.attach(11, 0, nil); err == nil {
 		t.Fatal("resuming past the end of the output accepted")
 	}
 }
@@ -414,10 +414,10 @@ func runMachinePair(t *testing.T, seed uint64) {
 	lim := Limits{MaxRecvBuffer: 64<<10 + rng.IntN(256<<10), SendWindow: 32<<10 + rng.IntN(256<<10), MaxSendBuffer: 1 << 20}
 	cl := &pairEnd{m: newClientMachine(lim), total: rng.IntN(2 << 20)}
 	sv := &pairEnd{m: newServerMachine(lim), total: rng.IntN(2 << 20)}
-	if err := sv.m.attach(0, 0, wire.AppendWelcome(nil, wire.Welcome{}), nil); err != nil {
+	if err := sv.m.attach(0, 0, wire.AppendWelcome(nil, wire.Welcome{})); err != nil {
 		t.Fatal(err)
 	}
-	if err := cl.m.attach(0, 0, nil, nil); err != nil {
+	if err := cl.m.attach(0, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	ends := [2]*pairEnd{cl, sv}

@@ -326,7 +326,7 @@ func (l *Listener) serverList() []string {
 func (l *Listener) newServerConn(id ConnID, secret []byte) *Conn {
 	c := newConn(id, secret, l.log, l.cfg.Limits)
 	c.sv = &serverSide{ln: l, serverProto: serverProto{eager: l.cfg.Store != nil, maxInputLog: c.lim.MaxInputLog}}
-	c.side = &c.sv.serverProto
+	c.side, c.end = &c.sv.serverProto, c.sv
 	c.in.keepLog = true
 	return c
 }
