@@ -129,7 +129,7 @@ func (l *Listener) reattach(c *Conn, m wire.Migrate, nc net.Conn, br *bufio.Read
 			return false, true, nil
 		}
 		if err != nil {
-			return false, false, refusal(RefuseStateUnavailable, "snapshot store: %v", err)
+			return false, false, l.storeUnavailable(err)
 		}
 	}
 	c.mu.Lock()
@@ -189,6 +189,8 @@ func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time,
 	}
 	var lazyErr error
 	if m.Origin != "" && m.Origin != l.cfg.Self && len(l.cfg.ClusterKey) > 0 {
+		// An origin outside the server list is not dialled (see
+		// peerPool.take): the store, if any, is then the only source.
 		pctx, cancel := context.WithTimeout(ctx, l.cfg.PeerTimeout)
 		tr, err := l.peers.fetch(pctx, m.Origin, m)
 		cancel()
@@ -210,11 +212,13 @@ func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time,
 			}
 		}
 		lazyErr = err
-		l.log.Info("lazy fetch failed; trying the snapshot store", "origin", m.Origin, "err", err, "code", tr.Code)
+		l.log.Info("lazy fetch failed", "origin", m.Origin, "err", err, "code", tr.Code)
 	}
 	if l.cfg.Store == nil {
 		if lazyErr != nil {
-			return wire.ConnState{}, ModeLazy, 0, refusal(RefuseStateUnavailable, "origin unreachable: %v", lazyErr)
+			// Not the error itself: anyone may send a MIGRATE, and the
+			// error would tell them about the network behind us.
+			return wire.ConnState{}, ModeLazy, 0, refusal(RefuseStateUnavailable, "origin unreachable")
 		}
 		return wire.ConnState{}, ModeLazy, 0, refusal(RefuseUnknownConn, "unknown connection")
 	}
@@ -224,13 +228,21 @@ func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time,
 		return wire.ConnState{}, ModeEager, wait, refusal(RefuseUnknownConn, "unknown connection")
 	}
 	if err != nil {
-		return wire.ConnState{}, ModeEager, wait, refusal(RefuseStateUnavailable, "snapshot store: %v", err)
+		return wire.ConnState{}, ModeEager, wait, l.storeUnavailable(err)
 	}
 	return wire.ConnState{
 		ConnID: m.ConnID, Secret: rec.Secret, Counter: rec.Counter, Seq: rec.Seq,
 		SnapIn: rec.InOffset, SnapOut: rec.OutOffset, State: rec.State,
 		OutOff: rec.OutOffset - uint64(len(rec.OutTail)), Output: rec.OutTail,
 	}, ModeEager, wait, nil
+}
+
+// storeUnavailable logs a snapshot store's error and returns the refusal a
+// client gets for it, which does not repeat it: a store's errors can name
+// hosts of the network behind the server.
+func (l *Listener) storeUnavailable(err error) *RefusalError {
+	l.log.Warn("snapshot store", "err", err)
+	return refusal(RefuseStateUnavailable, "snapshot store unavailable")
 }
 
 // reinstate verifies a MIGRATE against fetched state and rebuilds the
@@ -281,7 +293,7 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 			case errors.Is(err, ErrNoSnapshot):
 				rec.PrevCounter, rec.PrevSeq = 0, 0
 			case err != nil:
-				return nil, false, refusal(RefuseStateUnavailable, "snapshot store: %v", err)
+				return nil, false, l.storeUnavailable(err)
 			case cur.Counter >= m.Counter:
 				return nil, false, refusal(RefuseReplayedCounter, "another server claimed the connection")
 			default:
@@ -291,7 +303,7 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 		if err := store.Save(ctx, rec); errors.Is(err, ErrStale) {
 			return nil, mode == ModeEager, refusal(RefuseReplayedCounter, "another server claimed this counter")
 		} else if err != nil {
-			return nil, false, refusal(RefuseStateUnavailable, "snapshot store: %v", err)
+			return nil, false, l.storeUnavailable(err)
 		}
 		s.durableIn, s.storeCounter, s.durable = st.SnapIn, m.Counter, s.snap
 	}

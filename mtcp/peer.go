@@ -117,8 +117,12 @@ func (pp *peerPool) dropPush(ctx context.Context, addr string, d wire.DropPush) 
 	return err
 }
 
-// take returns an idle channel to addr or dials a new one.
+// take returns an idle channel to addr or dials a new one, if addr is a
+// server of the cluster.
 func (pp *peerPool) take(ctx context.Context, addr string) (pc *peerConn, reused bool, err error) {
+	if !pp.l.isPeer(addr) {
+		return nil, false, fmt.Errorf("peer %s: not in the server list", addr)
+	}
 	pp.mu.Lock()
 	if pp.closed {
 		pp.mu.Unlock()

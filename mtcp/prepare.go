@@ -3,7 +3,6 @@ package mtcp
 import (
 	"context"
 	"crypto/hmac"
-	"slices"
 	"time"
 
 	"hafe.dev/hafe/mtcp/internal/wire"
@@ -78,7 +77,7 @@ func (l *Listener) prepare(pr wire.Prepare) {
 	if len(l.cfg.ClusterKey) == 0 || pr.Target == "" || pr.Target == l.cfg.Self {
 		return // no peer channel (the new server will say so) or no move
 	}
-	if !slices.Contains(l.serverList(), pr.Target) {
+	if !l.isPeer(pr.Target) {
 		// Dial only servers of the cluster, not any address a client
 		// names; the new server fetches instead.
 		return

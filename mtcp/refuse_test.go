@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -154,7 +155,10 @@ func TestUnauthenticatedPeerIsRefused(t *testing.T) {
 
 	// A server with another cluster key cannot take the connection: the
 	// origin refuses its peer channel and never freezes the connection.
-	rogue := newCluster(t, 1, nil, func(cfg *ListenConfig) { cfg.ClusterKey = []byte("some other key of the right size") })
+	rogue := newCluster(t, 1, nil, func(cfg *ListenConfig) {
+		cfg.ClusterKey = []byte("some other key of the right size")
+		cfg.Servers = append(slices.Clone(cfg.Servers), tc.addrs[0]) // so it asks the origin
+	})
 	rogue.echo()
 	err = c.Migrate(context.Background(), rogue.addrs[0])
 	if !errors.Is(err, &RefusalError{Code: RefuseStateUnavailable}) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -19,10 +20,13 @@ type ListenConfig struct {
 	// TLSConfig, when set, wraps every accepted transport connection in TLS.
 	TLSConfig *tls.Config
 	// Self is the address peers and clients reach this server at; it is
-	// the origin a client names in MIGRATE. Default: the listener's address.
+	// the origin a client names in MIGRATE, so the other servers must list
+	// this server under it. Default: the listener's address.
 	Self string
-	// Servers is the list of server addresses sent to clients. Update it
-	// later with SetServers.
+	// Servers is the list of server addresses sent to clients, and the
+	// only servers this one opens peer channels to: it fetches state from
+	// an origin only if the origin is listed. Update it later with
+	// SetServers.
 	Servers []string
 	// ClusterKey authenticates the peer channel between servers (HMAC
 	// challenge both ways). Empty disables lazy transfer.
@@ -321,6 +325,15 @@ func (l *Listener) serverList() []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]string(nil), l.servers...)
+}
+
+// isPeer reports whether addr is a server of the cluster: this one, or one
+// in the server list. A server dials no other address, so a MIGRATE (which
+// anyone may send) cannot make it connect to an address of its choosing.
+func (l *Listener) isPeer(addr string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return addr == l.cfg.Self || slices.Contains(l.servers, addr)
 }
 
 func (l *Listener) newServerConn(id ConnID, secret []byte) *Conn {
