@@ -58,17 +58,25 @@ func checkMigrate(secret []byte, last uint64, m wire.Migrate) RefusalCode {
 }
 
 // peerProof proves knowledge of the cluster key for one side of a peer
-// handshake; the two sides use different labels so a proof cannot be
-// reflected back.
-func peerProof(key []byte, label string, cn, sn [32]byte) []byte {
+// handshake. It covers both nonces and the names of the dialling server
+// and of the server it meant to reach, in that order, so it holds only
+// between those two servers in that direction: a party without the key
+// that relays one server's handshake to another gets proofs for the wrong
+// pair. The two sides use different labels so a proof cannot be reflected
+// back.
+func peerProof(key []byte, label string, hello wire.PeerHello, serverNonce [32]byte) []byte {
 	h := hmac.New(sha256.New, key)
 	h.Write([]byte(label))
-	h.Write(cn[:])
-	h.Write(sn[:])
+	h.Write(hello.Nonce[:])
+	h.Write(serverNonce[:])
+	for _, name := range []string{hello.From, hello.To} {
+		h.Write(binary.BigEndian.AppendUint64(nil, uint64(len(name))))
+		h.Write([]byte(name))
+	}
 	return h.Sum(nil)
 }
 
 const (
-	peerLabelServer = "mtcp peer server v1\x00"
-	peerLabelClient = "mtcp peer client v1\x00"
+	peerLabelServer = "mtcp peer server v2\x00"
+	peerLabelClient = "mtcp peer client v2\x00"
 )

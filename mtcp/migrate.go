@@ -310,13 +310,13 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 	return c, false, nil
 }
 
-// freeze hands a connection over to a new server (the origin's side of a
-// lazy migration): it checks the forwarded MIGRATE, stops the connection so
-// the application's next Read or Write fails with ErrMigrated, and returns
-// its state.
-func (l *Listener) freeze(m wire.Migrate) (wire.ConnState, *RefusalError) {
+// freeze hands a connection over to the new server named to (the origin's
+// side of a lazy migration): it checks the forwarded MIGRATE, stops the
+// connection so the application's next Read or Write fails with
+// ErrMigrated, and returns its state.
+func (l *Listener) freeze(m wire.Migrate, to string) (wire.ConnState, *RefusalError) {
 	t0 := time.Now()
-	stats := MigrationStats{ConnID: ConnID(m.ConnID), Role: RoleOrigin, Mode: ModeLazy, From: l.cfg.Self}
+	stats := MigrationStats{ConnID: ConnID(m.ConnID), Role: RoleOrigin, Mode: ModeLazy, From: l.cfg.Self, To: to}
 	st, _, rerr := l.freezeState(m, nil)
 	stats.PrepareReply = time.Since(t0)
 	if rerr != nil {

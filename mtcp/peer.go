@@ -192,7 +192,8 @@ func (pp *peerPool) close() {
 	}
 }
 
-// peerHandshake dials addr and proves the cluster key both ways.
+// peerHandshake dials addr and proves the cluster key both ways, as the
+// server named cfg.Self to the one named addr.
 func peerHandshake(ctx context.Context, cfg *ListenConfig, addr string) (net.Conn, *bufio.Reader, error) {
 	nc, err := cfg.PeerDial(ctx, addr)
 	if err != nil {
@@ -215,7 +216,7 @@ func peerHandshake(ctx context.Context, cfg *ListenConfig, addr string) (net.Con
 		_ = nc.Close()
 		return nil, nil, fmt.Errorf("peer %s: %w", addr, err)
 	}
-	var hello wire.PeerHello
+	hello := wire.PeerHello{From: cfg.Self, To: addr}
 	_, _ = rand.Read(hello.Nonce[:])
 	if _, err := nc.Write(wire.AppendPeerHello(nil, hello)); err != nil {
 		return fail(err)
@@ -237,10 +238,10 @@ func peerHandshake(ctx context.Context, cfg *ListenConfig, addr string) (net.Con
 	if err != nil {
 		return fail(err)
 	}
-	if !hmac.Equal(ch.MAC, peerProof(cfg.ClusterKey, peerLabelServer, hello.Nonce, ch.Nonce)) {
+	if !hmac.Equal(ch.MAC, peerProof(cfg.ClusterKey, peerLabelServer, hello, ch.Nonce)) {
 		return fail(ErrPeerAuth)
 	}
-	auth := wire.PeerAuth{MAC: peerProof(cfg.ClusterKey, peerLabelClient, hello.Nonce, ch.Nonce)}
+	auth := wire.PeerAuth{MAC: peerProof(cfg.ClusterKey, peerLabelClient, hello, ch.Nonce)}
 	if _, err := nc.Write(wire.AppendPeerAuth(nil, auth)); err != nil {
 		return fail(err)
 	}
@@ -251,16 +252,30 @@ func peerHandshake(ctx context.Context, cfg *ListenConfig, addr string) (net.Con
 	return nc, br, nil
 }
 
-// servePeer answers a peer channel: authenticate, then serve FETCHes.
+// isOwnName reports whether name is one this server goes by: its Self, or
+// its listener's address.
+func (l *Listener) isOwnName(name string) bool {
+	return name == l.cfg.Self || name == l.ln.Addr().String()
+}
+
+// servePeer answers a peer channel: authenticate, then serve the requests
+// of the server at the other end, whose name the handshake proved.
 func (l *Listener) servePeer(nc net.Conn, br *bufio.Reader, payload []byte) {
 	hello, err := wire.ParsePeerHello(payload)
 	if err != nil || len(l.cfg.ClusterKey) == 0 {
 		refuse(nc, refusal(RefuseUnauthenticated, "peer channel disabled"))
 		return
 	}
+	if !l.isOwnName(hello.To) {
+		// Prove the key only as this server: a proof made for another
+		// name would pass whoever relays this channel off as that server.
+		l.log.Warn("peer channel meant for another server", "remote", nc.RemoteAddr(), "to", hello.To)
+		refuse(nc, refusal(RefuseUnauthenticated, "wrong server"))
+		return
+	}
 	ch := wire.PeerChallenge{}
 	_, _ = rand.Read(ch.Nonce[:])
-	ch.MAC = peerProof(l.cfg.ClusterKey, peerLabelServer, hello.Nonce, ch.Nonce)
+	ch.MAC = peerProof(l.cfg.ClusterKey, peerLabelServer, hello, ch.Nonce)
 	if _, err := nc.Write(wire.AppendPeerChallenge(nil, ch)); err != nil {
 		return
 	}
@@ -274,11 +289,12 @@ func (l *Listener) servePeer(nc net.Conn, br *bufio.Reader, payload []byte) {
 		auth, err = wire.ParsePeerAuth(payload)
 	}
 	if t != wire.TypePeerAuth || err != nil ||
-		!hmac.Equal(auth.MAC, peerProof(l.cfg.ClusterKey, peerLabelClient, hello.Nonce, ch.Nonce)) {
-		l.log.Warn("peer failed authentication", "remote", nc.RemoteAddr())
+		!hmac.Equal(auth.MAC, peerProof(l.cfg.ClusterKey, peerLabelClient, hello, ch.Nonce)) {
+		l.log.Warn("peer failed authentication", "remote", nc.RemoteAddr(), "from", hello.From)
 		refuse(nc, refusal(RefuseUnauthenticated, "bad proof"))
 		return
 	}
+	peer := hello.From
 	_ = nc.SetDeadline(time.Time{})
 	for {
 		// A nil buffer: every payload is freshly allocated, so a pushed
@@ -295,7 +311,7 @@ func (l *Listener) servePeer(nc net.Conn, br *bufio.Reader, payload []byte) {
 			if err != nil {
 				return
 			}
-			st, rerr := l.freeze(f.Migrate)
+			st, rerr := l.freeze(f.Migrate, peer)
 			tr := wire.Transfer{Req: f.Req, State: st}
 			if rerr != nil {
 				tr = wire.Transfer{Req: f.Req, Code: uint8(rerr.Code), Reason: rerr.Reason}
@@ -307,7 +323,7 @@ func (l *Listener) servePeer(nc net.Conn, br *bufio.Reader, payload []byte) {
 				return
 			}
 			ans := wire.Pushed{Req: p.Req}
-			if rerr := l.keepPushed(p.Migrate, p.State); rerr != nil {
+			if rerr := l.keepPushed(p.Migrate, p.State, peer); rerr != nil {
 				ans.Code, ans.Reason = uint8(rerr.Code), rerr.Reason
 			}
 			answer = wire.AppendPushed(*bp, ans)
@@ -316,7 +332,7 @@ func (l *Listener) servePeer(nc net.Conn, br *bufio.Reader, payload []byte) {
 			if err != nil {
 				return
 			}
-			l.forgetPushed(ConnID(d.ConnID), d.Counter)
+			l.forgetPushed(ConnID(d.ConnID), d.Counter, peer)
 			answer = wire.AppendPushed(*bp, wire.Pushed{Req: d.Req})
 		default:
 			return

@@ -118,12 +118,17 @@ func (l *Listener) prepare(pr wire.Prepare) {
 	l.report(stats)
 }
 
-// keepPushed stores a pushed state until its MIGRATE arrives (or the
-// handshake timeout passes). The MIGRATE it carries must verify with the
-// state's secret, so only a client's own request moves state here.
-func (l *Listener) keepPushed(m wire.Migrate, st wire.ConnState) *RefusalError {
+// keepPushed stores a state the server named from pushed, until its
+// MIGRATE arrives (or the handshake timeout passes). The MIGRATE it carries
+// must verify with the state's secret, so only a client's own request
+// moves state here, and must name from as its origin: a connection is
+// handed over only by the server that owns it.
+func (l *Listener) keepPushed(m wire.Migrate, st wire.ConnState, from string) *RefusalError {
 	if code := checkMigrate(st.Secret, st.Counter, m); code != 0 || m.ConnID != st.ConnID {
 		return refusal(RefuseBadMAC, "pushed state does not match its MIGRATE")
+	}
+	if m.Origin != from {
+		return refusal(RefuseUnauthenticated, "pushed by a server other than the origin")
 	}
 	id := ConnID(m.ConnID)
 	size := len(st.State) + len(st.Input) + len(st.Output)
@@ -203,11 +208,12 @@ func (l *Listener) dropPushed(addr string, id ConnID, counter uint64) {
 	}
 }
 
-// forgetPushed drops a pushed state for counter or below.
-func (l *Listener) forgetPushed(id ConnID, counter uint64) {
+// forgetPushed drops a pushed state for counter or below, if the server
+// named from pushed it.
+func (l *Listener) forgetPushed(id ConnID, counter uint64, from string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if pc := l.pushed[id]; pc != nil && pc.m.Counter <= counter {
+	if pc := l.pushed[id]; pc != nil && pc.m.Counter <= counter && pc.m.Origin == from {
 		l.dropPushedLocked(id, pc)
 	}
 }

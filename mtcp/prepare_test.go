@@ -266,14 +266,14 @@ func TestPushMustMatchItsState(t *testing.T) {
 	stale := wire.Migrate{ConnID: id, Counter: 4, Origin: "elsewhere:1"}
 	stale.MAC = migrateMAC(st.Secret, stale)
 	for _, bad := range []wire.Migrate{other, stale} {
-		if rerr := l.keepPushed(bad, st); rerr == nil {
+		if rerr := l.keepPushed(bad, st, bad.Origin); rerr == nil {
 			t.Fatalf("push of %+v kept", bad)
 		}
 	}
 	if l.numPushed() != 0 {
 		t.Fatal("a refused push was kept")
 	}
-	if rerr := l.keepPushed(m, st); rerr != nil {
+	if rerr := l.keepPushed(m, st, m.Origin); rerr != nil {
 		t.Fatal(rerr)
 	}
 	if _, ok := l.waitPushed(context.Background(), other, time.Millisecond); ok {
@@ -288,7 +288,7 @@ func TestPushMustMatchItsState(t *testing.T) {
 
 	// A MIGRATE whose prepared flag was cleared on the way (no MAC covers
 	// it) still takes the state pushed for it, without waiting.
-	if rerr := l.keepPushed(m, st); rerr != nil {
+	if rerr := l.keepPushed(m, st, m.Origin); rerr != nil {
 		t.Fatal(rerr)
 	}
 	var stats MigrationStats

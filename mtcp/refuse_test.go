@@ -173,7 +173,7 @@ func TestUnauthenticatedPeerIsRefused(t *testing.T) {
 	}
 	defer nc.Close()
 	br := bufio.NewReader(nc)
-	typ, _, err := exchange(context.Background(), nc, br, wire.AppendPeerHello(nil, wire.PeerHello{}), 5*time.Second)
+	typ, _, err := exchange(context.Background(), nc, br, wire.AppendPeerHello(nil, wire.PeerHello{To: tc.addrs[0]}), 5*time.Second)
 	if err != nil || typ != wire.TypePeerChallenge {
 		t.Fatalf("peer hello answered %s %v", typ, err)
 	}

@@ -292,16 +292,28 @@ func ParseStandby(b []byte) (m Standby, err error) {
 	return m, p.done()
 }
 
-// PeerHello opens a peer channel with the connecting server's nonce.
-type PeerHello struct{ Nonce [32]byte }
+// PeerHello opens a peer channel: the connecting server's nonce, the name
+// it goes by (From) and the name of the server it meant to reach (To, the
+// address it dialled). Both sides' proofs cover both names.
+type PeerHello struct {
+	Nonce [32]byte
+	From  string
+	To    string
+}
 
 func AppendPeerHello(b []byte, m PeerHello) []byte {
-	return frame(b, TypePeerHello, func(b []byte) []byte { return append(b, m.Nonce[:]...) })
+	return frame(b, TypePeerHello, func(b []byte) []byte {
+		b = append(b, m.Nonce[:]...)
+		b = appendString8(b, m.From)
+		return appendString8(b, m.To)
+	})
 }
 
 func ParsePeerHello(b []byte) (m PeerHello, err error) {
 	p := parser{b: b}
 	copy(m.Nonce[:], p.take(32))
+	m.From = p.string8()
+	m.To = p.string8()
 	return m, p.done()
 }
 

@@ -117,7 +117,7 @@ func sampleFrames() [][]byte {
 	add(AppendRedirect(nil, Redirect{Addr: "c:3"}))
 	add(AppendServers(nil, Servers{Addrs: []string{"a:1", "b:2", "c:3"}}))
 	add(AppendStandby(nil, Standby{ConnID: id}))
-	add(AppendPeerHello(nil, PeerHello{Nonce: [32]byte{1}}))
+	add(AppendPeerHello(nil, PeerHello{Nonce: [32]byte{1}, From: "a:1", To: "b:2"}))
 	add(AppendPeerChallenge(nil, PeerChallenge{Nonce: [32]byte{2}, MAC: []byte{1, 2, 3}}))
 	add(AppendPeerAuth(nil, PeerAuth{MAC: []byte{4, 5}}))
 	add(AppendFetch(nil, Fetch{Req: 5, Migrate: mig}))
