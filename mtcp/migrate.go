@@ -230,9 +230,11 @@ func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time,
 	if err != nil {
 		return wire.ConnState{}, ModeEager, wait, l.storeUnavailable(err)
 	}
+	// A record does not say whether the application ever exported a
+	// snapshot: its state is imported as one, even if empty.
 	return wire.ConnState{
 		ConnID: m.ConnID, Secret: rec.Secret, Counter: rec.Counter, Seq: rec.Seq,
-		SnapIn: rec.InOffset, SnapOut: rec.OutOffset, State: rec.State,
+		SnapIn: rec.InOffset, SnapOut: rec.OutOffset, HasState: true, State: rec.State,
 		OutOff: rec.OutOffset - uint64(len(rec.OutTail)), Output: rec.OutTail,
 	}, ModeEager, wait, nil
 }
@@ -271,8 +273,8 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 	s.counter = m.Counter
 	// No copy: a state is never written to once taken (frames and store
 	// records are freshly allocated, and a snapshot's bytes are immutable).
-	s.snap = snapshot{state: st.State, in: st.SnapIn, out: st.SnapOut, seq: 0}
-	s.imported, s.hasImported = s.snap.state, true
+	s.snap = snapshot{state: st.State, in: st.SnapIn, out: st.SnapOut, seq: 0, exported: st.HasState}
+	s.imported, s.hasImported = s.snap.state, s.snap.exported
 	c.in = recvStream{base: st.SnapIn, read: st.SnapIn, buf: queueOf(st.Input), keepLog: true}
 	if st.InFin {
 		c.in.fin, c.in.finOff = true, c.in.end()
@@ -375,7 +377,7 @@ func (l *Listener) freezeLocked(c *Conn, m wire.Migrate, pr *wire.Prepare) (wire
 	}
 	full := wire.ConnState{
 		ConnID: m.ConnID, Secret: c.secret, Counter: s.counter, Seq: s.snap.seq,
-		SnapIn: s.snap.in, SnapOut: s.snap.out, State: s.snap.state,
+		SnapIn: s.snap.in, SnapOut: s.snap.out, HasState: s.snap.exported, State: s.snap.state,
 		Input:  c.in.buf.bytesFrom(int(s.snap.in-c.in.base), c.in.buf.len()),
 		InFin:  c.in.fin && c.in.finOff == c.in.end(),
 		OutOff: c.out.base, Output: c.out.buf.bytesFrom(0, c.out.buf.len()),

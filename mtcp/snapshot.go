@@ -10,6 +10,9 @@ type snapshot struct {
 	state   []byte
 	in, out uint64
 	seq     uint64
+	// exported: the application exported this snapshot (here or on a
+	// previous server); the zero snapshot stands for none.
+	exported bool
 }
 
 // ExportState records a snapshot: state is the application's state after
@@ -46,7 +49,7 @@ func (c *Conn) recordSnapshot(state []byte) error {
 	if c.state.terminal() || c.appClosed {
 		return c.opErr("export", c.stateErrLocked())
 	}
-	s.snap = snapshot{state: st, in: c.in.read, out: c.out.app, seq: s.snap.seq + 1}
+	s.snap = snapshot{state: st, in: c.in.read, out: c.out.app, seq: s.snap.seq + 1, exported: true}
 	c.in.trim(c.in.read)
 	s.logLost = false
 	return nil
@@ -183,7 +186,9 @@ func outTailLocked(c *Conn, off uint64) []byte {
 }
 
 // ImportState returns the application state of the last snapshot on a
-// migrated-in connection; ok is false on a new connection.
+// migrated-in connection; ok is false on a new connection, and on a
+// migrated one whose application never exported a snapshot (unless the
+// state came from a SnapshotStore, whose records do not say).
 func (c *Conn) ImportState() (state []byte, ok bool) {
 	if c.sv == nil {
 		return nil, false

@@ -372,20 +372,23 @@ func ParseFetch(b []byte) (m Fetch, err error) {
 
 // ConnState is a connection's transferable state: what a new server needs to
 // reinstate it. Input is the input log from SnapIn on; Output holds the
-// output bytes from OutOff on that the client may not have yet.
+// output bytes from OutOff on that the client may not have yet. HasState
+// says the application exported a snapshot, State (which may be empty);
+// without one the new server's application starts afresh.
 type ConnState struct {
-	ConnID  [16]byte
-	Secret  []byte
-	Counter uint64
-	Seq     uint64
-	SnapIn  uint64
-	SnapOut uint64
-	State   []byte
-	Input   []byte
-	InFin   bool
-	OutOff  uint64
-	Output  []byte
-	OutFin  bool
+	ConnID   [16]byte
+	Secret   []byte
+	Counter  uint64
+	Seq      uint64
+	SnapIn   uint64
+	SnapOut  uint64
+	HasState bool
+	State    []byte
+	Input    []byte
+	InFin    bool
+	OutOff   uint64
+	Output   []byte
+	OutFin   bool
 }
 
 // Transfer answers a Fetch: Code 0 and the state, or a refusal code.
@@ -419,6 +422,7 @@ func AppendConnState(b []byte, s ConnState) []byte {
 	b = appendU64(b, s.Seq)
 	b = appendU64(b, s.SnapIn)
 	b = appendU64(b, s.SnapOut)
+	b = append(b, boolByte(s.HasState))
 	b = appendBytes32(b, s.State)
 	b = appendBytes32(b, s.Input)
 	b = append(b, boolByte(s.InFin))
@@ -429,7 +433,7 @@ func AppendConnState(b []byte, s ConnState) []byte {
 
 // connStateLen is the encoded size of s.
 func connStateLen(s ConnState) int {
-	return len(s.ConnID) + 1 + len(s.Secret) + 4*8 + 4 + len(s.State) + 4 + len(s.Input) + 1 + 8 + 4 + len(s.Output) + 1
+	return len(s.ConnID) + 1 + len(s.Secret) + 4*8 + 1 + 4 + len(s.State) + 4 + len(s.Input) + 1 + 8 + 4 + len(s.Output) + 1
 }
 
 func boolByte(v bool) byte {
@@ -457,6 +461,7 @@ func parseConnState(p *parser) (s ConnState) {
 	s.Seq = p.u64()
 	s.SnapIn = p.u64()
 	s.SnapOut = p.u64()
+	s.HasState = parseBool(p)
 	s.State = p.bytes32(MaxPayload)
 	s.Input = p.bytes32(MaxPayload)
 	s.InFin = parseBool(p)

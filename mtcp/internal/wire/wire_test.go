@@ -124,7 +124,7 @@ func sampleFrames() [][]byte {
 	add(AppendTransfer(nil, Transfer{Req: 5, Code: 4, Reason: "state unavailable"}))
 	add(AppendTransfer(nil, Transfer{Req: 6, State: ConnState{
 		ConnID: id, Secret: []byte("s"), Counter: 3, Seq: 9, SnapIn: 100, SnapOut: 200,
-		State: []byte("state"), Input: []byte("log"), InFin: true, OutOff: 150, Output: []byte("out"), OutFin: true,
+		HasState: true, State: []byte("state"), Input: []byte("log"), InFin: true, OutOff: 150, Output: []byte("out"), OutFin: true,
 	}}))
 	add(AppendPrepare(nil, Prepare{Target: "b:2", Migrate: mig, MAC: []byte{9, 8, 7}}))
 	add(AppendPush(nil, Push{Req: 7, Migrate: mig, State: ConnState{
