@@ -234,7 +234,7 @@ func (l *Listener) fetchState(ctx context.Context, m wire.Migrate, t0 time.Time,
 	// snapshot: its state is imported as one, even if empty.
 	return wire.ConnState{
 		ConnID: m.ConnID, Secret: rec.Secret, Counter: rec.Counter, Seq: rec.Seq,
-		SnapIn: rec.InOffset, SnapOut: rec.OutOffset, HasState: true, State: rec.State,
+		SnapIn: rec.InOffset, SnapOut: rec.OutOffset, HasState: rec.Seq > 0, State: rec.State,
 		OutOff: rec.OutOffset - uint64(len(rec.OutTail)), Output: rec.OutTail,
 	}, ModeEager, wait, nil
 }
@@ -273,7 +273,9 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 	s.counter = m.Counter
 	// No copy: a state is never written to once taken (frames and store
 	// records are freshly allocated, and a snapshot's bytes are immutable).
-	s.snap = snapshot{state: st.State, in: st.SnapIn, out: st.SnapOut, seq: 0, exported: st.HasState}
+	// seq goes on counting: a stored record tells by it whether the
+	// application ever exported a snapshot.
+	s.snap = snapshot{state: st.State, in: st.SnapIn, out: st.SnapOut, seq: st.Seq, exported: st.HasState}
 	s.imported, s.hasImported = s.snap.state, s.snap.exported
 	c.in = recvStream{base: st.SnapIn, read: st.SnapIn, buf: queueOf(st.Input), keepLog: true}
 	if st.InFin {
@@ -285,7 +287,7 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 		if st.SnapOut > base {
 			tail = out[:st.SnapOut-base]
 		}
-		rec := &SnapshotRecord{ConnID: c.id, Secret: c.secret, Counter: m.Counter, InOffset: st.SnapIn,
+		rec := &SnapshotRecord{ConnID: c.id, Secret: c.secret, Counter: m.Counter, Seq: st.Seq, InOffset: st.SnapIn,
 			OutOffset: st.SnapOut, State: s.snap.state, OutTail: tail, PrevCounter: st.Counter, PrevSeq: st.Seq}
 		if mode == ModeLazy {
 			// The frozen origin's last durable version is whatever the
@@ -307,7 +309,7 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 		} else if err != nil {
 			return nil, false, l.storeUnavailable(err)
 		}
-		s.durableIn, s.storeCounter, s.durable = st.SnapIn, m.Counter, s.snap
+		s.durableIn, s.storeCounter, s.durableSeq, s.durable = st.SnapIn, m.Counter, st.Seq, s.snap
 	}
 	return c, false, nil
 }

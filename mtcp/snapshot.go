@@ -187,8 +187,7 @@ func outTailLocked(c *Conn, off uint64) []byte {
 
 // ImportState returns the application state of the last snapshot on a
 // migrated-in connection; ok is false on a new connection, and on a
-// migrated one whose application never exported a snapshot (unless the
-// state came from a SnapshotStore, whose records do not say).
+// migrated one whose application never exported a snapshot.
 func (c *Conn) ImportState() (state []byte, ok bool) {
 	if c.sv == nil {
 		return nil, false

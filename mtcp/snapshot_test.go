@@ -80,3 +80,58 @@ func TestImportStateReportsNoSnapshotWhenNoneWasExported(t *testing.T) {
 		}
 	}
 }
+
+// The same from the snapshot store (eager mode, no peer channel): a
+// record says whether the application ever exported a snapshot by its
+// Seq, which counts snapshots over the connection's whole life.
+func TestEagerImportStateReportsNoSnapshotWhenNoneWasExported(t *testing.T) {
+	checkLeaks(t)
+	imports := make(chan bool, 16)
+	tc := newCluster(t, 3, NewMemStore(), func(cfg *ListenConfig) { cfg.ClusterKey = nil })
+	tc.serve(func(c *Conn) {
+		_, ok := c.ImportState()
+		imports <- ok
+		buf := make([]byte, 1024)
+		for {
+			n, err := c.Read(buf)
+			if _, werr := c.Write(buf[:n]); werr != nil || err != nil {
+				return
+			}
+			if bytes.IndexByte(buf[:n], 'X') >= 0 && c.ExportState([]byte{}) != nil {
+				return
+			}
+		}
+	})
+	for _, export := range []bool{false, true} {
+		c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-imports
+		echoCheck(t, c)
+		if export {
+			if _, err := c.Write([]byte("X")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+				t.Fatal(err)
+			}
+			echoCheck(t, c)
+		}
+		for _, to := range tc.addrs[1:] {
+			if err := c.Migrate(context.Background(), to); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case ok := <-imports:
+				if ok != export {
+					t.Errorf("exported %v: after moving to %s from the store ImportState ok = %v", export, to, ok)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no server application started")
+			}
+			echoCheck(t, c)
+		}
+		_ = c.Close()
+	}
+}

@@ -15,8 +15,10 @@ type SnapshotRecord struct {
 	// Secret is the connection's MAC key.
 	Secret []byte
 	// Counter is the migration counter the owning server accepted; Seq
-	// numbers snapshots within that ownership. Together they are the
-	// record's version, which only grows.
+	// counts the application's snapshots over the connection's life (it
+	// goes on across migrations; 0: the application never exported one,
+	// and ImportState says so). Together they are the record's version,
+	// which only grows.
 	Counter uint64
 	Seq     uint64
 	// PrevCounter and PrevSeq are the version rec replaces: Save is a

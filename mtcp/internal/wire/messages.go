@@ -8,7 +8,8 @@ import (
 // Version is the protocol version carried in HELLO. Version 2 added
 // PREPARE, PUSH, PUSHED, DROP_PUSH and RECEIVED, and the Prepared flag of
 // MIGRATE; version 3 the MAC of PREPARE over its target; version 4 credit
-// flow control (CREDIT, InitialCredit).
+// flow control (CREDIT, InitialCredit), the names in PEER_HELLO that bind
+// the peer proofs, and ConnState's HasState.
 const Version = 4
 
 // Hello opens a new connection.
