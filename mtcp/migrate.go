@@ -2,7 +2,6 @@ package mtcp
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/hmac"
 	"errors"
@@ -13,13 +12,11 @@ import (
 )
 
 // migratedConn is what an origin keeps of a connection it handed over, so
-// the state can be fetched again if the new server fails before replying.
+// the state can be handed over again if the new server fails before
+// replying (handover decides when), until the timer forgets it.
 type migratedConn struct {
-	secret  []byte
-	counter uint64
-	state   wire.ConnState // Output from the acknowledged offset on
-	timer   *time.Timer
-	push    *pushState // the handover at counter went out as a PUSH
+	handover
+	timer *time.Timer
 }
 
 // acceptMigrate takes over a connection for a MIGRATE: from this server's
@@ -401,9 +398,9 @@ func (l *Listener) freezeLocked(c *Conn, m wire.Migrate, pr *wire.Prepare) (wire
 	}
 	var ps *pushState
 	if pr != nil {
-		ps = &pushState{mac: bytes.Clone(m.MAC), target: pr.Target, done: make(chan struct{})}
+		ps = newPushState(m, pr.Target)
 	}
-	mc := &migratedConn{secret: c.secret, counter: m.Counter, state: full, push: ps}
+	mc := &migratedConn{handover: handover{secret: c.secret, counter: m.Counter, state: full, push: ps}}
 	l.mu.Lock()
 	delete(l.conns, c.id)
 	if !l.closing {
@@ -417,62 +414,30 @@ func (l *Listener) freezeLocked(c *Conn, m wire.Migrate, pr *wire.Prepare) (wire
 	return st, ps, nil
 }
 
-// handOverAgain answers a MIGRATE for a connection already handed over:
-// with a higher counter the previous new server failed before the client
-// heard from it, and the state goes to this one instead. With the very
-// MIGRATE a PREPARE pushed, the state is handed over only if the push was
-// refused, so exactly one server gets it for that counter.
+// handOverAgain answers a MIGRATE for a connection already handed over,
+// as its handover record decides: with a higher counter the previous new
+// server failed before the client heard from it, and the state goes to
+// this one instead; with the very MIGRATE a PREPARE pushed, the state is
+// handed over only if the push was refused, so exactly one server gets it
+// for that counter.
 func (l *Listener) handOverAgain(mc *migratedConn, m wire.Migrate) (wire.ConnState, *RefusalError) {
 	l.mu.Lock()
-	ps := mc.push
-	if ps != nil && m.Counter == mc.counter && hmac.Equal(m.MAC, ps.mac) {
-		l.mu.Unlock()
-		ps.wait(l.cfg.PeerTimeout, l.closed)
-		return l.fetchAfterPush(mc, ps, m)
-	}
-	if code := checkMigrate(mc.secret, mc.counter, m); code != 0 {
-		l.mu.Unlock()
-		return wire.ConnState{}, refusal(code, "%s", code)
-	}
-	st := mc.state
-	if m.RecvOff > st.OutOff+uint64(len(st.Output))+maxRegenerateGap {
-		l.mu.Unlock()
-		return wire.ConnState{}, refusal(RefuseBadRequest, "received offset out of range")
-	}
-	st.Counter = mc.counter
-	trimOutput(&st, m.RecvOff)
-	pushed := mc.counter
-	mc.counter = m.Counter
-	mc.push = nil
-	// The copy pushed for the old counter must not be claimed now.
-	drop := ps != nil && ps.outcome != pushRefused
+	v := mc.request(m)
 	l.mu.Unlock()
-	if drop {
-		l.goTracked(func() { l.dropPushed(ps.target, ConnID(m.ConnID), pushed) })
+	if ps := v.waitPush; ps != nil {
+		ps.wait(l.cfg.PeerTimeout, l.closed)
+		l.mu.Lock()
+		v = mc.afterPush(ps, m)
+		l.mu.Unlock()
 	}
-	return st, nil
-}
-
-// fetchAfterPush decides a FETCH for the MIGRATE a push carried, once the
-// push is answered: the state goes out only if the push was refused, the
-// counter has not moved on meanwhile, and no FETCH took it before.
-func (l *Listener) fetchAfterPush(mc *migratedConn, ps *pushState, m wire.Migrate) (wire.ConnState, *RefusalError) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch {
-	case mc.push != ps || mc.counter != m.Counter:
-		return wire.ConnState{}, refusal(RefuseReplayedCounter, "the connection moved on")
-	case ps.outcome == pushPending || ps.outcome == pushUnknown:
-		// The new server may hold the state: handing it out here too
-		// could make two owners. The client retries with a new counter.
-		return wire.ConnState{}, refusal(RefuseStateUnavailable, "push not answered")
-	case ps.outcome == pushKept || ps.fetched:
-		return wire.ConnState{}, refusal(RefuseReplayedCounter, "already pushed")
+	if d := v.drop; d != nil {
+		id := ConnID(m.ConnID)
+		l.goTracked(func() { l.dropPushed(d.target, id, d.counter) })
 	}
-	ps.fetched = true
-	st := mc.state
-	trimOutput(&st, m.RecvOff)
-	return st, nil
+	if !v.ok {
+		return wire.ConnState{}, v.refuse
+	}
+	return v.state, nil
 }
 
 // frozenPathLinger is how long a migrated-away connection's old path stays

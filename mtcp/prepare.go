@@ -105,7 +105,7 @@ func (l *Listener) prepare(pr wire.Prepare) {
 		outcome = pushRefused
 	}
 	l.mu.Lock()
-	ps.outcome = outcome
+	ps.answered(outcome)
 	l.mu.Unlock()
 	close(ps.done)
 	if err == nil && ans.Code != 0 {

@@ -309,8 +309,8 @@ func frozenForTest(l *Listener) (*migratedConn, *pushState, func(uint64) wire.Mi
 		m.MAC = migrateMAC(secret, m)
 		return m
 	}
-	ps := &pushState{mac: mk(5).MAC, target: "target:1", done: make(chan struct{})}
-	mc := &migratedConn{secret: secret, counter: 5, state: wire.ConnState{ConnID: id, Secret: secret, Counter: 4}, push: ps}
+	ps := newPushState(mk(5), "target:1")
+	mc := &migratedConn{handover: handover{secret: secret, counter: 5, state: wire.ConnState{ConnID: id, Secret: secret, Counter: 4}, push: ps}}
 	return mc, ps, mk
 }
 
