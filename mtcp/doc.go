@@ -83,4 +83,23 @@
 // (make-before-break); Conn.Standby says where it leads once it is open.
 // Servers send their server list on connect and on
 // Listener.SetServers.
+//
+// # Flow control
+//
+// Each receiver gives its sender credit (CREDIT: the read offset plus
+// Limits.MaxRecvBuffer); a sender puts no DATA past it, so a path's reader
+// never has to stop reading and control frames always get through.
+//
+// # Structure
+//
+// A connection's protocol logic is machine (machine.go): a deterministic
+// state machine with no goroutines, timers, locks or sockets. Conn is the
+// thin shell around it: it feeds the machine events under its lock (a
+// frame, the application's reads, writes and closes, a timer, a path
+// attached or lost) and carries out the effects the machine records. What
+// differs between the ends is the machine's side (serverProto,
+// clientProto) and the shell's endIO (serverSide, clientSide). An origin's
+// rule for handing a connection's state to exactly one server per counter
+// is handover (handover.go), pure too. Both are tested by feeding them
+// events, without sockets.
 package mtcp
