@@ -315,32 +315,48 @@ func (l *Listener) reinstate(ctx context.Context, m wire.Migrate, st wire.ConnSt
 // side of a lazy migration): it checks the forwarded MIGRATE, stops the
 // connection so the application's next Read or Write fails with
 // ErrMigrated, and returns its state.
-func (l *Listener) freeze(m wire.Migrate, to string) (wire.ConnState, *RefusalError) {
+//
+// after, called once the answer is on its way, wakes the frozen
+// connection's application (its Read or Write fails with ErrMigrated) and
+// reports the phase: the wake-up and the report cost the new server's
+// wait nothing then.
+func (l *Listener) freeze(m wire.Migrate, to string) (st wire.ConnState, rerr *RefusalError, after func()) {
 	t0 := time.Now()
 	stats := MigrationStats{ConnID: ConnID(m.ConnID), Role: RoleOrigin, Mode: ModeLazy, From: l.cfg.Self, To: to}
-	st, _, rerr := l.freezeState(m, nil)
+	st, _, c, rerr := l.freezeLater(m, nil)
 	stats.PrepareReply = time.Since(t0)
 	if rerr != nil {
 		stats.Err = rerr
 	} else {
 		stats.StateBytes = len(st.State) + len(st.Input) + len(st.Output)
 	}
-	l.report(stats)
-	return st, rerr
+	return st, rerr, func() {
+		c.applyFrozen()
+		l.report(stats)
+	}
 }
 
 // freezeState hands over a live connection, or again the state of one
 // already handed over. For a client's PREPARE (pr set) it only freezes a
 // live connection and returns the push's bookkeeping.
 func (l *Listener) freezeState(m wire.Migrate, pr *wire.Prepare) (wire.ConnState, *pushState, *RefusalError) {
+	st, ps, c, rerr := l.freezeLater(m, pr)
+	c.applyFrozen()
+	return st, ps, rerr
+}
+
+// freezeLater is freezeState that leaves the frozen connection's effects
+// (waking its application) to the caller: c.applyFrozen. c is nil when no
+// live connection was frozen.
+func (l *Listener) freezeLater(m wire.Migrate, pr *wire.Prepare) (wire.ConnState, *pushState, *Conn, *RefusalError) {
 	for again := true; ; again = false {
 		c, mc := l.lookup(m.ConnID)
 		if c == nil {
 			if mc == nil || pr != nil {
-				return wire.ConnState{}, nil, refusal(RefuseUnknownConn, "unknown connection")
+				return wire.ConnState{}, nil, nil, refusal(RefuseUnknownConn, "unknown connection")
 			}
 			st, rerr := l.handOverAgain(mc, m)
-			return st, nil, rerr
+			return st, nil, nil, rerr
 		}
 		c.mu.Lock()
 		if c.state == stateMigrated && again {
@@ -351,8 +367,19 @@ func (l *Listener) freezeState(m wire.Migrate, pr *wire.Prepare) (wire.ConnState
 		}
 		st, ps, rerr := l.freezeLocked(c, m, pr)
 		c.mu.Unlock()
-		return st, ps, rerr
+		return st, ps, c, rerr
 	}
+}
+
+// applyFrozen carries out the effects a freeze left in the machine; c
+// may be nil.
+func (c *Conn) applyFrozen() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.applyLocked()
+	c.mu.Unlock()
 }
 
 // freezeLocked is freezeState's part for a connection still in the table;
@@ -392,7 +419,7 @@ func (l *Listener) freezeLocked(c *Conn, m wire.Migrate, pr *wire.Prepare) (wire
 		time.AfterFunc(frozenPathLinger, p.close)
 		c.path = nil
 	}
-	c.setStateLocked(stateMigrated, ErrMigrated)
+	c.setState(stateMigrated, ErrMigrated) // its effects: applyFrozen
 	if s.detached != nil {
 		s.detached.Stop()
 	}

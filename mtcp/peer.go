@@ -304,6 +304,7 @@ func (l *Listener) servePeer(nc net.Conn, br *bufio.Reader, payload []byte) {
 			return
 		}
 		var answer []byte
+		after := func() {} // what waits until the answer is written
 		bp := frameBufs.Get().(*[]byte)
 		switch t {
 		case wire.TypeFetch:
@@ -311,7 +312,9 @@ func (l *Listener) servePeer(nc net.Conn, br *bufio.Reader, payload []byte) {
 			if err != nil {
 				return
 			}
-			st, rerr := l.freeze(f.Migrate, peer)
+			var st wire.ConnState
+			var rerr *RefusalError
+			st, rerr, after = l.freeze(f.Migrate, peer)
 			tr := wire.Transfer{Req: f.Req, State: st}
 			if rerr != nil {
 				tr = wire.Transfer{Req: f.Req, Code: uint8(rerr.Code), Reason: rerr.Reason}
@@ -339,6 +342,7 @@ func (l *Listener) servePeer(nc net.Conn, br *bufio.Reader, payload []byte) {
 		}
 		_, err = nc.Write(answer)
 		putFrameBuf(bp, answer)
+		after()
 		if err != nil {
 			return
 		}

@@ -171,8 +171,7 @@ func (l *Listener) dropPushedLocked(id ConnID, pc *pushedConn) {
 // waitPushed takes the state pushed for exactly this MIGRATE, waiting for
 // it at most d.
 func (l *Listener) waitPushed(ctx context.Context, m wire.Migrate, d time.Duration) (wire.ConnState, bool) {
-	t := time.NewTimer(d)
-	defer t.Stop()
+	var t *time.Timer // made on the first wait: most calls (no PREPARE) look once
 	id := ConnID(m.ConnID)
 	for {
 		l.mu.Lock()
@@ -184,6 +183,13 @@ func (l *Listener) waitPushed(ctx context.Context, m wire.Migrate, d time.Durati
 		}
 		wake := l.pushWake
 		l.mu.Unlock()
+		if d <= 0 {
+			return wire.ConnState{}, false
+		}
+		if t == nil {
+			t = time.NewTimer(d)
+			defer t.Stop()
+		}
 		select {
 		case <-wake:
 		case <-t.C:
