@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 //go:embed extension/hafe.control extension/*.sql
@@ -31,6 +32,10 @@ const (
 // DefaultVersion is the version an install or upgrade brings a database to.
 var DefaultVersion = mustDefaultVersion()
 
+// DefaultClientRole is the role clients' raw SQL runs as unless
+// configured otherwise.
+const DefaultClientRole = "hafe_client"
+
 // InstallOptions tunes Install.
 type InstallOptions struct {
 	// ForceSchema applies the SQL as a plain schema even where the
@@ -38,6 +43,11 @@ type InstallOptions struct {
 	ForceSchema bool
 	// Version is the target version; default DefaultVersion.
 	Version string
+	// ClientRole is the role raw SQL runs as (default DefaultClientRole).
+	// Install creates it (NOLOGIN, no privilege on schema hafe) if it does
+	// not exist and makes the installing role a member, so that front-ends
+	// connecting as that role can SET ROLE to it.
+	ClientRole string
 }
 
 // InstallResult says what Install did.
@@ -73,11 +83,61 @@ func Install(ctx context.Context, conn *pgx.Conn, opts InstallOptions, log *slog
 	if err != nil {
 		return res, fmt.Errorf("install hafe %s: %w", target, err)
 	}
+	role := opts.ClientRole
+	if role == "" {
+		role = DefaultClientRole
+	}
+	if err := ensureClientRole(ctx, tx, role); err != nil {
+		return res, fmt.Errorf("install hafe: client role %s: %w", role, err)
+	}
 	if err := tx.Commit(ctx); err != nil {
 		return res, fmt.Errorf("install hafe: commit: %w", err)
 	}
 	log.Info("hafe back-end installed", "mode", res.Mode, "from", res.From, "to", res.To)
 	return res, nil
+}
+
+// ensureClientRole creates role (NOLOGIN) unless it exists, and makes the
+// current role a member. Roles belong to the whole server, so installs into
+// two databases may race to create it: the loser finds it made.
+func ensureClientRole(ctx context.Context, tx pgx.Tx, role string) error {
+	ident := pgx.Identifier{role}.Sanitize()
+	var exists, member bool
+	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil {
+		return err
+	}
+	if !exists {
+		if err := ignoringDuplicates(ctx, tx, "CREATE ROLE "+ident+" NOLOGIN"); err != nil {
+			return fmt.Errorf("create it (or have an administrator run CREATE ROLE %s NOLOGIN; GRANT %s TO <front-end role>): %w", ident, ident, err)
+		}
+	}
+	if err := tx.QueryRow(ctx, "SELECT pg_has_role(current_user, $1, 'MEMBER')", role).Scan(&member); err != nil {
+		return err
+	}
+	if !member {
+		if err := ignoringDuplicates(ctx, tx, "GRANT "+ident+" TO CURRENT_USER"); err != nil {
+			return fmt.Errorf("grant it to the front-end role (or have an administrator run GRANT %s TO <front-end role>): %w", ident, err)
+		}
+	}
+	return nil
+}
+
+// ignoringDuplicates runs sql in a savepoint and ignores its failure if
+// what it makes was made meanwhile by another transaction.
+func ignoringDuplicates(ctx context.Context, tx pgx.Tx, sql string) error {
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := sp.Exec(ctx, sql); err != nil {
+		sp.Rollback(ctx)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && (pgErr.Code == "23505" || pgErr.Code == "42710") {
+			return nil
+		}
+		return err
+	}
+	return sp.Commit(ctx)
 }
 
 func install(ctx context.Context, tx pgx.Tx, forceSchema bool, target string) (InstallResult, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -146,5 +147,50 @@ func TestGCKeepsRunningBatches(t *testing.T) {
 	}
 	if _, err := GetBatch(ctx, c, running, time.Second); err != nil {
 		t.Fatalf("running batch gone: %v", err)
+	}
+}
+
+// TestInstallCreatesTheClientRole: both install modes leave a NOLOGIN
+// client role that the installing role may SET ROLE to and that
+// PostgreSQL denies every access to schema hafe.
+func TestInstallCreatesTheClientRole(t *testing.T) {
+	ctx := context.Background()
+	modes := []InstallOptions{{ForceSchema: true, ClientRole: "hafe_client_schema"}}
+	bin, _ := pgtemp.FindBinDir()
+	share := filepath.Join("/usr/share/postgresql", filepath.Base(filepath.Dir(bin)), "extension")
+	if _, err := os.Stat(filepath.Join(share, "hafe.control")); err == nil {
+		modes = append(modes, InstallOptions{ClientRole: "hafe_client_ext"})
+	} else {
+		t.Logf("extension mode not tried: hafe extension files not installed in %s", share)
+	}
+	for _, opts := range modes {
+		c := connect(t)
+		res, err := Install(ctx, c, opts, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Installing again (another database, or a restart) finds it made.
+		if _, err := Install(ctx, c, opts, nil); err != nil {
+			t.Fatalf("%s: second install: %v", res.Mode, err)
+		}
+		var login, usage, create bool
+		if err := c.QueryRow(ctx, `SELECT rolcanlogin, has_schema_privilege(rolname, 'hafe', 'USAGE'), has_schema_privilege(rolname, 'hafe', 'CREATE')
+			FROM pg_roles WHERE rolname = $1`, opts.ClientRole).Scan(&login, &usage, &create); err != nil {
+			t.Fatalf("%s: client role: %v", res.Mode, err)
+		}
+		if login || usage || create {
+			t.Fatalf("%s: client role can log in (%v), use (%v) or create in (%v) schema hafe", res.Mode, login, usage, create)
+		}
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "SET LOCAL ROLE "+opts.ClientRole); err != nil {
+			t.Fatalf("%s: %v", res.Mode, err)
+		}
+		if _, err := tx.Exec(ctx, "DELETE FROM hafe.outcomes"); err == nil || !strings.Contains(err.Error(), "42501") {
+			t.Fatalf("%s: the client role deleting outcomes: %v, want permission denied", res.Mode, err)
+		}
+		tx.Rollback(ctx)
 	}
 }

@@ -77,10 +77,15 @@ const effectsSchema = `CREATE TABLE effects (id serial PRIMARY KEY, note text NO
 // lock 42, so a test decides when a transaction may end without sleeping.
 const holdLock = `SELECT pg_advisory_xact_lock(42)`
 
+// clientGrants lets raw SQL (which runs as the client role) use the
+// application's tables, as docs/operations.md tells operators to.
+const clientGrants = `GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO hafe_client;
+	GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO hafe_client;`
+
 // newDB makes a fresh database with hafe installed, the demo bank and the
 // effects table, and returns its URL.
 func newDB(t testing.TB) string {
-	return pgtest.Database(t, server, "frontend", hafesql.DemoSchema()+effectsSchema)
+	return pgtest.Database(t, server, "frontend", hafesql.DemoSchema()+effectsSchema+clientGrants)
 }
 
 // checker reads the database the way a test's assertions need.
@@ -211,25 +216,32 @@ func startFrontend(t testing.TB, url string, cfg Config, member bool) *frontendU
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(pool.Close)
+	f := startFrontendOn(t, pool, cfg)
+	if member {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { f.Run(ctx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+	return f
+}
+
+// startFrontendOn runs a front-end with cfg on pool behind a loopback HTTP
+// server, closed when the test ends.
+func startFrontendOn(t testing.TB, pool *pgxpool.Pool, cfg Config) *frontendUnderTest {
+	t.Helper()
+	if cfg.ID == "" {
+		cfg.ID = "fe-test"
+	}
 	s, err := New(pool, cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(s.Handler())
-	var stop func()
-	if member {
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { s.Run(ctx); close(done) }()
-		stop = func() { cancel(); <-done }
-	}
 	t.Cleanup(func() {
 		hs.CloseClientConnections()
 		hs.Close()
-		if stop != nil {
-			stop()
-		}
-		pool.Close()
 	})
 	return &frontendUnderTest{Server: s, url: hs.URL, http: hs}
 }

@@ -13,6 +13,7 @@ import (
 
 	hafesql "hafe.dev/hafe/sql"
 	"hafe.dev/hafe/txn"
+	"hafe.dev/hafe/txn/rawsql"
 )
 
 // batchRequest is the body of POST /v1/batches.
@@ -168,13 +169,16 @@ func resolve(seq int, tr txnRequest, catalog *hafesql.Catalog, allowRawSQL bool,
 			if len(s.Query) > lim.MaxStatementBytes {
 				return txn.Transaction{}, refuse(413, "statement_too_large", "transaction %d, statement %d is %d bytes; the limit is %d", seq, i+1, len(s.Query), lim.MaxStatementBytes)
 			}
+			if err := rawsql.Check(s.Query); err != nil {
+				return txn.Transaction{}, refuse(422, "statement_not_allowed", "transaction %d, statement %d: %v", seq, i+1, err)
+			}
 			args := make([]any, len(s.Args))
 			for j, a := range s.Args {
 				args[j] = argValue(a)
 			}
 			stmts[i] = txn.Statement{Query: s.Query, Args: args}
 		}
-		return txn.Transaction{Statements: stmts}, nil
+		return txn.Transaction{Statements: stmts, Raw: true}, nil
 	default:
 		return txn.Transaction{}, refuse(422, "bad_transaction", "transaction %d needs \"template\" or \"sql\"", seq)
 	}

@@ -93,6 +93,9 @@ BEGIN
 END $$;
 CREATE CONSTRAINT TRIGGER runs_slow_commit AFTER INSERT ON runs
 	DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();
+-- The workload is raw SQL, which runs as the client role (hafe db install
+-- made it).
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO hafe_client;
 `
 
 // startFailoverCluster starts PostgreSQL and frontEnds front-ends with

@@ -41,12 +41,18 @@ func (c *chain) step(ctx context.Context, seq int, t Transaction) error {
 	if err != nil {
 		return c.settle(ctx, seq, t, err, 1)
 	}
-	if !c.e.allKnown(sent) {
+	if t.Raw || !c.e.allKnown(sent) {
+		// A client's raw SQL runs on its own connection under the client
+		// role, which is scrubbed afterwards; it is never chained.
+		//
 		// A statement never prepared might fail to: that would abort the
 		// pending slot's transaction too. Run it on its own.
 		if err := c.flush(ctx); err != nil {
 			return err
 		}
+		// The slot takes a connection of its own; this one has no open
+		// transaction now, and holding it could starve a small pool.
+		c.release()
 		return c.settle(ctx, seq, t, nil, 0)
 	}
 	if c.conn == nil {
@@ -82,7 +88,7 @@ func (c *chain) step(ctx context.Context, seq int, t Transaction) error {
 			return err
 		}
 	}
-	results, err := c.e.runStatements(ctx, br, sent)
+	results, err := c.e.runStatements(ctx, br, 1, sent, 0)
 	if err != nil {
 		c.drop(ctx)
 		return c.settle(ctx, seq, t, err, 1)
@@ -128,6 +134,14 @@ func (c *chain) drop(ctx context.Context) {
 	rollback(ctx, c.conn.Conn())
 	c.conn.Release()
 	c.conn = nil
+}
+
+// release gives back a connection that holds no open transaction.
+func (c *chain) release() {
+	if c.conn != nil && c.pending == nil {
+		c.conn.Release()
+		c.conn = nil
+	}
 }
 
 // close undoes a pending slot's transaction (it was never reported) and

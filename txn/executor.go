@@ -42,6 +42,10 @@ type Config struct {
 	SettleTimeout time.Duration
 	// Limits bound each transaction's results (default DefaultLimits).
 	Limits Limits
+	// ClientRole is the database role raw SQL runs as (SET LOCAL ROLE), so
+	// that PostgreSQL keeps it away from schema hafe (default
+	// backendext.DefaultClientRole). The pool's role must be a member.
+	ClientRole string
 }
 
 func (c Config) withDefaults() Config {
@@ -62,6 +66,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.SettleTimeout <= 0 {
 		c.SettleTimeout = 60 * time.Second
+	}
+	if c.ClientRole == "" {
+		c.ClientRole = backendext.DefaultClientRole
 	}
 	if c.Limits.MaxRows <= 0 {
 		c.Limits.MaxRows = DefaultLimits.MaxRows

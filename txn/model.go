@@ -68,6 +68,11 @@ func (s Statement) sent() (string, []any, error) {
 // transaction together with the slot's outcome row.
 type Transaction struct {
 	Statements []Statement
+	// Raw marks statements a client wrote (raw SQL), as opposed to an
+	// operator's template: they run under Config.ClientRole, which has no
+	// privilege on schema hafe, on a connection whose session state is
+	// reset before anyone else uses it. Check them with rawsql.Check first.
+	Raw bool
 }
 
 // Batch is an ordered list of transactions; slot seq (1-based) is

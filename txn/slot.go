@@ -156,17 +156,44 @@ func (e *Executor) attempt(ctx context.Context, l *Lease, seq int, t Transaction
 		return backendext.Outcome{}, e.classify(ctx, err, 0, false)
 	}
 	defer conn.Release()
+	if t.Raw {
+		// Whatever the client's statements left on the session (temporary
+		// tables, session locks, settings) goes before the next user.
+		defer scrub(ctx, conn.Conn())
+	}
 
 	sent, args, err := sentStatements(t)
 	if err != nil {
 		return backendext.Outcome{}, err
 	}
 	b := &pgx.Batch{}
-	b.Queue(iso.beginSQL())
+	var prelude, postlude []string
+	if t.Raw {
+		// A client's raw SQL runs as the client role, which PostgreSQL
+		// keeps away from schema hafe; the statements that could switch
+		// back are refused before anything runs (rawsql.Check). The role
+		// is taken in a round trip of its own because the driver parses a
+		// pipeline's new statements before it runs any: parsed as the
+		// front-end's role, the client's statements would resolve names
+		// in schema hafe.
+		if _, err := conn.Conn().Exec(ctx, iso.beginSQL()+"; SET LOCAL ROLE "+pgx.Identifier{e.cfg.ClientRole}.Sanitize()); err != nil {
+			rollback(ctx, conn.Conn())
+			return backendext.Outcome{}, e.classify(ctx, err, 0, false)
+		}
+		postlude = afterClientStatements
+	} else {
+		prelude = []string{iso.beginSQL()}
+	}
+	for _, q := range prelude {
+		b.Queue(q)
+	}
 	for i, q := range sent {
 		b.Queue(q, args[i]...)
 	}
-	results, err := e.runStatements(ctx, conn.Conn().SendBatch(ctx, b), sent)
+	for _, q := range postlude {
+		b.Queue(q)
+	}
+	results, err := e.runStatements(ctx, conn.Conn().SendBatch(ctx, b), len(prelude), sent, len(postlude))
 	if err != nil {
 		rollback(ctx, conn.Conn())
 		return backendext.Outcome{}, err
@@ -177,6 +204,31 @@ func (e *Executor) attempt(ctx context.Context, l *Lease, seq int, t Transaction
 		return backendext.Outcome{}, err
 	}
 	return o, e.commitOutcome(ctx, conn.Conn(), o, false)
+}
+
+// afterClientStatements end a raw SQL slot's statements, before hafe
+// writes its outcome: back to the front-end's own role, with the client's
+// settings undone and a search_path the client cannot have planted
+// anything in.
+var afterClientStatements = []string{"RESET ROLE", "RESET ALL", "SET LOCAL search_path = pg_catalog, pg_temp"}
+
+// scrubSQL resets what a client's statements may leave on a session
+// beyond their transaction. DISCARD ALL would also drop the driver's
+// prepared statements.
+const scrubSQL = `RESET ROLE; RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES`
+
+// scrub brings a session back to the state it started in after it ran a
+// client's raw SQL; a session that cannot be scrubbed is closed, and the
+// pool replaces it.
+func scrub(ctx context.Context, conn *pgx.Conn) {
+	if conn.IsClosed() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := conn.Exec(ctx, scrubSQL); err != nil {
+		conn.Close(ctx)
+	}
 }
 
 // record writes an outcome in a transaction of its own: used for aborted
@@ -229,41 +281,56 @@ func (e *Executor) commitOutcome(ctx context.Context, conn *pgx.Conn, o backende
 	return err
 }
 
-// runStatements reads the first pipeline's results: BEGIN, then the rows
-// of each statement, sent as the queries in sent.
-func (e *Executor) runStatements(ctx context.Context, br pgx.BatchResults, sent []string) (results []Result, err error) {
+// runStatements reads the first pipeline's results: prelude statements of
+// hafe's own (BEGIN), the rows of each statement, sent as the queries in
+// sent, then postlude statements of hafe's own.
+func (e *Executor) runStatements(ctx context.Context, br pgx.BatchResults, prelude int, sent []string, postlude int) (results []Result, err error) {
 	defer func() {
 		if cerr := br.Close(); err == nil && cerr != nil {
 			err = e.classify(ctx, cerr, 0, false)
 		}
 	}()
-	if _, err := br.Exec(); err != nil {
-		// pgx prepares new statements (and encodes arguments) before it
-		// runs anything; such an error arrives first, naming the query.
-		var pre pgx.ErrPreprocessingBatch
-		if errors.As(err, &pre) {
-			if i := slices.Index(sent, pre.SQL()); i >= 0 {
-				return nil, e.classify(ctx, err, i+1, false)
-			}
+	for range prelude {
+		if _, err := br.Exec(); err != nil {
+			return nil, e.classify(ctx, err, preprocessed(err, sent, 0), false)
 		}
-		return nil, e.classify(ctx, err, 0, false)
 	}
 	results = make([]Result, 0, len(sent))
 	for i := 1; i <= len(sent); i++ {
-		res, err := e.readResult(ctx, br, i)
+		res, err := e.readResult(ctx, br, sent, i)
 		if err != nil {
 			return nil, err
 		}
 		results = append(results, res)
 	}
+	for range postlude {
+		if _, err := br.Exec(); err != nil {
+			return nil, e.classify(ctx, err, 0, false)
+		}
+	}
 	e.markKnown(sent)
 	return results, nil
 }
 
-func (e *Executor) readResult(ctx context.Context, br pgx.BatchResults, stmt int) (Result, error) {
+// preprocessed returns the 1-based statement of sent that err names when
+// it is the driver's failure to prepare the pipeline: pgx prepares new
+// statements (and encodes arguments) before it runs anything, and such an
+// error arrives with the first result read. Otherwise it returns stmt.
+func preprocessed(err error, sent []string, stmt int) int {
+	var pre pgx.ErrPreprocessingBatch
+	if errors.As(err, &pre) {
+		if i := slices.Index(sent, pre.SQL()); i >= 0 {
+			return i + 1
+		}
+		return 0
+	}
+	return stmt
+}
+
+func (e *Executor) readResult(ctx context.Context, br pgx.BatchResults, sent []string, stmt int) (Result, error) {
 	rows, err := br.Query()
 	if err != nil {
-		return Result{}, e.classify(ctx, err, stmt, false)
+		return Result{}, e.classify(ctx, err, preprocessed(err, sent, stmt), false)
 	}
 	defer rows.Close()
 	fds := rows.FieldDescriptions()

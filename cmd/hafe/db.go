@@ -47,6 +47,7 @@ func runDBInstall(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	db := fs.String("db", "", "PostgreSQL URL (required)")
 	schemaOnly := fs.Bool("schema-only", false, "apply the SQL as a plain schema even where CREATE EXTENSION would work")
 	version := fs.String("version", backendext.DefaultVersion, "target version")
+	clientRole := fs.String("client-role", backendext.DefaultClientRole, "role raw SQL runs as: created NOLOGIN if missing, without privilege on schema hafe, and granted to the installing role")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -59,7 +60,7 @@ func runDBInstall(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close(context.Background())
-	res, err := backendext.Install(ctx, conn, backendext.InstallOptions{ForceSchema: *schemaOnly, Version: *version}, nil)
+	res, err := backendext.Install(ctx, conn, backendext.InstallOptions{ForceSchema: *schemaOnly, Version: *version, ClientRole: *clientRole}, nil)
 	if err != nil {
 		return err
 	}
@@ -74,13 +75,13 @@ func runDBInstall(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	return nil
 }
 
-func installWithPool(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
+func installWithPool(ctx context.Context, pool *pgxpool.Pool, clientRole string, log *slog.Logger) error {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
 	defer conn.Release()
-	_, err = backendext.Install(ctx, conn.Conn(), backendext.InstallOptions{}, log)
+	_, err = backendext.Install(ctx, conn.Conn(), backendext.InstallOptions{ClientRole: clientRole}, log)
 	return err
 }
 

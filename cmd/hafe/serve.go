@@ -27,7 +27,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		listen       = fs.String("listen", "127.0.0.1:8080", "HTTP listen address")
 		advertise    = fs.String("advertise", "", "address other members and operators reach this front-end at (default: --listen)")
 		id           = fs.String("id", "", "this front-end's name in the cluster (default: host name and port)")
-		rawSQL       = fs.Bool("allow-raw-sql", false, `accept {"sql":[...]} transactions, not only templates`)
+		rawSQL       = fs.Bool("allow-raw-sql", false, `accept {"sql":[...]} transactions, not only templates; they run as --client-role`)
+		clientRole   = fs.String("client-role", backendext.DefaultClientRole, "database role raw SQL runs as (SET LOCAL ROLE); it must have no privilege on schema hafe, and the --db role must be a member (hafe db install sets this up)")
 		templates    = fs.String("templates", "", "directory of NAME.sql transaction templates (default: the built-in demo bank templates)")
 		install      = fs.Bool("install", false, "install or upgrade hafe's back-end objects at start (as hafe db install)")
 		adminToken   = fs.String("admin-token", "", "bearer token for /admin routes (empty: admin routes disabled)")
@@ -100,7 +101,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer pool.Close()
 	if *install {
-		if err := installWithPool(ctx, pool, log); err != nil {
+		if err := installWithPool(ctx, pool, *clientRole, log); err != nil {
 			ln.Close()
 			return err
 		}
@@ -111,7 +112,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Templates: catalog,
 		Limits:    frontend.Limits{MaxBodyBytes: *maxBody, MaxTransactions: *maxTxns, MaxStatements: *maxStmts},
 		Executor: txn.Config{
-			Incarnation: incarnation,
+			Incarnation: incarnation, ClientRole: *clientRole,
 			MaxAttempts: *maxAttempts, FenceGrace: *fenceGrace, OwnerLiveness: *liveness, SettleTimeout: *settle,
 			Limits: txn.Limits{MaxRows: *maxRows, MaxReportBytes: *maxReport},
 		},
