@@ -67,7 +67,8 @@ var slowPoints = []struct {
 // idle in a transaction is ended after 5s (default 30s): a stuck owner's
 // slot transaction that has not written its outcome yet is not fenced (see
 // TestKnownBugStuckSlotTransactionIsNotFenced) and holds its rows until then.
-var frontEndFlags = []string{"--allow-raw-sql", "--heartbeat", "200ms", "--owner-liveness", "1s", "--fence-grace", "1s",
+// The test database has only its superuser, hence --allow-superuser.
+var frontEndFlags = []string{"--allow-raw-sql", "--allow-superuser", "--heartbeat", "200ms", "--owner-liveness", "1s", "--fence-grace", "1s",
 	"--idle-in-transaction-timeout", "5s"}
 
 // failoverCluster is PostgreSQL with hafe and the demo schema installed,

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -31,6 +32,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		clientRole   = fs.String("client-role", backendext.DefaultClientRole, "database role raw SQL runs as (SET LOCAL ROLE); it must have no privilege on schema hafe, and the --db role must be a member (hafe db install sets this up)")
 		templates    = fs.String("templates", "", "directory of NAME.sql transaction templates (default: the built-in demo bank templates)")
 		install      = fs.Bool("install", false, "install or upgrade hafe's back-end objects at start (as hafe db install)")
+		allowSuper   = fs.Bool("allow-superuser", false, "serve even if the --db role or --client-role is a superuser or may run programs or touch files on the database server (pg_execute_server_program, pg_read/write_server_files); refused otherwise")
 		adminToken   = fs.String("admin-token", "", "bearer token for /admin routes (empty: admin routes disabled)")
 		poolSize     = fs.Int("pool-size", 20, "maximum database connections")
 		idleInTx     = fs.Duration("idle-in-transaction-timeout", 30*time.Second, "idle_in_transaction_session_timeout of this front-end's sessions")
@@ -105,6 +107,16 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			ln.Close()
 			return err
 		}
+	}
+
+	roles, err := backendext.ReadRoles(ctx, pool, *clientRole)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	if problems := roles.Problems(*allowSuper, *rawSQL); len(problems) > 0 {
+		ln.Close()
+		return fmt.Errorf("refusing to serve:\n  %s", strings.Join(problems, "\n  "))
 	}
 
 	fe, err := frontend.New(pool, frontend.Config{

@@ -84,7 +84,8 @@ func startServe(t *testing.T, args ...string) *servedProcess {
 		t.Fatal(err)
 	}
 	p := &servedProcess{url: url, addr: pickServeAddr(t), logs: &bytes.Buffer{}, exited: make(chan error, 1)}
-	p.cmd = exec.Command(bin, append([]string{"serve", "--db", url, "--listen", p.addr}, args...)...)
+	// The throwaway server has only its superuser.
+	p.cmd = exec.Command(bin, append([]string{"serve", "--db", url, "--listen", p.addr, "--allow-superuser"}, args...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -228,7 +228,9 @@ func (d *demo) startFrontEnd(ctx context.Context, dbURL, id string) (*child, err
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
-	cmd := exec.Command(self, "serve", "--db", dbURL, "--listen", addr, "--id", id,
+	// The demo's throwaway database has only its superuser; a real
+	// deployment connects as a role without SUPERUSER.
+	cmd := exec.Command(self, "serve", "--db", dbURL, "--listen", addr, "--id", id, "--allow-superuser",
 		"--heartbeat", "200ms", "--owner-liveness", "1s", "--fence-grace", "1s", "--drain-timeout", "1s")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = withoutHafeEnv(os.Environ())
