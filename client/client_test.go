@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"hafe.dev/hafe/client"
+	"hafe.dev/hafe/frontend"
 )
 
 // collector keeps what OnLine and Observe saw.
@@ -256,7 +257,7 @@ func TestSubmitRefusalsAreFinal(t *testing.T) {
 
 func TestSubmitSendsBearerToken(t *testing.T) {
 	db := newBank(t)
-	fe := startFrontEnd(t, db, "fe1", feOptions{tokens: []string{"s3cret"}})
+	fe := startFrontEnd(t, db, "fe1", feOptions{tokens: []frontend.Token{{Name: "app", Secret: "s3cret"}}})
 	ctx := testContext(t)
 
 	c := newClient(t, client.Config{FrontEnds: []string{fe.URL}})

@@ -41,7 +41,7 @@ type frontEnd struct {
 
 type feOptions struct {
 	rawSQL bool
-	tokens []string
+	tokens []frontend.Token
 	// wrap, when set, wraps the front-end's handler (e.g. to cut streams).
 	wrap func(http.Handler) http.Handler
 }

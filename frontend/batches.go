@@ -34,14 +34,21 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 	defer s.batches.end()
 	start := time.Now()
 
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		// curl -d sends application/x-www-form-urlencoded unless told
-		// otherwise; accept it rather than make every first try fail.
-		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || !(mt == "application/json" || strings.HasSuffix(mt, "+json") || mt == "application/x-www-form-urlencoded") {
-			s.refuse(w, refuse(415, "unsupported_media_type", "send the batch as application/json, not %q", ct))
-			return
+	// Only JSON: an HTML form or a fetch without a preflight on any web
+	// page a user visits can send a form, text or no content type across
+	// sites, but not application/json.
+	ct := r.Header.Get("Content-Type")
+	if mt, _, err := mime.ParseMediaType(ct); err != nil || !(mt == "application/json" || strings.HasSuffix(mt, "+json")) {
+		if ct == "" {
+			ct = "no Content-Type"
 		}
+		s.refuse(w, refuse(415, "unsupported_media_type", "send the batch with Content-Type: application/json, not %q", ct))
+		return
+	}
+	keys := r.Header.Values("Idempotency-Key")
+	if len(keys) > 1 {
+		s.refuse(w, refuse(400, "bad_idempotency_key", "send one Idempotency-Key header, not %d", len(keys)))
+		return
 	}
 	key := r.Header.Get("Idempotency-Key")
 	if err := checkKey(key); err != nil {

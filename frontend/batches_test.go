@@ -158,8 +158,8 @@ func TestSameKeyWithAnotherBodyIsRefused(t *testing.T) {
 		}
 	}
 	// Another client's same key is another batch.
-	other := startFrontend(t, url, Config{ID: "fe-tokens", ClientTokens: []string{"alice", "bob"}}, false)
-	for _, tok := range []string{"alice", "bob"} {
+	other := startFrontend(t, url, Config{ID: "fe-tokens", ClientTokens: []Token{{Name: "alice", Secret: "alice-secret"}, {Name: "bob", Secret: "bob-secret"}}}, false)
+	for _, tok := range []string{"alice-secret", "bob-secret"} {
 		resp, out := other.post(t, batchBody(transferTxn(5, 6, "1")), map[string]string{"Idempotency-Key": "reused", "Authorization": "Bearer " + tok})
 		if resp.StatusCode != 200 {
 			t.Fatalf("client %s: status %d: %s", tok, resp.StatusCode, out)

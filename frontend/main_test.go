@@ -246,12 +246,15 @@ func startFrontendOn(t testing.TB, pool *pgxpool.Pool, cfg Config) *frontendUnde
 	return &frontendUnderTest{Server: s, url: hs.URL, http: hs}
 }
 
-// request is one HTTP request a test sends.
+// request is one HTTP request a test sends. A POST goes as
+// application/json unless header says otherwise; a Content-Type of "-"
+// sends none. more adds header lines, e.g. a header twice.
 type request struct {
 	method string
 	path   string
 	body   string
 	header map[string]string
+	more   http.Header
 }
 
 func (f *frontendUnderTest) do(t testing.TB, r request) *http.Response {
@@ -275,8 +278,19 @@ func (f *frontendUnderTest) doContext(ctx context.Context, r request) (*http.Res
 	if err != nil {
 		return nil, err
 	}
+	if r.body != "" || r.method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	for k, v := range r.header {
 		req.Header.Set(k, v)
+	}
+	if req.Header.Get("Content-Type") == "-" {
+		req.Header.Del("Content-Type")
+	}
+	for k, vs := range r.more {
+		for _, v := range vs {
+			req.Header.Add(k, v)
+		}
 	}
 	return http.DefaultClient.Do(req)
 }

@@ -67,7 +67,7 @@ func TestMetricsCountBatchesAndTransactions(t *testing.T) {
 }
 
 func TestTemplatesAreListed(t *testing.T) {
-	fe := startFrontend(t, newDB(t), Config{ClientTokens: []string{clientToken}}, false)
+	fe := startFrontend(t, newDB(t), Config{ClientTokens: []Token{{Name: "client", Secret: clientToken}}}, false)
 	v := fe.getJSON(t, "/v1/templates", asClient, 200)
 	if v["raw_sql"] != false {
 		t.Fatalf("raw_sql %v", v["raw_sql"])

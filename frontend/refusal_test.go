@@ -22,7 +22,7 @@ var (
 func strictConfig() Config {
 	return Config{
 		ID: "fe-strict", AllowRawSQL: true,
-		ClientTokens: []string{clientToken}, AdminToken: adminToken,
+		ClientTokens: []Token{{Name: "client", Secret: clientToken}}, AdminToken: adminToken,
 		Limits: Limits{MaxBodyBytes: 4096, MaxTransactions: 3, MaxStatements: 2, MaxStatementBytes: 200},
 	}
 }
@@ -113,6 +113,18 @@ func TestRefusalsWriteNothing(t *testing.T) {
 		{name: "Content-Type text/plain", req: request{body: valid, header: with(asClient, "Content-Type", "text/plain")}, status: 415, code: "unsupported_media_type"},
 		{name: "Content-Type CSV", req: request{body: valid, header: with(asClient, "Content-Type", "text/csv")}, status: 415, code: "unsupported_media_type"},
 		{name: "Content-Type unparsable", req: request{body: valid, header: with(asClient, "Content-Type", "application/json; charset")}, status: 415, code: "unsupported_media_type"},
+		// A cross-site HTML form or no-cors fetch can send these (or none)
+		// without the browser asking first.
+		{name: "Content-Type form", req: request{body: valid, header: with(asClient, "Content-Type", "application/x-www-form-urlencoded")}, status: 415, code: "unsupported_media_type"},
+		{name: "Content-Type multipart", req: request{body: valid, header: with(asClient, "Content-Type", "multipart/form-data; boundary=x")}, status: 415, code: "unsupported_media_type"},
+		{name: "Content-Type missing", req: request{body: valid, header: with(asClient, "Content-Type", "-")}, status: 415, code: "unsupported_media_type"},
+		{name: "form without a token", fe: open, req: request{body: valid, header: map[string]string{"Content-Type": "application/x-www-form-urlencoded"}}, status: 415, code: "unsupported_media_type"},
+		{name: "text without a token", fe: open, req: request{body: valid, header: map[string]string{"Content-Type": "text/plain"}}, status: 415, code: "unsupported_media_type"},
+		{name: "two Idempotency-Keys", req: request{body: valid, header: asClient, more: http.Header{"Idempotency-Key": {"a", "b"}}}, status: 400, code: "bad_idempotency_key"},
+		{name: "two Idempotency-Keys, the same", req: request{body: valid, header: asClient, more: http.Header{"Idempotency-Key": {"a", "a"}}}, status: 400, code: "bad_idempotency_key"},
+		{name: "invalid UTF-8 in a string", req: request{body: batchBody(`{"template":"open_account","args":{"id":1000,"owner":"caf` + "\xe9" + `","balance":1}}`)}, status: 400, code: "bad_json"},
+		{name: "invalid UTF-8 in raw SQL", req: request{body: batchBody(`{"sql":[{"query":"INSERT INTO effects (note) VALUES ('` + "\xff\xfe" + `')"}]}`)}, status: 400, code: "bad_json"},
+		{name: "a surrogate half in UTF-8", req: request{body: batchBody(`{"template":"open_account","args":{"id":1000,"owner":"` + "\xed\xa0\x80" + `","balance":1}}`)}, status: 400, code: "bad_json"},
 
 		// Authentication.
 		{name: "no bearer token", req: request{body: valid, header: map[string]string{}}, status: 401, code: "unauthorized", header: "WWW-Authenticate", headerValue: `Bearer realm="hafe"`},
@@ -192,7 +204,7 @@ func TestRefusalsWriteNothing(t *testing.T) {
 func TestContentTypeJSONWithParametersIsAccepted(t *testing.T) {
 	url := newDB(t)
 	fe := startFrontend(t, url, Config{}, false)
-	for _, ct := range []string{"application/json", "application/json; charset=utf-8", "Application/JSON", "application/problem+json", "application/x-www-form-urlencoded"} {
+	for _, ct := range []string{"application/json", "application/json; charset=utf-8", "Application/JSON", "application/problem+json"} {
 		resp, body := fe.post(t, batchBody(`{"template":"balance","args":{"id":1}}`), map[string]string{"Content-Type": ct})
 		if resp.StatusCode != 200 {
 			t.Fatalf("Content-Type %q: status %d: %s", ct, resp.StatusCode, body)

@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	hafesql "hafe.dev/hafe/sql"
 	"hafe.dev/hafe/txn"
@@ -82,20 +83,19 @@ type decodedBatch struct {
 // decodeBatch reads and validates a request body. Nothing is run before
 // the whole request is known to be acceptable.
 func decodeBatch(body io.Reader, catalog *hafesql.Catalog, allowRawSQL bool, lim Limits) (*decodedBatch, error) {
-	dec := json.NewDecoder(body)
+	dec := json.NewDecoder(&utf8Reader{r: body})
 	dec.UseNumber()
 	dec.DisallowUnknownFields()
 	var req batchRequest
 	if err := dec.Decode(&req); err != nil {
 		return nil, jsonError(err)
 	}
-	if dec.More() {
-		return nil, refuse(400, "bad_json", "the body must hold one JSON object")
-	}
 	if _, err := dec.Token(); err != io.EOF {
-		// Padding after the object still counts against the body limit.
+		// Padding after the object still counts against the body limit,
+		// and must be UTF-8 too.
 		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
+		var badUTF8 *invalidUTF8Error
+		if errors.As(err, &tooLarge) || errors.As(err, &badUTF8) {
 			return nil, jsonError(err)
 		}
 		return nil, refuse(400, "bad_json", "the body must hold one JSON object")
@@ -206,7 +206,10 @@ func jsonError(err error) *requestError {
 	var tooLarge *http.MaxBytesError
 	var syntax *json.SyntaxError
 	var typeErr *json.UnmarshalTypeError
+	var badUTF8 *invalidUTF8Error
 	switch {
+	case errors.As(err, &badUTF8):
+		return refuse(400, "bad_json", "%v", badUTF8)
 	case errors.As(err, &syntax):
 		return refuse(400, "bad_json", "malformed JSON at byte %d: %v", syntax.Offset, err)
 	case errors.As(err, &typeErr):
@@ -237,4 +240,62 @@ func jsonKind(t reflect.Type) string {
 		return "a number"
 	}
 	return t.String()
+}
+
+// invalidUTF8Error: JSON text is UTF-8, and encoding/json would silently
+// replace what is not with U+FFFD, so a client's bytes would not be what
+// runs.
+type invalidUTF8Error struct{ offset int64 }
+
+func (e *invalidUTF8Error) Error() string {
+	return fmt.Sprintf("the body is not valid UTF-8 (at byte %d)", e.offset)
+}
+
+// utf8Reader passes bytes on only once they are known to be UTF-8; a
+// sequence cut by a read waits for the next one.
+type utf8Reader struct {
+	r      io.Reader
+	buf    [4096]byte
+	start  int // buf[start:ready] is checked, not yet passed on
+	ready  int
+	end    int   // buf[ready:end] is the start of a cut sequence
+	offset int64 // bytes passed on so far
+	err    error
+}
+
+func (u *utf8Reader) Read(p []byte) (int, error) {
+	for u.start == u.ready {
+		if u.err != nil {
+			return 0, u.err
+		}
+		// Keep the cut sequence, read more after it.
+		n := copy(u.buf[:], u.buf[u.ready:u.end])
+		u.start, u.ready, u.end = 0, 0, n
+		m, err := u.r.Read(u.buf[u.end:])
+		u.end += m
+		i := 0
+		for i < u.end {
+			if u.buf[i] < utf8.RuneSelf {
+				i++
+				continue
+			}
+			if !utf8.FullRune(u.buf[i:u.end]) {
+				if err == nil {
+					break
+				}
+				return 0, &invalidUTF8Error{offset: u.offset + int64(i)}
+			}
+			r, size := utf8.DecodeRune(u.buf[i:u.end])
+			if r == utf8.RuneError && size == 1 {
+				return 0, &invalidUTF8Error{offset: u.offset + int64(i)}
+			}
+			i += size
+		}
+		u.ready = i
+		u.err = err
+	}
+	n := copy(p, u.buf[u.start:u.ready])
+	u.start += n
+	u.offset += int64(n)
+	return n, nil
 }

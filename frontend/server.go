@@ -2,9 +2,7 @@ package frontend
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -32,8 +30,10 @@ type Config struct {
 	// AllowRawSQL accepts {"sql":[…]} transactions besides templates.
 	AllowRawSQL bool
 	// ClientTokens are the bearer tokens accepted on /v1; none means the
-	// batch API is open (fine on loopback, not elsewhere).
-	ClientTokens []string
+	// batch API is open (fine on loopback, not elsewhere). Idempotency-Keys
+	// are scoped by a token's name, so a client keeps its keys when its
+	// secret is rotated (several tokens may share a name).
+	ClientTokens []Token
 	// AdminToken guards /admin; empty disables the admin routes.
 	AdminToken string
 	// Templates is the catalog of named transactions (default: built-in).
@@ -93,6 +93,11 @@ func New(pool *pgxpool.Pool, cfg Config, log *slog.Logger) (*Server, error) {
 	if cfg.ID == "" {
 		return nil, errors.New("frontend: Config.ID is required")
 	}
+	for _, t := range cfg.ClientTokens {
+		if t.Name == "" || t.Secret == "" {
+			return nil, errors.New("frontend: every client token needs a name and a secret")
+		}
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -125,9 +130,9 @@ func (s *Server) routes() chi.Router {
 		r.Get("/templates", s.listTemplates)
 	})
 	r.Route("/admin", func(r chi.Router) {
-		var tokens []string
+		var tokens []Token
 		if s.cfg.AdminToken != "" {
-			tokens = []string{s.cfg.AdminToken}
+			tokens = []Token{{Name: "admin", Secret: s.cfg.AdminToken}}
 		}
 		r.Use(s.requireToken(tokens, true))
 		r.Get("/members", s.listMembers)
@@ -144,12 +149,20 @@ func (s *Server) routes() chi.Router {
 	return r
 }
 
+// Token is a client's bearer token: Secret is what it sends, Name who it
+// is.
+type Token struct {
+	Name   string
+	Secret string
+}
+
 type clientKey struct{}
 
-// requireToken checks the bearer token. The matched token's hash scopes
-// idempotency keys, so two clients cannot collide on a key. With no tokens
-// configured, the routes are open unless closedWhenEmpty.
-func (s *Server) requireToken(tokens []string, closedWhenEmpty bool) func(http.Handler) http.Handler {
+// requireToken checks the bearer token. The matched token's name scopes
+// idempotency keys, so two clients cannot collide on a key and a rotated
+// secret keeps them. With no tokens configured, the routes are open unless
+// closedWhenEmpty.
+func (s *Server) requireToken(tokens []Token, closedWhenEmpty bool) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if len(tokens) == 0 {
@@ -166,13 +179,18 @@ func (s *Server) requireToken(tokens []string, closedWhenEmpty bool) func(http.H
 				writeError(w, refuse(401, "unauthorized", "send the header: Authorization: Bearer <token>"))
 				return
 			}
+			// Every token is compared, so the time taken says nothing
+			// about which one matched.
+			var name string
 			for _, t := range tokens {
-				if subtle.ConstantTimeCompare([]byte(got), []byte(t)) == 1 {
-					sum := sha256.Sum256([]byte(t))
-					ctx := context.WithValue(r.Context(), clientKey{}, hex.EncodeToString(sum[:8]))
-					next.ServeHTTP(w, r.WithContext(ctx))
-					return
+				if subtle.ConstantTimeCompare([]byte(got), []byte(t.Secret)) == 1 {
+					name = t.Name
 				}
+			}
+			if name != "" {
+				ctx := context.WithValue(r.Context(), clientKey{}, "token:"+name)
+				next.ServeHTTP(w, r.WithContext(ctx))
+				return
 			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="hafe", error="invalid_token"`)
 			writeError(w, refuse(401, "unauthorized", "the bearer token is not valid here"))

@@ -54,7 +54,9 @@ func TestServeRefusesDangerousRolesUnlessAllowed(t *testing.T) {
 		GRANT hafe_client, client_peeks TO fe, fe_program, fe_files;`); err != nil {
 		t.Fatal(err)
 	}
-	as := func(role string) string { return strings.Replace(url, "postgres://postgres@", "postgres://"+role+"@", 1) }
+	as := func(role string) string {
+		return strings.Replace(url, "postgres://postgres@", "postgres://"+role+"@", 1)
+	}
 
 	for _, tc := range []struct {
 		name string

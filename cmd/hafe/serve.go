@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -21,8 +22,14 @@ import (
 )
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("serve", "serve --db URL [--listen ADDR] [--id NAME] [flags]",
-		"Runs one front-end: POST /v1/batches executes batches of transactions on\nPostgreSQL, each exactly once. Several front-ends share one database.", stderr)
+	fs := newFlagSet("serve", "serve --db URL [--listen ADDR] [--id NAME] [--token NAME=SECRET] [flags]",
+		`Runs one front-end: POST /v1/batches executes batches of transactions on
+PostgreSQL, each exactly once. Several front-ends share one database.
+
+Clients authenticate with --token bearer tokens. Without --token the batch
+API is open: run like that on loopback only. Batches must be sent with
+Content-Type: application/json (forms and text are refused), which keeps a
+web page from posting one across sites; a token keeps out everyone else.`, stderr)
 	var (
 		db           = fs.String("db", "", "PostgreSQL URL (required), e.g. postgres://hafe:secret@db:5432/app")
 		listen       = fs.String("listen", "127.0.0.1:8080", "HTTP listen address")
@@ -51,8 +58,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
 		logJSON      = fs.Bool("log-json", false, "log JSON lines instead of text")
 	)
-	var tokens stringList
-	fs.Var(&tokens, "token", "client bearer token accepted on /v1 (repeatable or comma-separated; none: open API)")
+	var tokens tokenList
+	fs.Var(&tokens, "token", "client bearer token accepted on /v1, as NAME=SECRET (repeatable or comma-separated). Idempotency-Keys are scoped by NAME, so give a client's new secret the same NAME when rotating it. Without any, the API is open to anyone who can reach --listen, including web pages in a browser on this machine: for loopback only")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -178,5 +185,38 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	stopMember()
 	<-memberDone
 	log.Info("front-end stopped", "id", *id)
+	return nil
+}
+
+// tokenList is the repeatable (or comma-separated) --token NAME=SECRET.
+type tokenList []frontend.Token
+
+var tokenName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+func (l *tokenList) String() string {
+	names := make([]string, len(*l))
+	for i, t := range *l {
+		names[i] = t.Name + "=…"
+	}
+	return strings.Join(names, ",")
+}
+
+func (l *tokenList) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		name, secret, ok := strings.Cut(p, "=")
+		if !ok || !tokenName.MatchString(name) || secret == "" {
+			return errors.New("want NAME=SECRET, NAME of letters, digits, '.', '_' or '-' (Idempotency-Keys are scoped by NAME, so a client keeps its keys when its secret is rotated)")
+		}
+		for _, t := range *l {
+			if t.Secret == secret && t.Name != name {
+				return fmt.Errorf("one secret for two names (%s and %s)", t.Name, name)
+			}
+		}
+		*l = append(*l, frontend.Token{Name: name, Secret: secret})
+	}
 	return nil
 }

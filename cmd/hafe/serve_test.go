@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	backendext "hafe.dev/hafe/backend-ext"
+	"hafe.dev/hafe/frontend"
 	"hafe.dev/hafe/internal/pgtemp"
 )
 
@@ -201,6 +203,7 @@ func TestServeTellsClientsWhenTheDrainTimeoutInterruptsThem(t *testing.T) {
 	addr, cmd, exited, logs := p.addr, p.cmd, p.exited, p.logs
 	body := `{"transactions":[` + strings.TrimSuffix(strings.Repeat(`{"sql":[{"query":"SELECT pg_sleep(0.2)"}]},`, 20), ",") + `]}`
 	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/batches", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Idempotency-Key", "drain-timeout")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -226,5 +229,40 @@ func TestServeTellsClientsWhenTheDrainTimeoutInterruptsThem(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("hafe serve did not exit")
+	}
+}
+
+// TestServeHelpSaysWhenTheAPIIsOpen: without --token any web page the
+// user's browser visits can post batches, so the help says what that is
+// fit for, and that bodies must be JSON (issue 8.12).
+func TestServeHelpSaysWhenTheAPIIsOpen(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	run(context.Background(), []string{"serve", "--help"}, &stdout, &stderr)
+	help := stderr.String()
+	for _, want := range []string{"loopback only", "application/json", "NAME=SECRET"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("serve --help does not say %q:\n%s", want, help)
+		}
+	}
+}
+
+// TestTokensAreNamed: --token takes NAME=SECRET, several times or
+// comma-separated; a token without a name, an empty secret or one secret
+// under two names is refused.
+func TestTokensAreNamed(t *testing.T) {
+	var tl tokenList
+	for _, v := range []string{"shop=s1", "shop=s2,billing=b=64=="} {
+		if err := tl.Set(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []frontend.Token{{Name: "shop", Secret: "s1"}, {Name: "shop", Secret: "s2"}, {Name: "billing", Secret: "b=64=="}}
+	if !slices.Equal(tl, want) {
+		t.Fatalf("tokens %+v, want %+v", tl, want)
+	}
+	for _, bad := range []string{"s3cret", "=secret", "shop=", "sh op=x", "other=s1"} {
+		if err := tl.Set(bad); err == nil {
+			t.Errorf("--token %q was accepted", bad)
+		}
 	}
 }

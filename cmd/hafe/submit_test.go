@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http/httptest"
 	"os/exec"
@@ -39,7 +40,11 @@ func startBankFrontEnd(t *testing.T, tokens ...string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fe, err := frontend.New(pool, frontend.Config{ID: "fe1", ClientTokens: tokens}, nil)
+	var named []frontend.Token
+	for i, secret := range tokens {
+		named = append(named, frontend.Token{Name: fmt.Sprintf("client%d", i), Secret: secret})
+	}
+	fe, err := frontend.New(pool, frontend.Config{ID: "fe1", ClientTokens: named}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

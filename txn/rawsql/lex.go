@@ -173,8 +173,8 @@ func stringToken(val string, plain bool) token {
 	return token{kind: tokString, text: val}
 }
 
-// lexString reads a string constant that starts at s[0] == '\''. With
-// backslashes set, a backslash escapes the next character (E'' strings, and
+// lexString reads a string constant that starts at s[0] == '\”. With
+// backslashes set, a backslash escapes the next character (E” strings, and
 // plain strings when standard_conforming_strings is off). It returns the
 // bytes consumed, the value of a plain string, and whether it was plain (no
 // backslash at all).
