@@ -63,6 +63,10 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, re)
 		return
 	}
+	if err := s.numbers.check(r.Context(), req.calls); err != nil {
+		s.refuse(w, err)
+		return
+	}
 	if key != "" {
 		key = r.Context().Value(clientKey{}).(string) + ":" + key
 	}

@@ -383,6 +383,7 @@ type line struct {
 		Code      string `json:"code"`
 		Message   string `json:"message"`
 		Statement int    `json:"statement"`
+		Detail    string `json:"detail"`
 	} `json:"error"`
 	Done         bool   `json:"done"`
 	BatchID      string `json:"batch_id"`

@@ -78,6 +78,9 @@ type decodedBatch struct {
 	// hash identifies the request's meaning: the same JSON with other
 	// spacing or key order hashes the same.
 	hash []byte
+	// calls are the template transactions, for checks that need the
+	// database (numberArgs).
+	calls []templateCall
 }
 
 // decodeBatch reads and validates a request body. Nothing is run before
@@ -111,19 +114,23 @@ func decodeBatch(body io.Reader, catalog *hafesql.Catalog, allowRawSQL bool, lim
 		return nil, refuse(422, "bad_isolation", "%v", err)
 	}
 	b := txn.Batch{Isolation: iso, Transactions: make([]txn.Transaction, len(req.Transactions))}
+	var calls []templateCall
 	for i, tr := range req.Transactions {
 		t, err := resolve(i+1, tr, catalog, allowRawSQL, lim)
 		if err != nil {
 			return nil, err
 		}
 		b.Transactions[i] = t
+		if tmpl, ok := catalog.Get(tr.Template); ok && tr.Template != "" {
+			calls = append(calls, templateCall{seq: i + 1, t: tmpl, args: tr.Args})
+		}
 	}
 	canonical, err := json.Marshal(req)
 	if err != nil {
 		return nil, refuse(400, "bad_json", "%v", err)
 	}
 	sum := sha256.Sum256(canonical)
-	return &decodedBatch{batch: b, hash: sum[:]}, nil
+	return &decodedBatch{batch: b, hash: sum[:], calls: calls}, nil
 }
 
 func resolve(seq int, tr txnRequest, catalog *hafesql.Catalog, allowRawSQL bool, lim Limits) (txn.Transaction, error) {

@@ -84,6 +84,7 @@ type Server struct {
 	router  chi.Router
 
 	batches inflight
+	numbers numberArgs
 }
 
 // New returns a front-end serving batches on pool. The pool's sessions
@@ -102,7 +103,7 @@ func New(pool *pgxpool.Pool, cfg Config, log *slog.Logger) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	cfg = cfg.withDefaults()
-	s := &Server{cfg: cfg, pool: pool, log: log.With("component", "frontend"), metrics: newMetrics()}
+	s := &Server{cfg: cfg, pool: pool, log: log.With("component", "frontend"), metrics: newMetrics(), numbers: numberArgs{pool: pool}}
 	s.exec = txn.NewExecutor(pool, cfg.Executor, log.With("component", "txn"))
 	s.metrics.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "hafe_batches_in_flight", Help: "Batches this front-end is executing now.",

@@ -85,10 +85,15 @@ func jsonValue(v any) any {
 	case [16]byte:
 		return pgtype.UUID{Bytes: x, Valid: true}.String()
 	case pgtype.Numeric:
+		switch {
+		case x.NaN:
+			return "NaN"
+		case x.InfinityModifier == pgtype.Infinity:
+			return "Infinity"
+		case x.InfinityModifier == pgtype.NegativeInfinity:
+			return "-Infinity"
+		}
 		if b, err := x.MarshalJSON(); err == nil {
-			if x.NaN || x.InfinityModifier != pgtype.Finite {
-				return string(b)
-			}
 			return json.RawMessage(b)
 		}
 	case map[string]any:
@@ -113,9 +118,17 @@ func jsonValue(v any) any {
 	return fmt.Sprint(v)
 }
 
+// jsonFloat renders what JSON has no number for as a string, spelled as
+// PostgreSQL spells it (and as numeric values are): "NaN", "Infinity",
+// "-Infinity".
 func jsonFloat(f float64) any {
-	if math.IsNaN(f) || math.IsInf(f, 0) {
-		return fmt.Sprint(f)
+	switch {
+	case math.IsNaN(f):
+		return "NaN"
+	case math.IsInf(f, 1):
+		return "Infinity"
+	case math.IsInf(f, -1):
+		return "-Infinity"
 	}
 	return f
 }

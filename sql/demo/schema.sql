@@ -3,7 +3,8 @@
 CREATE TABLE IF NOT EXISTS accounts (
     id      integer PRIMARY KEY,
     owner   text NOT NULL,
-    balance numeric(12, 2) NOT NULL CHECK (balance >= 0)
+    -- NaN compares greater than every number, so ">= 0" alone lets it in.
+    balance numeric(12, 2) NOT NULL CHECK (balance >= 0 AND balance <> 'NaN')
 );
 INSERT INTO accounts (id, owner, balance)
 SELECT g, 'customer ' || g, 1000.00 FROM generate_series(1, 100) g
@@ -16,7 +17,7 @@ ON CONFLICT (id) DO NOTHING;
 CREATE OR REPLACE FUNCTION bank_transfer_allowed(p_from integer, p_to integer, p_amount numeric)
 RETURNS boolean LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    IF p_amount IS NULL OR p_amount <= 0 THEN
+    IF p_amount IS NULL OR p_amount = 'NaN' OR p_amount <= 0 OR p_amount = 'Infinity' THEN
         RAISE EXCEPTION 'transfer amount must be positive, not %', p_amount USING ERRCODE = '22023';
     END IF;
     IF p_from = p_to THEN
