@@ -59,3 +59,20 @@ func TestCheckAllows(t *testing.T) {
 		}
 	}
 }
+
+// FuzzCheckNeverLetsACommitThrough: whatever comes first, a COMMIT after
+// a semicolon, each on a line of its own, is a statement of its own in
+// every reading the server could make (a newline ends a -- comment;
+// anything left open makes the text unreadable), so Check must refuse it.
+func FuzzCheckNeverLetsACommitThrough(f *testing.F) {
+	for _, seed := range []string{"SELECT 1", "SELECT 'a", "SELECT $$", "/* a /* b */", "SELECT E'\\'", `SELECT "x`,
+		"SELECT U&\"\\0041\" UESCAPE '!'", "SELECT $a$ $b$ $a$", "-- c", "SELECT x$y$", "SELECT '\\''"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		Check(q)
+		if Check(q+"\n;\nCOMMIT") == nil {
+			t.Fatalf("%q followed by COMMIT was allowed", q)
+		}
+	})
+}
