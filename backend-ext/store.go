@@ -161,8 +161,8 @@ func FenceBlockers(ctx context.Context, db DB, pid uint32) (int, error) {
 // pipelined behind it. Take its arguments from OutcomeArgs and pass its
 // result to OutcomeInserted.
 const InsertOutcomeSQL = `INSERT INTO hafe.outcomes (batch_id, seq, status, report, xid, epoch, owner, attempts)
-	VALUES ($1, $2, $3, $4, pg_current_xact_id(),
-		(SELECT epoch FROM hafe.batches WHERE batch_id = $1 AND epoch = $5 FOR SHARE), $6, $7)`
+	VALUES ($1, $2, $3, $4, pg_catalog.pg_current_xact_id(),
+		(SELECT epoch FROM hafe.batches WHERE batch_id OPERATOR(pg_catalog.=) $1 AND epoch OPERATOR(pg_catalog.=) $5 FOR SHARE), $6, $7)`
 
 // OutcomeArgs are InsertOutcomeSQL's arguments for o.
 func OutcomeArgs(o Outcome) []any {

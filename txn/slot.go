@@ -208,9 +208,12 @@ func (e *Executor) attempt(ctx context.Context, l *Lease, seq int, t Transaction
 
 // afterClientStatements end a raw SQL slot's statements, before hafe
 // writes its outcome: back to the front-end's own role, with the client's
-// settings undone and a search_path the client cannot have planted
-// anything in.
-var afterClientStatements = []string{"RESET ROLE", "RESET ALL", "SET LOCAL search_path = pg_catalog, pg_temp"}
+// settings undone (RESET ALL brings search_path back to the session's
+// default too). The search_path is not pinned any narrower: the
+// application's deferred triggers and constraints run at the COMMIT that
+// follows and may name their tables unqualified; hafe's own outcome
+// statement names everything by schema.
+var afterClientStatements = []string{"RESET ROLE", "RESET ALL"}
 
 // scrubSQL resets what a client's statements may leave on a session
 // beyond their transaction. DISCARD ALL would also drop the driver's
