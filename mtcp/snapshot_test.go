@@ -13,31 +13,37 @@ import (
 // says there is none (ok false); after an exported empty state it returns
 // that state (ok true). Both hold for a pushed and a fetched state, and
 // again after a second migration with no snapshot in between.
+type imported struct {
+	state []byte
+	ok    bool
+}
+
+// serveImportsAndExportsOnX echoes, sends what ImportState said on
+// imports when it starts, and exports an empty state after echoing an X.
+func (tc *testCluster) serveImportsAndExportsOnX(imports chan<- imported) {
+	tc.serve(func(c *Conn) {
+		st, ok := c.ImportState()
+		imports <- imported{st, ok}
+		buf := make([]byte, 1024)
+		for {
+			n, err := c.Read(buf)
+			if _, werr := c.Write(buf[:n]); werr != nil || err != nil {
+				return
+			}
+			if bytes.IndexByte(buf[:n], 'X') >= 0 && c.ExportState([]byte{}) != nil {
+				return
+			}
+		}
+	})
+}
+
 func TestImportStateReportsNoSnapshotWhenNoneWasExported(t *testing.T) {
 	checkLeaks(t)
-	type imported struct {
-		state []byte
-		ok    bool
-	}
 	for _, noPrepare := range []bool{false, true} {
 		imports := make(chan imported, 16)
 		tc := newCluster(t, 3, nil, nil)
 		tc.noPrepare = noPrepare
-		// Echo, and after echoing an X export an empty state.
-		tc.serve(func(c *Conn) {
-			st, ok := c.ImportState()
-			imports <- imported{st, ok}
-			buf := make([]byte, 1024)
-			for {
-				n, err := c.Read(buf)
-				if _, werr := c.Write(buf[:n]); werr != nil || err != nil {
-					return
-				}
-				if bytes.IndexByte(buf[:n], 'X') >= 0 && c.ExportState([]byte{}) != nil {
-					return
-				}
-			}
-		})
+		tc.serveImportsAndExportsOnX(imports)
 		next := func() imported {
 			t.Helper()
 			select {
@@ -86,22 +92,9 @@ func TestImportStateReportsNoSnapshotWhenNoneWasExported(t *testing.T) {
 // Seq, which counts snapshots over the connection's whole life.
 func TestEagerImportStateReportsNoSnapshotWhenNoneWasExported(t *testing.T) {
 	checkLeaks(t)
-	imports := make(chan bool, 16)
+	imports := make(chan imported, 16)
 	tc := newCluster(t, 3, NewMemStore(), func(cfg *ListenConfig) { cfg.ClusterKey = nil })
-	tc.serve(func(c *Conn) {
-		_, ok := c.ImportState()
-		imports <- ok
-		buf := make([]byte, 1024)
-		for {
-			n, err := c.Read(buf)
-			if _, werr := c.Write(buf[:n]); werr != nil || err != nil {
-				return
-			}
-			if bytes.IndexByte(buf[:n], 'X') >= 0 && c.ExportState([]byte{}) != nil {
-				return
-			}
-		}
-	})
+	tc.serveImportsAndExportsOnX(imports)
 	for _, export := range []bool{false, true} {
 		c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
 		if err != nil {
@@ -123,9 +116,9 @@ func TestEagerImportStateReportsNoSnapshotWhenNoneWasExported(t *testing.T) {
 				t.Fatal(err)
 			}
 			select {
-			case ok := <-imports:
-				if ok != export {
-					t.Errorf("exported %v: after moving to %s from the store ImportState ok = %v", export, to, ok)
+			case im := <-imports:
+				if im.ok != export {
+					t.Errorf("exported %v: after moving to %s from the store ImportState ok = %v", export, to, im.ok)
 				}
 			case <-time.After(10 * time.Second):
 				t.Fatal("no server application started")
