@@ -244,12 +244,17 @@ func updateLeased(ctx context.Context, db DB, query, batchID string, epoch int64
 	return nil
 }
 
-// GC deletes finished batches, snapshots and members older than retention.
+// GC deletes finished batches, snapshots and members older than
+// retention, and abandoned batches (see BatchAbandoned) left alone for
+// longer than retention.
 func GC(ctx context.Context, db DB, retention time.Duration) (int64, error) {
-	var n int64
+	var n, abandoned int64
 	err := db.QueryRow(ctx, "SELECT hafe.gc(make_interval(secs => $1::float8))", retention.Seconds()).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("gc: %w", err)
 	}
-	return n, nil
+	if err := db.QueryRow(ctx, collectAbandonedSQL, retention.Seconds()).Scan(&abandoned); err != nil {
+		return n, fmt.Errorf("gc abandoned batches: %w", err)
+	}
+	return n + abandoned, nil
 }

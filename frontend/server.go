@@ -137,6 +137,7 @@ func (s *Server) routes() chi.Router {
 		}
 		r.Use(s.requireToken(tokens, true))
 		r.Get("/members", s.listMembers)
+		r.Get("/batches", s.listBatches)
 		r.Get("/batches/{id}", s.getBatch)
 		r.Post("/drain", s.drain)
 		r.Post("/gc", s.runGC)

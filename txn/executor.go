@@ -238,11 +238,18 @@ func (e *Executor) Release(l *Lease) {
 	if l.Finished {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := bookkeeping(context.Background())
 	defer cancel()
 	if err := backendext.ReleaseBatch(ctx, e.pool, l.BatchID, l.Epoch); err != nil && !errors.Is(err, ErrFenced) {
 		e.log.Warn("release batch", "batch", l.BatchID, "err", err)
 	}
+}
+
+// bookkeeping is the context a batch's own records are written on once
+// its client may be gone: not cancelled with the request, bounded so that
+// a lost database cannot hold the caller.
+func bookkeeping(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 }
 
 func (e *Executor) markRunning(id string) bool {
@@ -313,7 +320,12 @@ func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []
 	c.close(ctx)
 	sum.Done = true
 	if !l.Finished {
-		err := backendext.FinishBatch(ctx, e.pool, l.BatchID, l.Epoch)
+		// Every slot has its outcome: the batch is done whether or not its
+		// client is still there to hear it, so this runs on a context of
+		// its own (a client hanging up now must not leave it "running").
+		bctx, cancel := bookkeeping(ctx)
+		err := backendext.FinishBatch(bctx, e.pool, l.BatchID, l.Epoch)
+		cancel()
 		if err != nil && !errors.Is(err, ErrFenced) {
 			e.log.Warn("finish batch", "batch", l.BatchID, "err", err)
 		}

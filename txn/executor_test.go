@@ -501,3 +501,43 @@ func TestTakeoverEndsDeadOwnersTransactionStuckMidStatement(t *testing.T) {
 		t.Fatalf("account 1 holds %d, want 95", balance)
 	}
 }
+
+// TestBatchIsFinishedWhenItsClientLeavesAfterTheLastSlot: a client that
+// hangs up once the last line is reported (its request context is
+// cancelled then) must not leave the batch "running" under a live owner:
+// its bookkeeping runs on a context of its own.
+func TestBatchIsFinishedWhenItsClientLeavesAfterTheLastSlot(t *testing.T) {
+	url := newDB(t)
+	e, p := newExecutor(t, url, "fe1", Config{})
+	const n = 3
+	b := Batch{Transactions: []Transaction{counted(1), counted(2), counted(3)}}
+	l := open(t, e, "leaves-at-end", n)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var lines int
+	e.Run(ctx, l, b, func([]byte) error {
+		if lines++; lines == n {
+			cancel() // the client is gone just before the summary
+		}
+		return nil
+	})
+	got, err := backendext.GetBatch(context.Background(), p, l.BatchID, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != backendext.BatchDone || got.Owner != "" {
+		t.Fatalf("batch left %s under owner %q, want done and unowned", got.State, got.Owner)
+	}
+	other, _ := newExecutor(t, url, "fe2", Config{})
+	again := open(t, other, "leaves-at-end", n)
+	var s stream
+	sum, err := other.Run(context.Background(), again, b, s.emit)
+	if err != nil || !sum.Done || sum.Committed != n {
+		t.Fatalf("retry: %+v %v", sum, err)
+	}
+	for slot, runs := range runsPerSlot(t, p) {
+		if runs != 1 {
+			t.Errorf("slot %d committed %d times", slot, runs)
+		}
+	}
+}
