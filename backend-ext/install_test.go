@@ -2,6 +2,7 @@ package backendext
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -140,10 +141,25 @@ func TestGCKeepsRunningBatches(t *testing.T) {
 	if err := FinishBatch(ctx, c, old, 1); err != nil {
 		t.Fatal(err)
 	}
+	// The running batch's owner is alive; a batch of a run that is gone
+	// (abandoned) is collected with its outcome once left alone as long.
+	if err := Heartbeat(ctx, c, Member{ID: "fe1", Incarnation: "run1"}); err != nil {
+		t.Fatal(err)
+	}
+	abandoned := "00000000-0000-0000-0000-000000000003"
+	if _, _, err := CreateBatch(ctx, c, abandoned, "", []byte{1}, 2, "fe9", "run9", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, InsertOutcomeSQL, OutcomeArgs(Outcome{BatchID: abandoned, Seq: 1, Status: "committed", Report: []byte("{}"), Epoch: 1, Owner: "fe9"})...); err != nil {
+		t.Fatal(err)
+	}
 	c.Exec(ctx, "UPDATE hafe.batches SET updated_at = now() - interval '2 days'")
 	n, err := GC(ctx, c, 24*time.Hour)
-	if err != nil || n != 1 {
-		t.Fatalf("gc removed %d rows (err %v), want 1", n, err)
+	if err != nil || n != 3 {
+		t.Fatalf("gc removed %d rows (err %v), want 3 (a done batch, an abandoned one and its outcome)", n, err)
+	}
+	if _, err := GetBatch(ctx, c, abandoned, time.Second); !errors.Is(err, ErrNoBatch) {
+		t.Fatalf("abandoned batch past retention: %v, want gone", err)
 	}
 	if _, err := GetBatch(ctx, c, running, time.Second); err != nil {
 		t.Fatalf("running batch gone: %v", err)
