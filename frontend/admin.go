@@ -12,7 +12,7 @@ import (
 )
 
 func (s *Server) listMembers(w http.ResponseWriter, r *http.Request) {
-	ms, err := backendext.ListMembers(r.Context(), s.pool, s.cfg.Executor.OwnerLiveness)
+	ms, err := backendext.ListMembers(r.Context(), s.ctl, s.cfg.Executor.OwnerLiveness)
 	if err != nil {
 		s.refuse(w, refuse(503, "database_unavailable", "%v", err))
 		return
@@ -43,7 +43,7 @@ func (s *Server) listBatches(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	bs, err := backendext.ListBatchesInState(r.Context(), s.pool, r.URL.Query().Get("state"), limit, s.cfg.Executor.OwnerLiveness)
+	bs, err := backendext.ListBatchesInState(r.Context(), s.ctl, r.URL.Query().Get("state"), limit, s.cfg.Executor.OwnerLiveness)
 	if errors.Is(err, backendext.ErrUnknownState) {
 		s.refuse(w, refuse(400, "bad_filter", "%v", err))
 		return
@@ -69,7 +69,7 @@ func (s *Server) listBatches(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getBatch(w http.ResponseWriter, r *http.Request) {
 	id := chi.URLParam(r, "id")
-	b, err := backendext.GetBatch(r.Context(), s.pool, id, s.cfg.Executor.OwnerLiveness)
+	b, err := backendext.GetBatch(r.Context(), s.ctl, id, s.cfg.Executor.OwnerLiveness)
 	if errors.Is(err, backendext.ErrNoBatch) {
 		s.refuse(w, refuse(404, "no_such_batch", "no batch %q", id))
 		return
@@ -78,7 +78,7 @@ func (s *Server) getBatch(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, refuse(400, "bad_batch_id", "%v", err))
 		return
 	}
-	os, err := backendext.ListOutcomes(r.Context(), s.pool, id)
+	os, err := backendext.ListOutcomes(r.Context(), s.ctl, id)
 	if err != nil {
 		s.refuse(w, refuse(503, "database_unavailable", "%v", err))
 		return

@@ -101,7 +101,12 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
+	// Each write gets WriteTimeout: a client that stops reading loses the
+	// connection, and the executor releases its batch. The deadline is
+	// lifted at the end, for the next request on the connection.
+	defer rc.SetWriteDeadline(time.Time{})
 	emit := func(line []byte) error {
+		rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		if _, err := w.Write(append(line, '\n')); err != nil {
 			return err
 		}

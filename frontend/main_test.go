@@ -217,6 +217,9 @@ func startFrontend(t testing.TB, url string, cfg Config, member bool) *frontendU
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
+	if cfg.ControlPool == nil {
+		cfg.ControlPool = controlPool(t, url, cfg.ID)
+	}
 	f := startFrontendOn(t, pool, cfg)
 	if member {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -225,6 +228,24 @@ func startFrontend(t testing.TB, url string, cfg Config, member bool) *frontendU
 		t.Cleanup(func() { cancel(); <-done })
 	}
 	return f
+}
+
+// controlPool is the few connections a front-end keeps for its
+// heartbeat, readiness and admin routes, as hafe serve gives it.
+func controlPool(t testing.TB, url, id string) *pgxpool.Pool {
+	t.Helper()
+	pcfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcfg.MaxConns = 2
+	backendext.ConfigurePool(pcfg, id, "", time.Minute)
+	pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
 
 // startFrontendOn runs a front-end with cfg on pool behind a loopback HTTP

@@ -22,7 +22,7 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			leaveCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			if err := backendext.Leave(leaveCtx, s.pool, s.cfg.ID); err != nil {
+			if err := backendext.Leave(leaveCtx, s.ctl, s.cfg.ID); err != nil {
 				s.log.Warn("leave cluster", "err", err)
 			}
 			return nil
@@ -38,7 +38,7 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) heartbeat(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.HeartbeatInterval*2)
 	defer cancel()
-	err := backendext.Heartbeat(ctx, s.pool, backendext.Member{
+	err := backendext.Heartbeat(ctx, s.ctl, backendext.Member{
 		ID: s.cfg.ID, Incarnation: s.exec.Incarnation(), HTTPAddr: s.cfg.Addr, Load: float64(s.batches.running()), Draining: s.batches.isDraining(),
 	})
 	if err != nil && ctx.Err() == nil {
@@ -52,7 +52,7 @@ func (s *Server) gcDelay() time.Duration {
 }
 
 func (s *Server) collect(ctx context.Context) (int64, error) {
-	n, err := backendext.GC(ctx, s.pool, s.cfg.Retention)
+	n, err := backendext.GC(ctx, s.ctl, s.cfg.Retention)
 	if err != nil {
 		s.log.Warn("gc", "err", err)
 	} else if n > 0 {

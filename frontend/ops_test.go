@@ -19,7 +19,7 @@ func TestHealthAndReadiness(t *testing.T) {
 
 func TestReadinessFailsWithoutTheDatabase(t *testing.T) {
 	fe := startFrontend(t, newDB(t), Config{ID: "fe-h"}, false)
-	fe.pool.Close()
+	fe.ctl.Close()
 	if v := fe.getJSON(t, "/readyz", nil, 503); v["status"] != "database unreachable" {
 		t.Fatalf("readyz %v", v)
 	}

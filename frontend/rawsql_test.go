@@ -288,5 +288,8 @@ func startFrontendWithPool(t testing.TB, url string, cfg Config, conns int32) *f
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
+	if cfg.ControlPool == nil {
+		cfg.ControlPool = controlPool(t, url, cfg.ID)
+	}
 	return startFrontendOn(t, pool, cfg)
 }

@@ -44,6 +44,17 @@ type Config struct {
 	Executor txn.Config
 	// HeartbeatInterval is how often membership is refreshed (default 1s).
 	HeartbeatInterval time.Duration
+	// ControlPool serves what must answer while batches are busy: the
+	// heartbeat, readiness, gc and the admin routes. Give it a few
+	// connections of its own (hafe serve does): by default it is the batch
+	// pool, which as many slow batches as it has connections can exhaust,
+	// and a front-end whose heartbeat stops is declared dead by its peers.
+	ControlPool *pgxpool.Pool
+	// WriteTimeout bounds each write of a response (default 30s): a client
+	// that stops reading loses its connection after it, and its batch is
+	// released for a retry anywhere. Batches never wait for a client while
+	// they hold a database connection or a transaction.
+	WriteTimeout time.Duration
 	// Retention is how long finished batches stay resumable (default 7 days);
 	// GCInterval is how often old rows are removed (default 10 minutes).
 	Retention  time.Duration
@@ -61,6 +72,9 @@ func (c Config) withDefaults() Config {
 		// default, or every member would show as gone.
 		c.Executor.OwnerLiveness = 10 * time.Second
 	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 30 * time.Second
+	}
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = time.Second
 	}
@@ -77,7 +91,8 @@ func (c Config) withDefaults() Config {
 // membership in the cluster.
 type Server struct {
 	cfg     Config
-	pool    *pgxpool.Pool
+	pool    *pgxpool.Pool // batches
+	ctl     *pgxpool.Pool // heartbeat, readiness, gc, admin: never starved by batches
 	exec    *txn.Executor
 	log     *slog.Logger
 	metrics *metrics
@@ -103,7 +118,11 @@ func New(pool *pgxpool.Pool, cfg Config, log *slog.Logger) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	cfg = cfg.withDefaults()
-	s := &Server{cfg: cfg, pool: pool, log: log.With("component", "frontend"), metrics: newMetrics(), numbers: numberArgs{pool: pool}}
+	ctl := cfg.ControlPool
+	if ctl == nil {
+		ctl = pool
+	}
+	s := &Server{cfg: cfg, pool: pool, ctl: ctl, log: log.With("component", "frontend"), metrics: newMetrics(), numbers: numberArgs{pool: pool}}
 	s.exec = txn.NewExecutor(pool, cfg.Executor, log.With("component", "txn"))
 	s.metrics.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "hafe_batches_in_flight", Help: "Batches this front-end is executing now.",
@@ -213,7 +232,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	if err := s.pool.Ping(ctx); err != nil {
+	if err := s.ctl.Ping(ctx); err != nil {
 		writeJSON(w, 503, map[string]any{"status": "database unreachable", "id": s.cfg.ID, "error": err.Error()})
 		return
 	}

@@ -18,10 +18,11 @@ import (
 // plain success hands the slot to runSlot, the one recovery path, which
 // settles it from the back-end.
 type chain struct {
-	e    *Executor
-	l    *Lease
-	iso  Isolation
-	emit func(backendext.Outcome) error
+	e     *Executor
+	l     *Lease
+	iso   Isolation
+	out   *reporter
+	count func(backendext.Outcome) // tallies what is reported
 
 	conn    *pgxpool.Conn // holds pending's open transaction
 	pending *pendingSlot
@@ -37,6 +38,15 @@ type pendingSlot struct {
 // step brings slot seq to its outcome, or leaves it pending, reporting
 // whatever becomes durable on the way (the pending slot first).
 func (c *chain) step(ctx context.Context, seq int, t Transaction) error {
+	if !c.out.hasRoom() {
+		// The client is behind: commit what is pending and give the
+		// connection back before waiting for it, so that its slowness
+		// holds no transaction, lock or pooled connection.
+		if err := c.flush(ctx); err != nil {
+			return err
+		}
+		c.release()
+	}
 	sent, args, err := sentStatements(t)
 	if err != nil {
 		return c.settle(ctx, seq, t, err, 1)
@@ -82,7 +92,9 @@ func (c *chain) step(ctx context.Context, seq int, t Transaction) error {
 			}
 			return c.step(ctx, seq, t) // its part of the pipeline did not run
 		}
-		if err := c.emit(p.o); err != nil {
+		// There is room for this line (see above): reporting it cannot
+		// wait for the client while slot seq's transaction is open.
+		if err := c.emit(ctx, p.o); err != nil {
 			br.Close()
 			c.drop(ctx)
 			return err
@@ -113,7 +125,7 @@ func (c *chain) flush(ctx context.Context) error {
 		c.drop(ctx)
 		return c.settle(ctx, p.o.Seq, p.t, err, p.o.Attempts)
 	}
-	return c.emit(p.o)
+	return c.emit(ctx, p.o)
 }
 
 // settle brings slot seq to an outcome through runSlot and reports it.
@@ -122,7 +134,21 @@ func (c *chain) settle(ctx context.Context, seq int, t Transaction, first error,
 	if err != nil {
 		return err
 	}
-	return c.emit(o)
+	return c.emit(ctx, o)
+}
+
+// emit reports a durable outcome. If the client is too far behind to take
+// it now, the chain gives its connection back first (it holds no open
+// transaction whenever the queue is full: see step) and then waits.
+func (c *chain) emit(ctx context.Context, o backendext.Outcome) error {
+	c.count(o)
+	if !c.out.hasRoom() {
+		c.release()
+	}
+	if err := c.out.push(ctx, o.Report); err != nil {
+		return fmt.Errorf("report slot %d: %w", o.Seq, err)
+	}
+	return nil
 }
 
 // drop ends the connection's transaction, if any, and gives the connection

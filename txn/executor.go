@@ -273,8 +273,18 @@ func (e *Executor) markStopped(id string) {
 // the summary (whose Line is the response's last line). Slots that already
 // have an outcome are reported from it and not run again. If Run returns an
 // error the batch is not finished; a later Open with the same key resumes it.
+//
+// emit is called on a goroutine of its own, at most a few lines behind the
+// slots that are durable: a client that reads slowly makes Run wait, but
+// never while it holds a database connection or an open transaction. Once
+// emit fails, Run stops and releases the batch. emit is not called after
+// Run returns.
 func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []byte) error) (sum Summary, err error) {
 	sum = Summary{BatchID: l.BatchID, Transactions: len(b.Transactions)}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	out := startReporter(emit, cancel)
+	defer out.stop() // after the release below: a stalled client must not delay it
 	defer func() {
 		if err != nil {
 			e.Release(l)
@@ -284,16 +294,12 @@ func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []
 	if err != nil {
 		return sum, err
 	}
-	c := &chain{e: e, l: l, iso: b.Isolation, emit: func(o backendext.Outcome) error {
+	c := &chain{e: e, l: l, iso: b.Isolation, out: out, count: func(o backendext.Outcome) {
 		if o.Status == StatusCommitted {
 			sum.Committed++
 		} else {
 			sum.Aborted++
 		}
-		if err := emit(o.Report); err != nil {
-			return fmt.Errorf("report slot %d: %w", o.Seq, err)
-		}
-		return nil
 	}}
 	defer c.close(ctx)
 	for i, t := range b.Transactions {
@@ -302,7 +308,7 @@ func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []
 			if err := c.flush(ctx); err != nil {
 				return sum, err
 			}
-			if err := c.emit(o); err != nil {
+			if err := c.emit(ctx, o); err != nil {
 				return sum, err
 			}
 			continue
@@ -332,6 +338,9 @@ func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []
 		l.Finished = err == nil
 	}
 	e.markStopped(l.BatchID)
+	if err := out.finish(); err != nil {
+		return sum, fmt.Errorf("report to client: %w", err)
+	}
 	return sum, nil
 }
 

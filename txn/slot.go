@@ -59,8 +59,8 @@ func (e *Executor) runSlot(ctx context.Context, l *Lease, seq int, t Transaction
 	)
 	err = first
 	for {
-		if err := ctx.Err(); err != nil {
-			return o, err
+		if ctx.Err() != nil {
+			return o, context.Cause(ctx)
 		}
 		if lookup {
 			got, ok, err := backendext.GetOutcome(ctx, e.pool, l.BatchID, seq)
@@ -113,7 +113,7 @@ func (e *Executor) runSlot(ctx context.Context, l *Lease, seq int, t Transaction
 		case faultFenced:
 			return o, fmt.Errorf("slot %d of batch %s: %w", seq, l.BatchID, ErrFenced)
 		case faultCanceled:
-			return o, ctx.Err()
+			return o, context.Cause(ctx)
 		default:
 			return o, fmt.Errorf("slot %d of batch %s: %w", seq, l.BatchID, ae.err)
 		}
@@ -380,7 +380,7 @@ func (e *Executor) readResult(ctx context.Context, br pgx.BatchResults, sent []s
 // unknown.
 func (e *Executor) classify(ctx context.Context, err error, stmt int, atCommit bool) error {
 	if ctx.Err() != nil {
-		return &attemptError{fault: faultCanceled, err: ctx.Err()}
+		return &attemptError{fault: faultCanceled, err: context.Cause(ctx)}
 	}
 	switch {
 	case errors.Is(err, backendext.ErrFenced):

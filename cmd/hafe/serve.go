@@ -41,7 +41,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		install      = fs.Bool("install", false, "install or upgrade hafe's back-end objects at start (as hafe db install)")
 		allowSuper   = fs.Bool("allow-superuser", false, "serve even if the --db role or --client-role is a superuser or may run programs or touch files on the database server (pg_execute_server_program, pg_read/write_server_files); refused otherwise")
 		adminToken   = fs.String("admin-token", "", "bearer token for /admin routes (empty: admin routes disabled)")
-		poolSize     = fs.Int("pool-size", 20, "maximum database connections")
+		poolSize     = fs.Int("pool-size", 20, "maximum database connections for batches (the heartbeat, readiness and admin routes have 2 more of their own)")
 		idleInTx     = fs.Duration("idle-in-transaction-timeout", 30*time.Second, "idle_in_transaction_session_timeout of this front-end's sessions")
 		maxAttempts  = fs.Int("max-attempts", 5, "attempts per transaction on serialization failure or deadlock")
 		fenceGrace   = fs.Duration("fence-grace", 5*time.Second, "wait for a previous owner's open transaction before terminating its session")
@@ -54,6 +54,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		maxStmts     = fs.Int("max-statements", 100, "most statements per raw SQL transaction")
 		maxRows      = fs.Int("max-result-rows", 10000, "most rows per statement result; more aborts the transaction")
 		maxReport    = fs.Int("max-report-bytes", 1<<20, "largest report line per transaction; larger aborts it")
+		writeTimeout = fs.Duration("write-timeout", 30*time.Second, "longest a response write may wait for a client that does not read; then the client loses its connection and its batch is released for a retry (batches never wait for a client while holding a database connection)")
 		drainTimeout = fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long running batches may take to finish")
 		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
 		logJSON      = fs.Bool("log-json", false, "log JSON lines instead of text")
@@ -109,6 +110,17 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		return fmt.Errorf("database: %w", err)
 	}
 	defer pool.Close()
+	// Heartbeats, readiness, gc and the admin routes get connections of
+	// their own: batches that fill the main pool must not make this
+	// front-end look dead to its peers or unready to its load balancer.
+	ctlCfg := poolCfg.Copy()
+	ctlCfg.MaxConns = 2
+	ctl, err := pgxpool.NewWithConfig(ctx, ctlCfg)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("database: %w", err)
+	}
+	defer ctl.Close()
 	if *install {
 		if err := installWithPool(ctx, pool, *clientRole, log); err != nil {
 			ln.Close()
@@ -135,6 +147,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 			MaxAttempts: *maxAttempts, FenceGrace: *fenceGrace, OwnerLiveness: *liveness, SettleTimeout: *settle,
 			Limits: txn.Limits{MaxRows: *maxRows, MaxReportBytes: *maxReport},
 		},
+		ControlPool: ctl, WriteTimeout: *writeTimeout,
 		HeartbeatInterval: *heartbeat, Retention: *retention,
 	}, log)
 	if err != nil {
