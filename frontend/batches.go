@@ -55,8 +55,17 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, err)
 		return
 	}
+	if r.ContentLength > s.cfg.Limits.MaxBodyBytes {
+		// Refused before reading a byte of it: the client learns at once,
+		// and the front-end spends nothing on it.
+		s.refuse(w, refuse(413, "body_too_large", "the body is %d bytes; the limit is %d", r.ContentLength, s.cfg.Limits.MaxBodyBytes))
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.Limits.MaxBodyBytes)
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout))
 	req, err := decodeBatch(r.Body, s.cfg.Templates, s.cfg.AllowRawSQL, s.cfg.Limits)
+	rc.SetReadDeadline(time.Time{})
 	if err != nil {
 		var re *requestError
 		errors.As(err, &re)
@@ -100,7 +109,6 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		h.Set("Hafe-Resumed", "true")
 	}
 	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
 	// Each write gets WriteTimeout: a client that stops reading loses the
 	// connection, and the executor releases its batch. The deadline is
 	// lifted at the end, for the next request on the connection.

@@ -259,7 +259,9 @@ func startFrontendOn(t testing.TB, pool *pgxpool.Pool, cfg Config) *frontendUnde
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(s.Handler())
+	hs := httptest.NewUnstartedServer(nil)
+	s.ConfigureHTTP(hs.Config)
+	hs.Start()
 	t.Cleanup(func() {
 		hs.CloseClientConnections()
 		hs.Close()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"reflect"
 	"strconv"
@@ -98,7 +99,8 @@ func decodeBatch(body io.Reader, catalog *hafesql.Catalog, allowRawSQL bool, lim
 		// and must be UTF-8 too.
 		var tooLarge *http.MaxBytesError
 		var badUTF8 *invalidUTF8Error
-		if errors.As(err, &tooLarge) || errors.As(err, &badUTF8) {
+		var netErr net.Error
+		if errors.As(err, &tooLarge) || errors.As(err, &badUTF8) || errors.As(err, &netErr) {
 			return nil, jsonError(err)
 		}
 		return nil, refuse(400, "bad_json", "the body must hold one JSON object")
@@ -214,7 +216,10 @@ func jsonError(err error) *requestError {
 	var syntax *json.SyntaxError
 	var typeErr *json.UnmarshalTypeError
 	var badUTF8 *invalidUTF8Error
+	var netErr net.Error
 	switch {
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return refuse(408, "body_timeout", "the body did not arrive within the body read timeout; send it at once")
 	case errors.As(err, &badUTF8):
 		return refuse(400, "bad_json", "%v", badUTF8)
 	case errors.As(err, &syntax):

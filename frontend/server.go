@@ -55,6 +55,13 @@ type Config struct {
 	// released for a retry anywhere. Batches never wait for a client while
 	// they hold a database connection or a transaction.
 	WriteTimeout time.Duration
+	// ReadHeaderTimeout bounds reading a request's headers (default 10s),
+	// BodyReadTimeout reading a batch's body (default 30s; 408 after it),
+	// IdleTimeout how long a keep-alive connection may wait for its next
+	// request (default 2m). ConfigureHTTP applies the first and the last.
+	ReadHeaderTimeout time.Duration
+	BodyReadTimeout   time.Duration
+	IdleTimeout       time.Duration
 	// Retention is how long finished batches stay resumable (default 7 days);
 	// GCInterval is how often old rows are removed (default 10 minutes).
 	Retention  time.Duration
@@ -74,6 +81,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 30 * time.Second
+	}
+	if c.ReadHeaderTimeout <= 0 {
+		c.ReadHeaderTimeout = 10 * time.Second
+	}
+	if c.BodyReadTimeout <= 0 {
+		c.BodyReadTimeout = 30 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 2 * time.Minute
 	}
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = time.Second
@@ -133,6 +149,18 @@ func New(pool *pgxpool.Pool, cfg Config, log *slog.Logger) (*Server, error) {
 
 // Handler is the front-end's HTTP handler.
 func (s *Server) Handler() http.Handler { return s.router }
+
+// ConfigureHTTP sets srv's handler and the connection timeouts that keep
+// slow or idle clients from holding connections: Config.ReadHeaderTimeout
+// and Config.IdleTimeout. Body reads and response writes get deadlines
+// per request (Config.BodyReadTimeout, Config.WriteTimeout); srv's own
+// ReadTimeout and WriteTimeout stay unset, as they would cut off a long
+// batch's response stream.
+func (s *Server) ConfigureHTTP(srv *http.Server) {
+	srv.Handler = s.router
+	srv.ReadHeaderTimeout = s.cfg.ReadHeaderTimeout
+	srv.IdleTimeout = s.cfg.IdleTimeout
+}
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()

@@ -54,6 +54,9 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		maxStmts     = fs.Int("max-statements", 100, "most statements per raw SQL transaction")
 		maxRows      = fs.Int("max-result-rows", 10000, "most rows per statement result; more aborts the transaction")
 		maxReport    = fs.Int("max-report-bytes", 1<<20, "largest report line per transaction; larger aborts it")
+		readHeader   = fs.Duration("read-header-timeout", 10*time.Second, "longest a client may take to send a request's headers; then its connection is closed")
+		bodyTimeout  = fs.Duration("body-read-timeout", 30*time.Second, "longest a client may take to send a batch's body; then it is refused with 408 body_timeout and nothing runs")
+		idleTimeout  = fs.Duration("idle-timeout", 2*time.Minute, "longest a keep-alive connection may wait for its next request")
 		writeTimeout = fs.Duration("write-timeout", 30*time.Second, "longest a response write may wait for a client that does not read; then the client loses its connection and its batch is released for a retry (batches never wait for a client while holding a database connection)")
 		drainTimeout = fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long running batches may take to finish")
 		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
@@ -148,6 +151,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 			Limits: txn.Limits{MaxRows: *maxRows, MaxReportBytes: *maxReport},
 		},
 		ControlPool: ctl, WriteTimeout: *writeTimeout,
+		ReadHeaderTimeout: *readHeader, BodyReadTimeout: *bodyTimeout, IdleTimeout: *idleTimeout,
 		HeartbeatInterval: *heartbeat, Retention: *retention,
 	}, log)
 	if err != nil {
@@ -158,11 +162,8 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 	// Batches run on their own context: a SIGTERM first lets them finish.
 	batchCtx, cancelBatches := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelBatches(nil)
-	srv := &http.Server{
-		Handler:           fe.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return batchCtx },
-	}
+	srv := &http.Server{BaseContext: func(net.Listener) context.Context { return batchCtx }}
+	fe.ConfigureHTTP(srv)
 	memberCtx, stopMember := context.WithCancel(context.WithoutCancel(ctx))
 	memberDone := make(chan struct{})
 	go func() { fe.Run(memberCtx); close(memberDone) }()
