@@ -1,10 +1,16 @@
 package backendext
 
 import (
+	"context"
+	"errors"
+	"io"
 	"net"
 	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -43,4 +49,36 @@ func ConfigurePool(cfg *pgxpool.Config, memberID, incarnation string, idleInTx t
 		Control:         setUserTimeout(deadPeerTimeout),
 	}
 	cfg.ConnConfig.DialFunc = d.DialContext
+}
+
+// IsDeadConn reports whether err says the connection itself is gone (the
+// server closed or reset it, or terminated the session) rather than that a
+// statement failed. A PostgreSQL restart leaves every pooled connection
+// so, and each one fails like this the first time it is used.
+func IsDeadConn(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "57P01", "57P02": // admin_shutdown, crash_shutdown
+			return true
+		}
+		return false
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		strings.Contains(err.Error(), "conn closed")
+}
+
+// WithLiveConn runs op on pool. If op fails because its connection was
+// dead (IsDeadConn), the pool's connections are all replaced (after a
+// restart they are all dead) and op runs once more: a restart costs its
+// callers a reconnection, not an error. op must be safe to run again after
+// a dead connection: a read, or a write whose second run finds the first.
+func WithLiveConn(ctx context.Context, pool *pgxpool.Pool, op func(DB) error) error {
+	err := op(pool)
+	if err == nil || !IsDeadConn(err) || ctx.Err() != nil {
+		return err
+	}
+	pool.Reset()
+	return op(pool)
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	backendext "hafe.dev/hafe/backend-ext"
+	"hafe.dev/hafe/txn"
 )
 
 // TestRawSQLCannotReachHafesRecords: raw SQL runs under the client role,
@@ -292,4 +293,36 @@ func startFrontendWithPool(t testing.TB, url string, cfg Config, conns int32) *f
 		cfg.ControlPool = controlPool(t, url, cfg.ID)
 	}
 	return startFrontendOn(t, pool, cfg)
+}
+
+// TestClientStatementTimeoutAbortsOnlyItsTransaction: a client's own
+// SET LOCAL statement_timeout cancels its statement (57014); that is the
+// transaction's fault, recorded and reported as its abort, not a lost
+// database to wait for until --settle-timeout.
+func TestClientStatementTimeoutAbortsOnlyItsTransaction(t *testing.T) {
+	url := newDB(t)
+	db := newChecker(t, url)
+	fe := startFrontend(t, url, Config{AllowRawSQL: true, Executor: txn.Config{SettleTimeout: 3 * time.Second}}, false)
+	body := batchBody(
+		rawTxn("INSERT INTO effects (note) VALUES ('timed out')", "SET LOCAL statement_timeout = '1ms'", "SELECT pg_sleep(1)"),
+		rawTxn("INSERT INTO effects (note) VALUES ('next')"),
+	)
+	resp, out := fe.post(t, body, nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, out)
+	}
+	ls := parseLines(t, out)
+	if len(ls) != 3 || ls[0].Status != "aborted" || ls[0].Error == nil || ls[0].Error.Code != "57014" || ls[0].Error.Statement != 3 ||
+		ls[1].Status != "committed" || !ls[2].Done || ls[2].Aborted != 1 {
+		t.Fatalf("stream:\n%s", out)
+	}
+	if n := db.count("SELECT count(*) FROM hafe.outcomes WHERE seq = 1 AND status = 'aborted'"); n != 1 {
+		t.Fatalf("%d aborted outcomes for slot 1", n)
+	}
+	if n := db.count("SELECT count(*) FROM effects WHERE note = 'timed out'"); n != 0 {
+		t.Fatal("the timed-out transaction's insert was kept")
+	}
+	if n := db.count("SELECT count(*) FROM effects WHERE note = 'next'"); n != 1 {
+		t.Fatalf("the next transaction ran %d times", n)
+	}
 }

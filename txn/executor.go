@@ -144,8 +144,20 @@ type Lease struct {
 // It fails with ErrKeyReused or a *BusyError when it must not run the batch.
 // Every Lease must be passed to Run or Release.
 func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
-	id := newUUID()
-	b, created, err := backendext.CreateBatch(ctx, e.pool, id, req.IdempotencyKey, req.RequestHash, req.NumTxns, e.cfg.Owner, e.cfg.Incarnation, e.cfg.OwnerLiveness)
+	var (
+		id      string
+		b       backendext.Batch
+		created bool
+	)
+	// After a PostgreSQL restart the first use of each pooled connection
+	// fails: the batch is created on a fresh one instead of refused. A
+	// second try finds the first one's batch by its key (owned by this
+	// very run, so it is resumed); a batch without a key gets a new id.
+	err := backendext.WithLiveConn(ctx, e.pool, func(db backendext.DB) (err error) {
+		id = newUUID()
+		b, created, err = backendext.CreateBatch(ctx, db, id, req.IdempotencyKey, req.RequestHash, req.NumTxns, e.cfg.Owner, e.cfg.Incarnation, e.cfg.OwnerLiveness)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}

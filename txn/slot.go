@@ -56,6 +56,7 @@ func (e *Executor) runSlot(ctx context.Context, l *Lease, seq int, t Transaction
 		abort     *SlotError // set once the slot is known to abort
 		lookup    bool       // the outcome may exist: read it before acting
 		lostSince time.Time
+		replaced  bool // the pool's connections were replaced once
 	)
 	err = first
 	for {
@@ -105,6 +106,15 @@ func (e *Executor) runSlot(ctx context.Context, l *Lease, seq int, t Transaction
 		case faultAdopt:
 			lookup = true
 		case faultLost:
+			if !replaced && lostSince.IsZero() && backendext.IsDeadConn(ae.err) {
+				// The slot's connection was dead, as a PostgreSQL restart
+				// leaves every pooled one: replace them and settle at once
+				// on a fresh one rather than after a pause per dead one.
+				replaced = true
+				e.pool.Reset()
+				lookup = true
+				continue
+			}
 			e.log.Warn("lost the database during a slot; settling by lookup", "batch", l.BatchID, "seq", seq, "err", ae.err)
 			lookup = true
 			if e.stillSettling(ctx, &lostSince, ae.err) != nil {
@@ -402,6 +412,11 @@ func (e *Executor) classify(ctx context.Context, err error, stmt int, atCommit b
 	switch {
 	case pgErr.Code == "40001" || pgErr.Code == "40P01":
 		return &attemptError{fault: faultRetry, err: err, slot: slot}
+	case pgErr.Code == "57014":
+		// query_canceled, and hafe did not cancel it (ctx is live): a
+		// statement_timeout, the client's own SET LOCAL or the role's.
+		// The session is fine and the transaction aborted: its outcome.
+		return &attemptError{fault: faultAbort, err: err, slot: slot}
 	case isServerGoneCode(pgErr.Code):
 		return &attemptError{fault: faultLost, err: err}
 	case stmt > 0 || atCommit:
@@ -414,7 +429,8 @@ func (e *Executor) classify(ctx context.Context, err error, stmt int, atCommit b
 
 // isServerGoneCode reports SQLSTATEs that say the session or server failed,
 // not the transaction: connection exceptions, operator intervention (a
-// terminated session, a shutdown), resource and system errors.
+// terminated session, a shutdown; not 57014, a cancelled statement, which
+// classify takes first), resource and system errors.
 func isServerGoneCode(code string) bool {
 	switch code[:2] {
 	case "08", "53", "57", "58", "XX":
