@@ -228,17 +228,6 @@ func (e *Executor) committedOutcome(l *Lease, seq int, results []Result, attempt
 
 // allKnown reports whether every query has run on this executor before, so
 // that preparing it again will not fail.
-func (e *Executor) allKnown(queries []string) bool {
-	for _, q := range queries {
-		if _, ok := e.known.Load(q); !ok {
-			return false
-		}
-	}
-	return true
-}
+func (e *Executor) allKnown(queries []string) bool { return e.known.allKnown(queries) }
 
-func (e *Executor) markKnown(queries []string) {
-	for _, q := range queries {
-		e.known.Store(q, struct{}{})
-	}
-}
+func (e *Executor) markKnown(queries []string) { e.known.add(queries) }

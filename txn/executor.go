@@ -107,7 +107,7 @@ type Executor struct {
 
 	mu      sync.Mutex
 	running map[string]bool // batch ids executing in this process
-	known   sync.Map        // SQL text that prepared fine before: safe to chain
+	known   *knownSQL       // SQL text that prepared fine before: safe to chain
 }
 
 // NewExecutor returns an executor that runs batches on pool as cfg.Owner.
@@ -116,7 +116,7 @@ func NewExecutor(pool *pgxpool.Pool, cfg Config, log *slog.Logger) *Executor {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Executor{pool: pool, cfg: cfg.withDefaults(), log: log, running: map[string]bool{}}
+	return &Executor{pool: pool, cfg: cfg.withDefaults(), log: log, running: map[string]bool{}, known: newKnownSQL(knownMaxCount, knownMaxBytes)}
 }
 
 // OpenRequest describes a batch a client submitted.

@@ -208,6 +208,11 @@ func (e *Executor) attempt(ctx context.Context, l *Lease, seq int, t Transaction
 		rollback(ctx, conn.Conn())
 		return backendext.Outcome{}, err
 	}
+	if !t.Raw {
+		// Raw SQL is never chained: remembering it would only fill memory
+		// with clients' text.
+		e.markKnown(sent)
+	}
 	o, err := e.committedOutcome(l, seq, results, attempts)
 	if err != nil {
 		rollback(ctx, conn.Conn())
@@ -309,8 +314,9 @@ func (e *Executor) runStatements(ctx context.Context, br pgx.BatchResults, prelu
 		}
 	}
 	results = make([]Result, 0, len(sent))
+	budget := e.cfg.Limits.MaxReportBytes // shared by the slot's statements
 	for i := 1; i <= len(sent); i++ {
-		res, err := e.readResult(ctx, br, sent, i)
+		res, err := e.readResult(ctx, br, sent, i, &budget)
 		if err != nil {
 			return nil, err
 		}
@@ -321,7 +327,6 @@ func (e *Executor) runStatements(ctx context.Context, br pgx.BatchResults, prelu
 			return nil, e.classify(ctx, err, 0, false)
 		}
 	}
-	e.markKnown(sent)
 	return results, nil
 }
 
@@ -340,7 +345,11 @@ func preprocessed(err error, sent []string, stmt int) int {
 	return stmt
 }
 
-func (e *Executor) readResult(ctx context.Context, br pgx.BatchResults, sent []string, stmt int) (Result, error) {
+// readResult reads statement stmt's result. budget is what is left of the
+// report size limit: each row's size as received is taken from it before
+// the row is decoded, so a result past the limit aborts the slot while it
+// is read, holding no more than the limit (and the row at hand).
+func (e *Executor) readResult(ctx context.Context, br pgx.BatchResults, sent []string, stmt int, budget *int) (Result, error) {
 	rows, err := br.Query()
 	if err != nil {
 		return Result{}, e.classify(ctx, err, preprocessed(err, sent, stmt), false)
@@ -362,6 +371,16 @@ func (e *Executor) readResult(ctx context.Context, br pgx.BatchResults, sent []s
 			return Result{}, &attemptError{fault: faultAbort, slot: &SlotError{
 				Code:      "result_too_large",
 				Message:   fmt.Sprintf("statement returned more than the limit of %d rows", e.cfg.Limits.MaxRows),
+				Statement: stmt,
+			}}
+		}
+		for _, raw := range rows.RawValues() {
+			*budget -= len(raw)
+		}
+		if *budget < 0 {
+			return Result{}, &attemptError{fault: faultAbort, slot: &SlotError{
+				Code:      "result_too_large",
+				Message:   fmt.Sprintf("the transaction's results take more than the limit of %d bytes", e.cfg.Limits.MaxReportBytes),
 				Statement: stmt,
 			}}
 		}
