@@ -258,3 +258,35 @@ func GC(ctx context.Context, db DB, retention time.Duration) (int64, error) {
 	}
 	return n + abandoned, nil
 }
+
+// ListOutcomesPage reads the outcomes of a batch with seq after after, in
+// seq order: at most limit of them, and reports past maxBytes only for the
+// first. complete is true when none after the last one returned was left
+// out. A replay reads a long batch page by page, so it never holds more
+// than a page of stored lines.
+func ListOutcomesPage(ctx context.Context, db DB, batchID string, after, limit, maxBytes int) (os []Outcome, complete bool, err error) {
+	rows, err := db.Query(ctx, `SELECT seq, status, report, epoch, owner, attempts, found FROM (
+			SELECT o.*, row_number() OVER w AS n, sum(octet_length(report)) OVER w AS upto, count(*) OVER () AS found
+			  FROM (SELECT seq, status, report, epoch, owner, attempts FROM hafe.outcomes
+			         WHERE batch_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) o
+			WINDOW w AS (ORDER BY seq)) x
+		WHERE n = 1 OR upto <= $4 ORDER BY seq`, batchID, after, limit+1, maxBytes)
+	if err != nil {
+		return nil, false, fmt.Errorf("list outcomes of %s: %w", batchID, err)
+	}
+	var found int
+	os, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Outcome, error) {
+		o := Outcome{BatchID: batchID}
+		var report string
+		err := r.Scan(&o.Seq, &o.Status, &report, &o.Epoch, &o.Owner, &o.Attempts, &found)
+		o.Report = []byte(report)
+		return o, err
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("list outcomes of %s: %w", batchID, err)
+	}
+	if len(os) > limit {
+		os = os[:limit]
+	}
+	return os, len(os) == found, nil
+}

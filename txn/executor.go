@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -302,10 +303,6 @@ func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []
 			e.Release(l)
 		}
 	}()
-	outcomes, err := e.recorded(ctx, l)
-	if err != nil {
-		return sum, err
-	}
 	c := &chain{e: e, l: l, iso: b.Isolation, out: out, count: func(o backendext.Outcome) {
 		if o.Status == StatusCommitted {
 			sum.Committed++
@@ -314,9 +311,14 @@ func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []
 		}
 	}}
 	defer c.close(ctx)
+	rec := &recorded{e: e, l: l}
 	for i, t := range b.Transactions {
 		seq := i + 1
-		if o, ok := outcomes[seq]; ok {
+		o, ok, err := rec.at(ctx, seq, c)
+		if err != nil {
+			return sum, err
+		}
+		if ok {
 			if err := c.flush(ctx); err != nil {
 				return sum, err
 			}
@@ -356,17 +358,55 @@ func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []
 	return sum, nil
 }
 
-// recorded reads the outcomes a resumed batch already has.
-func (e *Executor) recorded(ctx context.Context, l *Lease) (map[int]backendext.Outcome, error) {
-	m := map[int]backendext.Outcome{}
-	if !l.Resumed {
-		return m, nil
+// Pages of recorded outcomes a replay reads at a time.
+const (
+	replayPageRows  = 256
+	replayPageBytes = 4 << 20
+)
+
+// recorded walks the outcomes a resumed batch already has, a page at a
+// time, so that replaying a long batch never holds all its lines.
+type recorded struct {
+	e    *Executor
+	l    *Lease
+	page []backendext.Outcome // in seq order
+	upTo int                  // every outcome up to this seq was read
+}
+
+// at returns slot seq's recorded outcome, if it has one. Slots are asked
+// for in seq order. Before it reads a page it has c commit what it has
+// pending and give its connection back.
+func (r *recorded) at(ctx context.Context, seq int, c *chain) (backendext.Outcome, bool, error) {
+	if !r.l.Resumed {
+		return backendext.Outcome{}, false, nil
 	}
-	os, err := backendext.ListOutcomes(ctx, e.pool, l.BatchID)
-	for _, o := range os {
-		m[o.Seq] = o
+	if seq > r.upTo {
+		if err := c.flush(ctx); err != nil {
+			return backendext.Outcome{}, false, err
+		}
+		c.release()
+		var complete bool
+		err := backendext.WithLiveConn(ctx, r.e.pool, func(db backendext.DB) (err error) {
+			r.page, complete, err = backendext.ListOutcomesPage(ctx, db, r.l.BatchID, seq-1, replayPageRows, replayPageBytes)
+			return err
+		})
+		if err != nil {
+			return backendext.Outcome{}, false, err
+		}
+		r.upTo = math.MaxInt
+		if !complete {
+			r.upTo = r.page[len(r.page)-1].Seq
+		}
 	}
-	return m, err
+	for len(r.page) > 0 && r.page[0].Seq <= seq {
+		o := r.page[0]
+		r.page[0] = backendext.Outcome{} // its line is the reporter's now
+		r.page = r.page[1:]
+		if o.Seq == seq {
+			return o, true, nil
+		}
+	}
+	return backendext.Outcome{}, false, nil
 }
 
 func newUUID() string {

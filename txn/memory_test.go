@@ -82,3 +82,54 @@ func TestPreparedSQLMemoryIsBounded(t *testing.T) {
 		t.Fatalf("byte bound: %d texts, %d bytes; want 2 texts, 8 bytes", n, b)
 	}
 }
+
+// TestReplayReadsOutcomesInPages: replaying a long finished batch holds a
+// page of its stored lines at a time, not all of them: 200 lines of 512
+// KiB (100 MiB) replay with a small live heap. Issue 8 item 10's figure.
+func TestReplayReadsOutcomesInPages(t *testing.T) {
+	if testing.Short() {
+		t.Skip("stores and replays 100 MiB")
+	}
+	url := newDB(t)
+	e, p := newExecutor(t, url, "fe1", Config{})
+	const n, size = 200, 512 << 10
+	l := open(t, e, "long-replay", n)
+	ctx := context.Background()
+	if _, err := p.Exec(ctx, `INSERT INTO hafe.outcomes (batch_id, seq, status, report, epoch, owner)
+		SELECT $1, g, 'committed', '{"seq":' || g || ',"pad":"' || repeat('x', $2) || '"}', 1, 'fe1' FROM generate_series(1, $3) g`, l.BatchID, size, n); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Exec(ctx, "UPDATE hafe.batches SET state = 'done', owner = NULL WHERE batch_id = $1", l.BatchID); err != nil {
+		t.Fatal(err)
+	}
+	e.Release(l)
+	replay := open(t, e, "long-replay", n)
+	if !replay.Finished {
+		t.Fatalf("lease %+v, want finished", replay)
+	}
+	var base runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&base)
+	var peak uint64
+	var lines int
+	sum, err := e.Run(ctx, replay, Batch{Transactions: make([]Transaction, n)}, func(line []byte) error {
+		if lines++; !strings.HasPrefix(string(line), fmt.Sprintf(`{"seq":%d,`, lines)) {
+			return fmt.Errorf("line %d is %.20s", lines, line)
+		}
+		if lines%10 == 0 {
+			var m runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&m)
+			peak = max(peak, m.HeapAlloc)
+		}
+		return nil
+	})
+	if err != nil || sum.Committed != n || lines != n {
+		t.Fatalf("replay: %+v %v, %d lines", sum, err, lines)
+	}
+	live := float64(peak-min(peak, base.HeapAlloc)) / (1 << 20)
+	t.Logf("replaying %d lines of %d KiB (%d MiB): live heap at most %.1f MiB above the start", n, size>>10, n*size>>20, live)
+	if live > 40 {
+		t.Fatalf("replay held %.1f MiB of a %d MiB batch", live, n*size>>20)
+	}
+}
