@@ -2,6 +2,7 @@ package frontend
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"runtime"
 	"strings"
@@ -76,8 +77,8 @@ func peakHeapDuring(f func()) uint64 {
 
 // BenchmarkDecodeMemory reports, per body shape, the peak heap while a
 // body just under the 8 MiB limit is decoded, as a multiple of the body
-// (peak/body). Issue 8 item 8's target is 4x; see the report of the
-// commit that added this for the figures measured then.
+// (peak/body); shapes made of millions of tiny values are refused as they
+// are read. TestDecodingMemoryIsBoundedByTheBody holds it to 4x.
 func BenchmarkDecodeMemory(b *testing.B) {
 	for name, body := range bodyShapes() {
 		b.Run(strings.ReplaceAll(name, " ", "_"), func(b *testing.B) {
@@ -88,7 +89,8 @@ func BenchmarkDecodeMemory(b *testing.B) {
 				peak := peakHeapDuring(func() {
 					keep, err = decodeBatch(bytes.NewReader(body), hafesql.Builtin(), true, Limits{}.withDefaults())
 				})
-				if err != nil {
+				var re *requestError
+				if err != nil && !(errors.As(err, &re) && re.code == "too_many_values") {
 					b.Fatal(err)
 				}
 				runtime.KeepAlive(keep)

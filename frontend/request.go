@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net"
 	"net/http"
@@ -42,6 +43,15 @@ type Limits struct {
 	MaxTransactions   int   // per batch, default 10000
 	MaxStatements     int   // per transaction, default 100
 	MaxStatementBytes int   // per raw SQL statement, default 64 KiB
+	// MaxTxnValues bounds the JSON values in one transaction (its
+	// statements, arguments, and the elements of arrays and objects in
+	// them); default 65535, as PostgreSQL binds at most that many
+	// parameters to a statement.
+	MaxTxnValues int
+	// MaxBatchValues bounds the JSON values in all transactions of a
+	// batch, default 200000: a value costs tens of bytes once decoded, so
+	// this, not the body limit, bounds a request's memory.
+	MaxBatchValues int
 }
 
 func (l Limits) withDefaults() Limits {
@@ -56,6 +66,12 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxStatementBytes <= 0 {
 		l.MaxStatementBytes = 64 << 10
+	}
+	if l.MaxTxnValues <= 0 {
+		l.MaxTxnValues = 65535
+	}
+	if l.MaxBatchValues <= 0 {
+		l.MaxBatchValues = 200000
 	}
 	return l
 }
@@ -86,12 +102,65 @@ type decodedBatch struct {
 
 // decodeBatch reads and validates a request body. Nothing is run before
 // the whole request is known to be acceptable.
+//
+// It decodes as a stream, one transaction at a time, so that memory
+// follows what the limits allow rather than what the body holds: the
+// shape reader under the JSON decoder refuses a transaction, or a batch,
+// with more JSON values than the limits, and nesting deeper than
+// maxDepth, before the decoder has buffered them; the request's hash is
+// built transaction by transaction.
 func decodeBatch(body io.Reader, catalog *hafesql.Catalog, allowRawSQL bool, lim Limits) (*decodedBatch, error) {
-	dec := json.NewDecoder(&utf8Reader{r: body})
+	shape := &shapeReader{r: &utf8Reader{r: body}, lim: lim}
+	dec := json.NewDecoder(shape)
 	dec.UseNumber()
 	dec.DisallowUnknownFields()
-	var req batchRequest
-	if err := dec.Decode(&req); err != nil {
+	h := sha256.New()
+	var (
+		b        txn.Batch
+		calls    []templateCall
+		iso      string
+		seenTxns bool
+	)
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, jsonError(err)
+	}
+	if tok == nil {
+		// null decodes to an empty request, which lists no transactions.
+		if _, err := dec.Token(); err != io.EOF {
+			return nil, refuse(400, "bad_json", "the body must hold one JSON object")
+		}
+		return nil, refuse(422, "no_transactions", `"transactions" must list at least one transaction`)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, refuse(400, "bad_json", "the body must hold one JSON object")
+	}
+	// The hash covers the canonical form json.Marshal(batchRequest) gave
+	// when the request was decoded whole, so stored batches keep matching.
+	h.Write([]byte(`{"transactions":`))
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return nil, jsonError(err)
+		}
+		switch key {
+		case "transactions":
+			if seenTxns {
+				return nil, refuse(400, "bad_json", `"transactions" appears twice`)
+			}
+			seenTxns = true
+			if err := decodeTransactions(dec, h, &b, &calls, catalog, allowRawSQL, lim); err != nil {
+				return nil, err
+			}
+		case "isolation":
+			if err := dec.Decode(&iso); err != nil {
+				return nil, jsonError(err)
+			}
+		default:
+			return nil, refuse(400, "bad_json", "unknown field %q (a batch has \"transactions\" and \"isolation\")", key)
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
 		return nil, jsonError(err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
@@ -105,34 +174,100 @@ func decodeBatch(body io.Reader, catalog *hafesql.Catalog, allowRawSQL bool, lim
 		}
 		return nil, refuse(400, "bad_json", "the body must hold one JSON object")
 	}
-	if len(req.Transactions) == 0 {
+	if len(b.Transactions) == 0 {
 		return nil, refuse(422, "no_transactions", `"transactions" must list at least one transaction`)
 	}
-	if len(req.Transactions) > lim.MaxTransactions {
-		return nil, refuse(413, "too_many_transactions", "the batch has %d transactions; the limit is %d", len(req.Transactions), lim.MaxTransactions)
-	}
-	iso, err := txn.ParseIsolation(req.Isolation)
-	if err != nil {
+	if b.Isolation, err = txn.ParseIsolation(iso); err != nil {
 		return nil, refuse(422, "bad_isolation", "%v", err)
 	}
-	b := txn.Batch{Isolation: iso, Transactions: make([]txn.Transaction, len(req.Transactions))}
-	var calls []templateCall
-	for i, tr := range req.Transactions {
-		t, err := resolve(i+1, tr, catalog, allowRawSQL, lim)
-		if err != nil {
-			return nil, err
-		}
-		b.Transactions[i] = t
-		if tmpl, ok := catalog.Get(tr.Template); ok && tr.Template != "" {
-			calls = append(calls, templateCall{seq: i + 1, t: tmpl, args: tr.Args})
-		}
+	if iso != "" {
+		h.Write([]byte(`,"isolation":`))
+		enc, _ := json.Marshal(iso)
+		h.Write(enc)
 	}
-	canonical, err := json.Marshal(req)
+	h.Write([]byte(`}`))
+	return &decodedBatch{batch: b, hash: h.Sum(nil), calls: calls}, nil
+}
+
+// decodeTransactions decodes the "transactions" array one element at a
+// time, resolving each and adding its canonical form to the hash.
+func decodeTransactions(dec *json.Decoder, h hash.Hash, b *txn.Batch, calls *[]templateCall, catalog *hafesql.Catalog, allowRawSQL bool, lim Limits) error {
+	tok, err := dec.Token()
 	if err != nil {
-		return nil, refuse(400, "bad_json", "%v", err)
+		return jsonError(err)
 	}
-	sum := sha256.Sum256(canonical)
-	return &decodedBatch{batch: b, hash: sum[:], calls: calls}, nil
+	if tok == nil { // null: no transactions
+		h.Write([]byte(`null`))
+		return nil
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '[' {
+		return refuse(400, "bad_json", `field "transactions" must be an array, not a JSON %s`, tokenKind(tok))
+	}
+	h.Write([]byte(`[`))
+	enc := json.NewEncoder(valueWriter{h})
+	for dec.More() {
+		seq := len(b.Transactions) + 1
+		if seq > lim.MaxTransactions {
+			return refuse(413, "too_many_transactions", "the batch has more than %d transactions, the limit", lim.MaxTransactions)
+		}
+		var tr txnRequest
+		if err := dec.Decode(&tr); err != nil {
+			return jsonError(err)
+		}
+		t, err := resolve(seq, tr, catalog, allowRawSQL, lim)
+		if err != nil {
+			return err
+		}
+		b.Transactions = append(b.Transactions, t)
+		if tmpl, ok := catalog.Get(tr.Template); ok && tr.Template != "" {
+			*calls = append(*calls, templateCall{seq: seq, t: tmpl, args: tr.Args})
+		}
+		if seq > 1 {
+			h.Write([]byte(`,`))
+		}
+		// An Encoder reuses its buffer, where Marshal would leave one the
+		// size of the transaction behind for each.
+		if err := enc.Encode(tr); err != nil {
+			return refuse(400, "bad_json", "%v", err)
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing bracket
+		return jsonError(err)
+	}
+	h.Write([]byte(`]`))
+	return nil
+}
+
+// valueWriter passes an Encoder's output on without the newline it ends
+// each value with, so that the hash sees json.Marshal's bytes.
+type valueWriter struct{ w io.Writer }
+
+func (v valueWriter) Write(p []byte) (int, error) {
+	if n := len(p); n > 0 && p[n-1] == '\n' {
+		if _, err := v.w.Write(p[:n-1]); err != nil {
+			return 0, err
+		}
+		return n, nil
+	}
+	return v.w.Write(p)
+}
+
+// tokenKind names a JSON token's kind for an error message.
+func tokenKind(tok json.Token) string {
+	switch v := tok.(type) {
+	case json.Delim:
+		if v == '{' {
+			return "object"
+		}
+		return "array"
+	case string:
+		return "string"
+	case json.Number, float64:
+		return "number"
+	case bool:
+		return "boolean"
+	}
+	return "null"
 }
 
 func resolve(seq int, tr txnRequest, catalog *hafesql.Catalog, allowRawSQL bool, lim Limits) (txn.Transaction, error) {
@@ -212,6 +347,10 @@ func argValue(v any) any {
 }
 
 func jsonError(err error) *requestError {
+	var re *requestError
+	if errors.As(err, &re) { // the shape reader's refusal
+		return re
+	}
 	var tooLarge *http.MaxBytesError
 	var syntax *json.SyntaxError
 	var typeErr *json.UnmarshalTypeError
@@ -310,4 +449,84 @@ func (u *utf8Reader) Read(p []byte) (int, error) {
 	u.start += n
 	u.offset += int64(n)
 	return n, nil
+}
+
+// maxDepth bounds how deeply a request may nest arrays and objects.
+const maxDepth = 32
+
+// shapeReader passes a request body on to the JSON decoder while it
+// follows the body's structure: it counts the JSON values inside each
+// transaction (commas and opening brackets below the transactions array)
+// and refuses, as a read error, a transaction or batch with more than the
+// limits allow, or nesting deeper than maxDepth. So the decoder never
+// buffers or builds more than the limits allow, whatever the body holds.
+type shapeReader struct {
+	r   io.Reader
+	lim Limits
+
+	depth    int
+	inString bool
+	escaped  bool
+	txn      int // values in the current transaction
+	batch    int // values in all transactions so far
+	txnSeq   int
+	err      error
+}
+
+func (s *shapeReader) Read(p []byte) (int, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	n, err := s.r.Read(p)
+	for i, c := range p[:n] {
+		if s.inString {
+			switch {
+			case s.escaped:
+				s.escaped = false
+			case c == '\\':
+				s.escaped = true
+			case c == '"':
+				s.inString = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			s.inString = true
+		case '{', '[':
+			s.depth++
+			if s.depth > maxDepth {
+				s.err = refuse(400, "bad_json", "the body nests arrays and objects more than %d deep", maxDepth)
+			} else if s.depth == 3 {
+				s.txnSeq++
+				s.txn = 0
+			}
+			s.count()
+		case '}', ']':
+			s.depth--
+		case ',':
+			s.count()
+		}
+		if s.err != nil {
+			// Hand over what came before: the decoder reports the
+			// refusal once it needs more.
+			return i, nil
+		}
+	}
+	return n, err
+}
+
+// count adds one value to the current transaction when inside one.
+func (s *shapeReader) count() {
+	if s.depth < 3 {
+		return
+	}
+	s.txn++
+	s.batch++
+	switch {
+	case s.txn > s.lim.MaxTxnValues:
+		s.err = refuse(413, "too_many_values", "transaction %d holds more than %d JSON values (statements, arguments and their elements), the limit", s.txnSeq, s.lim.MaxTxnValues)
+	case s.batch > s.lim.MaxBatchValues:
+		s.err = refuse(413, "too_many_values", "the batch holds more than %d JSON values in its transactions, the limit", s.lim.MaxBatchValues)
+	}
 }

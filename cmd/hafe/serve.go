@@ -52,6 +52,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		maxBody      = fs.Int64("max-body-bytes", 8<<20, "largest request body")
 		maxTxns      = fs.Int("max-transactions", 10000, "most transactions per batch")
 		maxStmts     = fs.Int("max-statements", 100, "most statements per raw SQL transaction")
+		maxValues    = fs.Int("max-values", 200000, "most JSON values (statements, arguments, their elements) in a batch's transactions; 65535 at most in one")
 		maxRows      = fs.Int("max-result-rows", 10000, "most rows per statement result; more aborts the transaction")
 		maxReport    = fs.Int("max-report-bytes", 1<<20, "largest report line per transaction; larger aborts it")
 		readHeader   = fs.Duration("read-header-timeout", 10*time.Second, "longest a client may take to send a request's headers; then its connection is closed")
@@ -144,7 +145,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 	fe, err := frontend.New(pool, frontend.Config{
 		ID: *id, Addr: addr, AllowRawSQL: *rawSQL, ClientTokens: tokens, AdminToken: *adminToken,
 		Templates: catalog,
-		Limits:    frontend.Limits{MaxBodyBytes: *maxBody, MaxTransactions: *maxTxns, MaxStatements: *maxStmts},
+		Limits:    frontend.Limits{MaxBodyBytes: *maxBody, MaxTransactions: *maxTxns, MaxStatements: *maxStmts, MaxBatchValues: *maxValues},
 		Executor: txn.Config{
 			Incarnation: incarnation, ClientRole: *clientRole,
 			MaxAttempts: *maxAttempts, FenceGrace: *fenceGrace, OwnerLiveness: *liveness, SettleTimeout: *settle,

@@ -179,8 +179,8 @@ func stringToken(val string, plain bool) token {
 // bytes consumed, the value of a plain string, and whether it was plain (no
 // backslash at all).
 func lexString(s string, backslashes bool) (n int, val string, plain bool, err error) {
-	var b strings.Builder
 	plain = true
+	doubled := false
 	i := 1
 	for {
 		// Adjacent constants separated by whitespace with a newline are
@@ -197,15 +197,19 @@ func lexString(s string, backslashes bool) (n int, val string, plain bool, err e
 				i += 2
 				continue
 			}
-			b.WriteByte(c)
 			i++
 		case c == '\'' && next(s, i+1) == '\'':
-			b.WriteByte('\'')
+			doubled = true
 			i += 2
 		case c == '\'':
-			return i + 1, b.String(), plain, nil
+			// The value is a slice of the query, not a copy: a long
+			// literal costs no memory here.
+			val = s[1:i]
+			if doubled {
+				val = strings.ReplaceAll(val, "''", "'")
+			}
+			return i + 1, val, plain, nil
 		default:
-			b.WriteByte(c)
 			i++
 		}
 	}
@@ -214,7 +218,7 @@ func lexString(s string, backslashes bool) (n int, val string, plain bool, err e
 // lexQuoted reads a quoted identifier or a U& string, which double their
 // quote to include it and know no backslash escapes.
 func lexQuoted(s string, quote byte) (int, string, error) {
-	var b strings.Builder
+	doubled := false
 	i := 1
 	for {
 		if i >= len(s) {
@@ -222,12 +226,16 @@ func lexQuoted(s string, quote byte) (int, string, error) {
 		}
 		switch {
 		case s[i] == quote && next(s, i+1) == quote:
-			b.WriteByte(quote)
+			doubled = true
 			i += 2
 		case s[i] == quote:
-			return i + 1, b.String(), nil
+			val := s[1:i]
+			if doubled {
+				q := string(quote)
+				val = strings.ReplaceAll(val, q+q, q)
+			}
+			return i + 1, val, nil
 		default:
-			b.WriteByte(s[i])
 			i++
 		}
 	}
