@@ -18,6 +18,9 @@ type Member struct {
 	StartedAt   time.Time
 	HeartbeatAt time.Time
 	Alive       bool // heartbeat fresher than the liveness asked for
+	// HeartbeatAge is how long ago the last heartbeat was, by the
+	// database's clock, when the row was read.
+	HeartbeatAge time.Duration
 }
 
 // Heartbeat inserts or refreshes the member's row.
@@ -42,7 +45,8 @@ func Leave(ctx context.Context, db DB, id string) error {
 // ListMembers returns all members, alive first.
 func ListMembers(ctx context.Context, db DB, liveness time.Duration) ([]Member, error) {
 	rows, err := db.Query(ctx, `SELECT id, incarnation, http_addr, mtcp_addr, peer_addr, load, draining, started_at, heartbeat_at,
-			heartbeat_at > now() - make_interval(secs => $1::float8) AS alive
+			heartbeat_at > now() - make_interval(secs => $1::float8) AS alive,
+			greatest(extract(epoch FROM now() - heartbeat_at)::float8, 0)
 		FROM hafe.members ORDER BY alive DESC, id`, liveness.Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("list members: %w", err)
@@ -51,9 +55,11 @@ func ListMembers(ctx context.Context, db DB, liveness time.Duration) ([]Member, 
 	var ms []Member
 	for rows.Next() {
 		var m Member
-		if err := rows.Scan(&m.ID, &m.Incarnation, &m.HTTPAddr, &m.MTCPAddr, &m.PeerAddr, &m.Load, &m.Draining, &m.StartedAt, &m.HeartbeatAt, &m.Alive); err != nil {
+		var age float64
+		if err := rows.Scan(&m.ID, &m.Incarnation, &m.HTTPAddr, &m.MTCPAddr, &m.PeerAddr, &m.Load, &m.Draining, &m.StartedAt, &m.HeartbeatAt, &m.Alive, &age); err != nil {
 			return nil, err
 		}
+		m.HeartbeatAge = time.Duration(age * float64(time.Second))
 		ms = append(ms, m)
 	}
 	return ms, rows.Err()

@@ -125,8 +125,6 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		return emit(line)
 	})
 	s.metrics.batchSeconds.Observe(time.Since(start).Seconds())
-	s.metrics.transactions.WithLabelValues(txn.StatusCommitted).Add(float64(sum.Committed))
-	s.metrics.transactions.WithLabelValues(txn.StatusAborted).Add(float64(sum.Aborted))
 	if err != nil {
 		s.metrics.batches.WithLabelValues("interrupted").Inc()
 		if r.Context().Err() == nil || errors.Is(context.Cause(r.Context()), ErrShuttingDown) {

@@ -35,15 +35,37 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
+// heartbeat probes the database, refreshes this member's row and reads
+// everyone's, for the metrics and the dashboard.
 func (s *Server) heartbeat(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.HeartbeatInterval*2)
 	defer cancel()
-	err := backendext.Heartbeat(ctx, s.ctl, backendext.Member{
+	start := time.Now()
+	err := s.ctl.Ping(ctx)
+	s.metrics.probedDatabase(time.Since(start), err)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("database probe", "err", err)
+		}
+		return
+	}
+	err = backendext.Heartbeat(ctx, s.ctl, backendext.Member{
 		ID: s.cfg.ID, Incarnation: s.exec.Incarnation(), HTTPAddr: s.cfg.Addr, Load: float64(s.batches.running()), Draining: s.batches.isDraining(),
 	})
-	if err != nil && ctx.Err() == nil {
-		s.log.Warn("heartbeat", "err", err)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("heartbeat", "err", err)
+		}
+		return
 	}
+	ms, err := backendext.ListMembers(ctx, s.ctl, s.cfg.Executor.OwnerLiveness)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("read members", "err", err)
+		}
+		return
+	}
+	s.members.set(ms)
 }
 
 // gcDelay spreads the collections of several front-ends apart.

@@ -44,8 +44,9 @@ func TestMetricsCountBatchesAndTransactions(t *testing.T) {
 	text := string(b)
 	for _, want := range []string{
 		`hafe_batches_total{result="done"} 3`,
-		`hafe_transactions_total{status="committed"} 3`,
-		`hafe_transactions_total{status="aborted"} 1`,
+		`hafe_transactions_total{result="committed",source="executed"} 2`,
+		`hafe_transactions_total{result="committed",source="replayed"} 1`,
+		`hafe_transactions_total{result="aborted",source="executed"} 1`,
 		`hafe_requests_refused_total{code="bad_json"} 1`,
 		`hafe_batches_resumed_total 1`,
 		`hafe_reports_sent_total 4`,

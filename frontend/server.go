@@ -116,6 +116,7 @@ type Server struct {
 
 	batches inflight
 	numbers numberArgs
+	members memberView
 }
 
 // New returns a front-end serving batches on pool. The pool's sessions
@@ -139,10 +140,11 @@ func New(pool *pgxpool.Pool, cfg Config, log *slog.Logger) (*Server, error) {
 		ctl = pool
 	}
 	s := &Server{cfg: cfg, pool: pool, ctl: ctl, log: log.With("component", "frontend"), metrics: newMetrics(), numbers: numberArgs{pool: pool}}
+	cfg.Executor.Observer = s.metrics
 	s.exec = txn.NewExecutor(pool, cfg.Executor, log.With("component", "txn"))
 	s.metrics.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "hafe_batches_in_flight", Help: "Batches this front-end is executing now.",
-	}, func() float64 { return float64(s.batches.running()) }))
+	}, func() float64 { return float64(s.batches.running()) }), newPoolCollector(pool), newMemberCollector(&s.members))
 	s.router = s.routes()
 	return s, nil
 }
@@ -164,7 +166,7 @@ func (s *Server) ConfigureHTTP(srv *http.Server) {
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(middleware.Recoverer)
+	r.Use(s.metrics.timeRequests, middleware.Recoverer)
 	r.Get("/healthz", s.healthz)
 	r.Get("/readyz", s.readyz)
 	r.Handle("/metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))

@@ -47,6 +47,9 @@ type Config struct {
 	// that PostgreSQL keeps it away from schema hafe (default
 	// backendext.DefaultClientRole). The pool's role must be a member.
 	ClientRole string
+	// Observer is told about outcomes, retries, takeovers and fencing as
+	// they happen (default: nobody).
+	Observer Observer
 }
 
 func (c Config) withDefaults() Config {
@@ -70,6 +73,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ClientRole == "" {
 		c.ClientRole = backendext.DefaultClientRole
+	}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
 	}
 	if c.Limits.MaxRows <= 0 {
 		c.Limits.MaxRows = DefaultLimits.MaxRows
@@ -129,6 +135,9 @@ type OpenRequest struct {
 	// another hash is refused with ErrKeyReused.
 	RequestHash []byte
 	NumTxns     int
+	// Log, when set, logs what happens to this batch (say, with the
+	// request's id); default the executor's logger.
+	Log *slog.Logger
 }
 
 // Lease is this front-end's right to execute one batch.
@@ -139,12 +148,23 @@ type Lease struct {
 	Resumed bool
 	// Finished is true when every slot already has its outcome.
 	Finished bool
+	// TakenOver is true when this lease was claimed from an earlier
+	// owner (or from none, after the batch was released), moving the
+	// epoch on; PreviousOwner is who held it ("" for nobody).
+	TakenOver     bool
+	PreviousOwner string
+
+	log *slog.Logger
 }
 
 // Open creates the batch, or finds it by idempotency key and takes it over.
 // It fails with ErrKeyReused or a *BusyError when it must not run the batch.
 // Every Lease must be passed to Run or Release.
 func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
+	log := req.Log
+	if log == nil {
+		log = e.log
+	}
 	var (
 		id      string
 		b       backendext.Batch
@@ -166,7 +186,7 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 		if !e.markRunning(id) {
 			return nil, &BusyError{BatchID: id, Owner: e.cfg.Owner, RetryAfter: time.Second}
 		}
-		return &Lease{BatchID: id, Epoch: b.Epoch}, nil
+		return &Lease{BatchID: id, Epoch: b.Epoch, log: log}, nil
 	}
 	if !bytes.Equal(b.RequestHash, req.RequestHash) || b.NumTxns != req.NumTxns {
 		return nil, ErrKeyReused
@@ -175,7 +195,7 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 		return nil, &BusyError{BatchID: b.ID, Owner: e.cfg.Owner, RetryAfter: time.Second}
 	}
 	if b.State == backendext.BatchDone {
-		return &Lease{BatchID: b.ID, Epoch: b.Epoch, Resumed: true, Finished: true}, nil
+		return &Lease{BatchID: b.ID, Epoch: b.Epoch, Resumed: true, Finished: true, log: log}, nil
 	}
 	// OwnerAlive holds only for the owner's current run, so a batch left by
 	// an earlier run of this very front-end is taken over, not refused.
@@ -183,7 +203,7 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 		e.markStopped(b.ID)
 		return nil, &BusyError{BatchID: b.ID, Owner: b.Owner, RetryAfter: max(e.cfg.OwnerLiveness-b.OwnerHeartbeatAge, time.Second)}
 	}
-	epoch, err := e.claim(ctx, b.ID)
+	epoch, err := e.claim(ctx, log, b.ID)
 	if err != nil {
 		e.markStopped(b.ID)
 		return nil, err
@@ -195,13 +215,15 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 		// idle_in_transaction_session_timeout.
 		app := backendext.ApplicationName(b.Owner, b.OwnerIncarnation)
 		if n, err := backendext.FenceSessions(ctx, e.pool, app); err != nil {
-			e.log.Warn("fence previous owner's sessions", "batch", b.ID, "sessions", app, "err", err)
+			log.Warn("fence previous owner's sessions", "batch", b.ID, "sessions", app, "err", err)
 		} else if n > 0 {
-			e.log.Warn("terminated previous owner's open transactions", "batch", b.ID, "sessions", app, "count", n)
+			e.cfg.Observer.Fence(FencePreviousRun, n)
+			log.Info("fenced: terminated the previous run's open transactions", "batch", b.ID, "sessions", app, "count", n)
 		}
 	}
-	e.log.Info("batch taken over", "batch", b.ID, "previous_owner", b.Owner, "epoch", epoch)
-	return &Lease{BatchID: b.ID, Epoch: epoch, Resumed: true}, nil
+	e.cfg.Observer.TakeOver()
+	log.Info("batch taken over", "batch", b.ID, "previous_owner", b.Owner, "epoch", epoch)
+	return &Lease{BatchID: b.ID, Epoch: epoch, Resumed: true, TakenOver: true, PreviousOwner: b.Owner, log: log}, nil
 }
 
 // Incarnation is this run's incarnation: heartbeat with it.
@@ -210,7 +232,7 @@ func (e *Executor) Incarnation() string { return e.cfg.Incarnation }
 // claim takes the batch's lease. A previous owner's slot transaction holds
 // the batch row; if it is still open after FenceGrace, its session is
 // terminated so that it can never commit.
-func (e *Executor) claim(ctx context.Context, batchID string) (int64, error) {
+func (e *Executor) claim(ctx context.Context, log *slog.Logger, batchID string) (int64, error) {
 	conn, err := e.pool.Acquire(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("claim batch %s: %w", batchID, err)
@@ -235,9 +257,10 @@ func (e *Executor) claim(ctx context.Context, batchID string) (int64, error) {
 		case <-grace.C:
 			n, err := backendext.FenceBlockers(ctx, e.pool, pid)
 			if err != nil {
-				e.log.Warn("fence blockers", "batch", batchID, "err", err)
+				log.Warn("fence blockers", "batch", batchID, "err", err)
 			} else if n > 0 {
-				e.log.Warn("terminated previous owner's session", "batch", batchID, "sessions", n)
+				e.cfg.Observer.Fence(FenceBlocker, n)
+				log.Info("fenced: terminated the previous owner's session", "batch", batchID, "sessions", n)
 			}
 			grace.Reset(e.cfg.FenceGrace)
 		}
@@ -254,7 +277,7 @@ func (e *Executor) Release(l *Lease) {
 	ctx, cancel := bookkeeping(context.Background())
 	defer cancel()
 	if err := backendext.ReleaseBatch(ctx, e.pool, l.BatchID, l.Epoch); err != nil && !errors.Is(err, ErrFenced) {
-		e.log.Warn("release batch", "batch", l.BatchID, "err", err)
+		l.logger(e).Warn("release batch", "batch", l.BatchID, "err", err)
 	}
 }
 
@@ -304,6 +327,10 @@ func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []
 		}
 	}()
 	c := &chain{e: e, l: l, iso: b.Isolation, out: out, count: func(o backendext.Outcome) {
+		// Only this lease writes outcomes at its epoch (a resumed batch is
+		// claimed at a new one): any other was recorded by someone else. A
+		// finished batch is opened at its last epoch and only replayed.
+		e.cfg.Observer.Outcome(o.Status, l.Finished || o.Epoch != l.Epoch)
 		if o.Status == StatusCommitted {
 			sum.Committed++
 		} else {
@@ -347,7 +374,7 @@ func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []
 		err := backendext.FinishBatch(bctx, e.pool, l.BatchID, l.Epoch)
 		cancel()
 		if err != nil && !errors.Is(err, ErrFenced) {
-			e.log.Warn("finish batch", "batch", l.BatchID, "err", err)
+			l.logger(e).Warn("finish batch", "batch", l.BatchID, "err", err)
 		}
 		l.Finished = err == nil
 	}
@@ -356,6 +383,14 @@ func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []
 		return sum, fmt.Errorf("report to client: %w", err)
 	}
 	return sum, nil
+}
+
+// logger is the lease's logger, or the executor's for a lease made by hand.
+func (l *Lease) logger(e *Executor) *slog.Logger {
+	if l.log != nil {
+		return l.log
+	}
+	return e.log
 }
 
 // Pages of recorded outcomes a replay reads at a time.

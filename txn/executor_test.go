@@ -339,10 +339,14 @@ func TestClaimTerminatesStuckOwnerSession(t *testing.T) {
 		t.Fatalf("old owner's outcome: %v", err)
 	}
 
-	e2, p := newExecutor(t, url, "new", Config{FenceGrace: 200 * time.Millisecond})
+	var seen recorder
+	e2, p := newExecutor(t, url, "new", Config{FenceGrace: 200 * time.Millisecond, Observer: &seen})
 	l2 := open(t, e2, "stuck", 1)
-	if l2.Epoch != 2 {
-		t.Fatalf("epoch %d", l2.Epoch)
+	if l2.Epoch != 2 || !l2.TakenOver || l2.PreviousOwner != "old" {
+		t.Fatalf("lease %+v", l2)
+	}
+	if seen.count("takeover") != 1 || seen.count("fence blocker") != 1 {
+		t.Fatalf("observed %v, want one takeover and one blocker fenced", &seen)
 	}
 	if err := tx.Commit(ctx); err == nil {
 		t.Fatal("the stuck owner's transaction committed after the takeover")
@@ -353,7 +357,8 @@ func TestClaimTerminatesStuckOwnerSession(t *testing.T) {
 }
 
 func TestSerializationFailuresAreRetried(t *testing.T) {
-	e, p := newExecutor(t, newDB(t), "fe1", Config{MaxAttempts: 5, RetryBackoff: time.Millisecond})
+	var seen recorder
+	e, p := newExecutor(t, newDB(t), "fe1", Config{MaxAttempts: 5, RetryBackoff: time.Millisecond, Observer: &seen})
 	b := Batch{Isolation: Serializable, Transactions: []Transaction{
 		counted(1, Statement{Query: "SELECT fail_first(2)"}),
 	}}
@@ -368,6 +373,9 @@ func TestSerializationFailuresAreRetried(t *testing.T) {
 	}
 	if runs := runsPerSlot(t, p); runs[1] != 1 {
 		t.Fatalf("runs %v", runs)
+	}
+	if seen.count("retry serialization_failure") != 2 || seen.count("outcome committed executed") != 1 {
+		t.Fatalf("observed %v, want 2 serialization retries and 1 executed commit", &seen)
 	}
 }
 

@@ -97,6 +97,7 @@ func (e *Executor) runSlot(ctx context.Context, l *Lease, seq int, t Transaction
 		switch ae.fault {
 		case faultRetry:
 			if attempts < e.cfg.MaxAttempts {
+				e.cfg.Observer.Retry(retryCause(ae))
 				e.sleep(ctx, e.backoff(attempts))
 				continue
 			}
@@ -106,6 +107,7 @@ func (e *Executor) runSlot(ctx context.Context, l *Lease, seq int, t Transaction
 		case faultAdopt:
 			lookup = true
 		case faultLost:
+			e.cfg.Observer.Retry(RetryDatabaseLost)
 			if !replaced && lostSince.IsZero() && backendext.IsDeadConn(ae.err) {
 				// The slot's connection was dead, as a PostgreSQL restart
 				// leaves every pooled one: replace them and settle at once
@@ -115,7 +117,7 @@ func (e *Executor) runSlot(ctx context.Context, l *Lease, seq int, t Transaction
 				lookup = true
 				continue
 			}
-			e.log.Warn("lost the database during a slot; settling by lookup", "batch", l.BatchID, "seq", seq, "err", ae.err)
+			l.logger(e).Warn("lost the database during a slot; settling by lookup", "batch", l.BatchID, "seq", seq, "err", ae.err)
 			lookup = true
 			if e.stillSettling(ctx, &lostSince, ae.err) != nil {
 				return o, fmt.Errorf("slot %d: database unreachable for %s: %w", seq, e.cfg.SettleTimeout, ae.err)
@@ -128,6 +130,14 @@ func (e *Executor) runSlot(ctx context.Context, l *Lease, seq int, t Transaction
 			return o, fmt.Errorf("slot %d of batch %s: %w", seq, l.BatchID, ae.err)
 		}
 	}
+}
+
+// retryCause names a faultRetry's cause for the Observer.
+func retryCause(ae *attemptError) string {
+	if ae.slot != nil && ae.slot.Code == "40P01" {
+		return RetryDeadlock
+	}
+	return RetrySerialization
 }
 
 // stillSettling pauses before the next try while the database has been lost
