@@ -123,6 +123,17 @@ func TestCreateExtensionAndUpdate(t *testing.T) {
 	if err := c.QueryRow(ctx, "SELECT extversion FROM pg_extension WHERE extname = 'hafe'").Scan(&v); err != nil || v != DefaultVersion {
 		t.Fatalf("extversion %q err %v", v, err)
 	}
+	// The update scripts ran as the extension's: a claim is recorded.
+	const id = "00000000-0000-0000-0000-000000000001"
+	if _, _, err := CreateBatch(ctx, c, id, "", []byte{1}, 1, "fe1", "run1", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ClaimBatch(ctx, c, id, "fe2", "run2"); err != nil {
+		t.Fatal(err)
+	}
+	if ts, err := ListTakeovers(ctx, c, id); err != nil || len(ts) != 1 {
+		t.Fatalf("takeovers %+v (err %v)", ts, err)
+	}
 }
 
 func TestGCKeepsRunningBatches(t *testing.T) {

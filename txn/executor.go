@@ -203,7 +203,7 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 		e.markStopped(b.ID)
 		return nil, &BusyError{BatchID: b.ID, Owner: b.Owner, RetryAfter: max(e.cfg.OwnerLiveness-b.OwnerHeartbeatAge, time.Second)}
 	}
-	epoch, err := e.claim(ctx, log, b.ID)
+	epoch, fenced, err := e.claim(ctx, log, b.ID)
 	if err != nil {
 		e.markStopped(b.ID)
 		return nil, err
@@ -217,8 +217,14 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 		if n, err := backendext.FenceSessions(ctx, e.pool, app); err != nil {
 			log.Warn("fence previous owner's sessions", "batch", b.ID, "sessions", app, "err", err)
 		} else if n > 0 {
+			fenced += n
 			e.cfg.Observer.Fence(FencePreviousRun, n)
 			log.Info("fenced: terminated the previous run's open transactions", "batch", b.ID, "sessions", app, "count", n)
+		}
+	}
+	if fenced > 0 {
+		if err := backendext.RecordFence(ctx, e.pool, b.ID, epoch, fenced); err != nil {
+			log.Warn("record fence", "batch", b.ID, "err", err)
 		}
 	}
 	e.cfg.Observer.TakeOver()
@@ -231,11 +237,12 @@ func (e *Executor) Incarnation() string { return e.cfg.Incarnation }
 
 // claim takes the batch's lease. A previous owner's slot transaction holds
 // the batch row; if it is still open after FenceGrace, its session is
-// terminated so that it can never commit.
-func (e *Executor) claim(ctx context.Context, log *slog.Logger, batchID string) (int64, error) {
+// terminated so that it can never commit. fenced counts the sessions
+// terminated.
+func (e *Executor) claim(ctx context.Context, log *slog.Logger, batchID string) (epoch int64, fenced int, err error) {
 	conn, err := e.pool.Acquire(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("claim batch %s: %w", batchID, err)
+		return 0, 0, fmt.Errorf("claim batch %s: %w", batchID, err)
 	}
 	defer conn.Release()
 	pid := conn.Conn().PgConn().PID()
@@ -253,12 +260,13 @@ func (e *Executor) claim(ctx context.Context, log *slog.Logger, batchID string) 
 	for {
 		select {
 		case r := <-done:
-			return r.epoch, r.err
+			return r.epoch, fenced, r.err
 		case <-grace.C:
 			n, err := backendext.FenceBlockers(ctx, e.pool, pid)
 			if err != nil {
 				log.Warn("fence blockers", "batch", batchID, "err", err)
 			} else if n > 0 {
+				fenced += n
 				e.cfg.Observer.Fence(FenceBlocker, n)
 				log.Info("fenced: terminated the previous owner's session", "batch", batchID, "sessions", n)
 			}

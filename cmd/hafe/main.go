@@ -30,6 +30,7 @@ func commands() []command {
 		{"serve", "run a front-end: the HTTP batch API over PostgreSQL", runServe},
 		{"db", "install or upgrade hafe's back-end objects in a database", runDB},
 		{"submit", "send a batch file to a front-end and stream its results", runSubmit},
+		{"batches", "list and describe the cluster's batches (admin token)", runBatches},
 		{"demo", "start a throwaway cluster and show a batch surviving a front-end crash", runDemo},
 		{"bench", "measure hafe against baselines", runBench},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
@@ -66,7 +67,11 @@ func main() {
 	stop()
 	if err != nil {
 		var ex exitError
+		var ue usageError
 		switch {
+		case errors.As(err, &ue):
+			fmt.Fprintf(os.Stderr, "hafe %s: %v\nRun 'hafe %s --help' for usage.\n", ue.cmd, ue.err, ue.cmd)
+			os.Exit(2)
 		case errors.As(err, &ex):
 			os.Exit(ex.code)
 		case errors.Is(err, flag.ErrHelp):
@@ -90,6 +95,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	usage(stderr)
 	return fmt.Errorf("unknown command %q", args[0])
 }
+
+// usageError is a command line that cannot run; main prints it with a
+// one-line hint, not the whole usage.
+type usageError struct {
+	cmd string
+	err error
+}
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
 
 // exitError ends the process with a status code without printing more.
 type exitError struct{ code int }

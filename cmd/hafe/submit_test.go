@@ -27,6 +27,16 @@ import (
 // PostgreSQL with the demo bank, and returns its URL.
 func startBankFrontEnd(t *testing.T, tokens ...string) string {
 	t.Helper()
+	var named []frontend.Token
+	for i, secret := range tokens {
+		named = append(named, frontend.Token{Name: fmt.Sprintf("client%d", i), Secret: secret})
+	}
+	return startBankFrontEndWith(t, frontend.Config{ID: "fe1", ClientTokens: named})
+}
+
+// startBankFrontEndWith is startBankFrontEnd with the front-end's config.
+func startBankFrontEndWith(t *testing.T, cfg frontend.Config) string {
+	t.Helper()
 	requirePostgresBinaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -40,11 +50,7 @@ func startBankFrontEnd(t *testing.T, tokens ...string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var named []frontend.Token
-	for i, secret := range tokens {
-		named = append(named, frontend.Token{Name: fmt.Sprintf("client%d", i), Secret: secret})
-	}
-	fe, err := frontend.New(pool, frontend.Config{ID: "fe1", ClientTokens: named}, nil)
+	fe, err := frontend.New(pool, cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

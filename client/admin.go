@@ -1,0 +1,135 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	neturl "net/url"
+	"strconv"
+	"time"
+)
+
+// Admin reads a front-end's operator routes (/admin), which answer for the
+// whole cluster from any front-end.
+type Admin struct {
+	url   string
+	token string
+	http  *http.Client
+}
+
+// NewAdmin returns an Admin for the front-end at url (http://host:port or
+// host:port) with the --admin-token token.
+func NewAdmin(url, token string, hc *http.Client) (*Admin, error) {
+	u, err := normalizeURL(url)
+	if err != nil {
+		return nil, err
+	}
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	return &Admin{url: u, token: token, http: hc}, nil
+}
+
+// Batch is a batch as GET /admin/batches describes it.
+type Batch struct {
+	ID             string `json:"batch_id"`
+	State          string `json:"state"` // running, done or abandoned
+	IdempotencyKey string `json:"idempotency_key"`
+	Client         string `json:"client"`
+	Owner          string `json:"owner"`
+	OwnerAlive     bool   `json:"owner_alive"`
+	Epoch          int64  `json:"epoch"`
+	Transactions   int    `json:"transactions"`
+	SlotsDone      int    `json:"slots_done"`
+	Committed      int    `json:"committed"`
+	Aborted        int    `json:"aborted"`
+	CreatedAt      string `json:"created_at"`
+	UpdatedAt      string `json:"updated_at"`
+}
+
+// Takeover is one claim of a batch's lease by another owner.
+type Takeover struct {
+	Epoch          int64  `json:"epoch"`
+	PreviousOwner  string `json:"previous_owner"` // "" when the batch had been released
+	Owner          string `json:"owner"`
+	FencedSessions int    `json:"fenced_sessions"`
+	At             string `json:"at"`
+}
+
+// BatchDetail is GET /admin/batches/{id}'s answer.
+type BatchDetail struct {
+	Batch
+	Takeovers []Takeover        `json:"takeovers"`
+	Outcomes  []json.RawMessage `json:"outcomes"`
+}
+
+// BatchFilter selects batches; zero fields select all.
+type BatchFilter struct {
+	State     string
+	Owner     string
+	OlderThan time.Duration
+	Key       string
+	Limit     int
+}
+
+func (f BatchFilter) query() string {
+	q := neturl.Values{}
+	set := func(k, v string) {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	set("state", f.State)
+	set("owner", f.Owner)
+	set("key", f.Key)
+	if f.OlderThan > 0 {
+		q.Set("older_than", f.OlderThan.String())
+	}
+	if f.Limit > 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	if len(q) == 0 {
+		return ""
+	}
+	return "?" + q.Encode()
+}
+
+// Batches lists the batches f selects, most recently changed first.
+func (a *Admin) Batches(ctx context.Context, f BatchFilter) ([]Batch, error) {
+	var v struct {
+		Batches []Batch `json:"batches"`
+	}
+	err := a.get(ctx, "/admin/batches"+f.query(), &v)
+	return v.Batches, err
+}
+
+// Batch describes one batch, its takeovers and its recorded outcomes.
+func (a *Admin) Batch(ctx context.Context, id string) (BatchDetail, error) {
+	var v BatchDetail
+	err := a.get(ctx, "/admin/batches/"+neturl.PathEscape(id), &v)
+	return v, err
+}
+
+func (a *Admin) get(ctx context.Context, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.url+path, nil)
+	if err != nil {
+		return err
+	}
+	if a.token != "" {
+		req.Header.Set("Authorization", "Bearer "+a.token)
+	}
+	resp, err := a.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return refusal(a.url, resp)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(v); err != nil {
+		return fmt.Errorf("%s%s: %w", a.url, path, err)
+	}
+	return nil
+}
