@@ -3,6 +3,7 @@ package frontend
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math"
 	"mime"
 	"net/http"
@@ -76,10 +77,13 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, err)
 		return
 	}
+	log := s.requestLog(r, "frontend")
 	if key != "" {
+		log = log.With("key", key)
 		key = r.Context().Value(clientKey{}).(string) + ":" + key
 	}
-	lease, err := s.exec.Open(r.Context(), txn.OpenRequest{IdempotencyKey: key, RequestHash: req.hash, NumTxns: len(req.batch.Transactions)})
+	lease, err := s.exec.Open(r.Context(), txn.OpenRequest{IdempotencyKey: key, RequestHash: req.hash, NumTxns: len(req.batch.Transactions),
+		Log: s.requestLog(r, "txn")})
 	var busy *txn.BusyError
 	switch {
 	case errors.Is(err, txn.ErrKeyReused):
@@ -90,7 +94,7 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, refuse(409, "batch_in_progress", "the batch for this Idempotency-Key is still running on front-end %s; retry later", busy.Owner))
 		return
 	case err != nil:
-		s.log.Error("open batch", "err", err)
+		log.Error("open batch", "err", err)
 		w.Header().Set("Retry-After", "1")
 		s.refuse(w, refuse(503, "database_unavailable", "cannot reach the database to start the batch"))
 		return
@@ -98,6 +102,8 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 	if lease.Resumed {
 		s.metrics.resumed.Inc()
 	}
+	log = log.With("batch", lease.BatchID, "transactions", len(req.batch.Transactions))
+	log.Info("batch started", "resumed", lease.Resumed, "taken_over", lease.TakenOver)
 
 	h := w.Header()
 	h.Set("Content-Type", "application/x-ndjson")
@@ -124,11 +130,18 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		s.metrics.reported.Inc()
 		return emit(line)
 	})
-	s.metrics.batchSeconds.Observe(time.Since(start).Seconds())
+	took := time.Since(start)
+	s.metrics.batchSeconds.Observe(took.Seconds())
+	log = log.With("committed", sum.Committed, "aborted", sum.Aborted, "duration", took)
 	if err != nil {
 		s.metrics.batches.WithLabelValues("interrupted").Inc()
-		if r.Context().Err() == nil || errors.Is(context.Cause(r.Context()), ErrShuttingDown) {
-			s.log.Warn("batch interrupted", "batch", lease.BatchID, "err", err)
+		clientLeft := r.Context().Err() != nil && !errors.Is(context.Cause(r.Context()), ErrShuttingDown)
+		level := slog.LevelWarn
+		if clientLeft {
+			level = slog.LevelInfo // the client's retry resumes it
+		}
+		log.Log(r.Context(), level, "batch interrupted", "reported", sum.Committed+sum.Aborted, "client_left", clientLeft, "err", err)
+		if !clientLeft {
 			// The client gets the reason; the summary line is missing, so
 			// it knows to retry with the same key.
 			emit(errorLine("interrupted", err.Error()+"; retry with the same Idempotency-Key to resume"))
@@ -136,6 +149,7 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.metrics.batches.WithLabelValues("done").Inc()
+	log.Info("batch finished")
 	emit(sum.Line())
 }
 

@@ -259,6 +259,12 @@ func startFrontendOn(t testing.TB, pool *pgxpool.Pool, cfg Config) *frontendUnde
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startServer(t, s)
+}
+
+// startServer serves s on loopback until the test ends.
+func startServer(t testing.TB, s *Server) *frontendUnderTest {
+	t.Helper()
 	hs := httptest.NewUnstartedServer(nil)
 	s.ConfigureHTTP(hs.Config)
 	hs.Start()

@@ -111,6 +111,7 @@ type Server struct {
 	ctl     *pgxpool.Pool // heartbeat, readiness, gc, admin: never starved by batches
 	exec    *txn.Executor
 	log     *slog.Logger
+	rootLog *slog.Logger // without component, for request loggers
 	metrics *metrics
 	router  chi.Router
 
@@ -139,7 +140,7 @@ func New(pool *pgxpool.Pool, cfg Config, log *slog.Logger) (*Server, error) {
 	if ctl == nil {
 		ctl = pool
 	}
-	s := &Server{cfg: cfg, pool: pool, ctl: ctl, log: log.With("component", "frontend"), metrics: newMetrics(), numbers: numberArgs{pool: pool}}
+	s := &Server{cfg: cfg, pool: pool, ctl: ctl, rootLog: log, log: log.With("component", "frontend"), metrics: newMetrics(), numbers: numberArgs{pool: pool}}
 	cfg.Executor.Observer = s.metrics
 	s.exec = txn.NewExecutor(pool, cfg.Executor, log.With("component", "txn"))
 	s.metrics.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -166,7 +167,7 @@ func (s *Server) ConfigureHTTP(srv *http.Server) {
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(s.metrics.timeRequests, middleware.Recoverer)
+	r.Use(s.metrics.timeRequests, s.withRequestID, middleware.Recoverer)
 	r.Get("/healthz", s.healthz)
 	r.Get("/readyz", s.readyz)
 	r.Handle("/metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))

@@ -159,16 +159,21 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	return err
 }
 
-func newLogger(w io.Writer, level string, json bool) (*slog.Logger, error) {
+// newLogger returns a logger writing to w at level ("debug", "info",
+// "warn", "error") in format ("text" or "json").
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
 	opts := &slog.HandlerOptions{Level: l}
-	if json {
+	switch format {
+	case "json":
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
 	}
-	return slog.New(slog.NewTextHandler(w, opts)), nil
+	return nil, fmt.Errorf("--log-format: want text or json, not %q", format)
 }
 
 // stringList is a repeatable or comma-separated flag.

@@ -61,7 +61,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		writeTimeout = fs.Duration("write-timeout", 30*time.Second, "longest a response write may wait for a client that does not read; then the client loses its connection and its batch is released for a retry (batches never wait for a client while holding a database connection)")
 		drainTimeout = fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long running batches may take to finish")
 		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
-		logJSON      = fs.Bool("log-json", false, "log JSON lines instead of text")
+		logFormat    = fs.String("log-format", "text", "log lines as text (key=value) or json")
 	)
 	var tokens tokenList
 	fs.Var(&tokens, "token", "client bearer token accepted on /v1, as NAME=SECRET (repeatable or comma-separated). Idempotency-Keys are scoped by NAME, so give a client's new secret the same NAME when rotating it. Without any, the API is open to anyone who can reach --listen, including web pages in a browser on this machine: for loopback only")
@@ -72,7 +72,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		fs.Usage()
 		return errors.New("--db is required")
 	}
-	log, err := newLogger(stderr, *logLevel, *logJSON)
+	log, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
 		return err
 	}
