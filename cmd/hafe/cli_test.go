@@ -3,8 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
+
+	"hafe.dev/hafe/internal/buildinfo"
 )
 
 func TestLogFormats(t *testing.T) {
@@ -34,5 +39,55 @@ func TestLogFormats(t *testing.T) {
 	}
 	if _, err := newLogger(&bytes.Buffer{}, "loud", "text"); err == nil || !strings.Contains(err.Error(), "--log-level") {
 		t.Errorf("--log-level loud: %v", err)
+	}
+}
+
+func TestVersionLine(t *testing.T) {
+	for _, c := range []struct {
+		in   buildinfo.Info
+		want string
+	}{
+		{buildinfo.Info{Version: "(devel)", Go: "go1.26.8"}, "hafe (devel) (go1.26.8)"},
+		{buildinfo.Info{Version: "v1.2.0", Revision: "0123456789abcdef", Time: "2026-10-27T10:00:00Z", Go: "go1.26.8"},
+			"hafe v1.2.0 (revision 0123456789ab of 2026-10-27T10:00:00Z, go1.26.8)"},
+		{buildinfo.Info{Version: "(devel)", Revision: "0123456789abcdef", Modified: true, Go: "go1.26.8"},
+			"hafe (devel) (revision 0123456789ab+dirty, go1.26.8)"},
+	} {
+		if got := versionLine(c.in); got != c.want {
+			t.Errorf("%+v: %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
+// A wrong flag costs two lines on standard error, not the whole usage;
+// --help shows every flag with two dashes and exits 0.
+func TestWrongFlagPrintsTheErrorAndAHint(t *testing.T) {
+	bin := buildHafe(t)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve", "--bogus"}, "hafe serve: flag provided but not defined: --bogus\nRun 'hafe serve --help' for usage.\n"},
+		{[]string{"serve", "--pool-size", "many"}, "hafe serve: invalid value \"many\" for flag --pool-size: parse error\nRun 'hafe serve --help' for usage.\n"},
+		{[]string{"db", "install", "--db"}, "hafe db install: flag needs an argument: --db\nRun 'hafe db install --help' for usage.\n"},
+		{[]string{"batches", "rm"}, "hafe batches: unknown subcommand \"rm\" (want ls or show)\nRun 'hafe batches --help' for usage.\n"},
+		{[]string{"version", "x"}, "hafe version: version takes no arguments, got [\"x\"]\nRun 'hafe version --help' for usage.\n"},
+	} {
+		var stderr bytes.Buffer
+		cmd := exec.Command(bin, c.args...)
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || stderr.String() != c.want {
+			t.Errorf("hafe %v: %v, stderr %q; want exit 2 and %q", c.args, err, stderr.String(), c.want)
+		}
+	}
+	out, err := exec.Command(bin, "serve", "--help").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "\n  --pool-size int\n") || strings.Contains(string(out), "\n  -pool-size") {
+		t.Errorf("serve --help: %v\n%s", err, out)
+	}
+	out, err = exec.Command(bin, "version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "hafe ") || !strings.Contains(string(out), runtime.Version()) {
+		t.Errorf("version: %v %q", err, out)
 	}
 }

@@ -14,10 +14,9 @@ import (
 	"sort"
 	"strings"
 	"syscall"
-)
 
-// version is set at build time with -ldflags "-X main.version=…".
-var version = "dev"
+	"hafe.dev/hafe/internal/buildinfo"
+)
 
 type command struct {
 	name    string
@@ -33,10 +32,7 @@ func commands() []command {
 		{"batches", "list and describe the cluster's batches (admin token)", runBatches},
 		{"demo", "start a throwaway cluster and show a batch surviving a front-end crash", runDemo},
 		{"bench", "measure hafe against baselines", runBench},
-		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
-			fmt.Fprintln(stdout, "hafe", version)
-			return nil
-		}},
+		{"version", "print the version, VCS revision and Go version of this build", runVersion},
 	}
 }
 
@@ -73,6 +69,9 @@ func main() {
 			fmt.Fprintf(os.Stderr, "hafe %s: %v\nRun 'hafe %s --help' for usage.\n", ue.cmd, ue.err, ue.cmd)
 			os.Exit(2)
 		case errors.As(err, &ex):
+			if ex.err != nil {
+				fmt.Fprintln(os.Stderr, "hafe:", ex.err)
+			}
 			os.Exit(ex.code)
 		case errors.Is(err, flag.ErrHelp):
 			os.Exit(0) // --help asked for the usage, which was printed
@@ -96,6 +95,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return fmt.Errorf("unknown command %q", args[0])
 }
 
+// runVersion prints what the toolchain recorded in the binary.
+func runVersion(_ context.Context, args []string, stdout, _ io.Writer) error {
+	if len(args) > 0 {
+		return usageError{cmd: "version", err: fmt.Errorf("version takes no arguments, got %q", args)}
+	}
+	fmt.Fprintln(stdout, versionLine(buildinfo.Read()))
+	return nil
+}
+
+// versionLine is "hafe VERSION (revision REV, built with GO)"; the
+// revision part is left out when the build has none (go run, go test).
+func versionLine(i buildinfo.Info) string {
+	s := "hafe " + i.Version
+	if r := i.ShortRevision(); r != "" {
+		s += " (revision " + r
+		if i.Time != "" {
+			s += " of " + i.Time
+		}
+		s += ", " + i.Go + ")"
+	} else {
+		s += " (" + i.Go + ")"
+	}
+	return s
+}
+
 // usageError is a command line that cannot run; main prints it with a
 // one-line hint, not the whole usage.
 type usageError struct {
@@ -106,10 +130,21 @@ type usageError struct {
 func (e usageError) Error() string { return e.err.Error() }
 func (e usageError) Unwrap() error { return e.err }
 
-// exitError ends the process with a status code without printing more.
-type exitError struct{ code int }
+// exitError ends the process with a status code, printing err first when
+// there is one.
+type exitError struct {
+	code int
+	err  error
+}
 
-func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+func (e exitError) Error() string {
+	if e.err != nil {
+		return e.err.Error()
+	}
+	return fmt.Sprintf("exit status %d", e.code)
+}
+
+func (e exitError) Unwrap() error { return e.err }
 
 // newFlagSet returns a flag set whose usage names the command and its
 // arguments and mentions the environment variables.
@@ -118,9 +153,26 @@ func newFlagSet(name, synopsis, about string, stderr io.Writer) *flag.FlagSet {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: hafe %s\n\n%s\n\nFlags (each also from HAFE_<NAME>, e.g. HAFE_%s):\n", synopsis, about, envName(firstFlag(fs)))
-		fs.PrintDefaults()
+		printFlags(stderr, fs)
 	}
 	return fs
+}
+
+// printFlags lists fs's flags as --name, with their types, help and
+// defaults.
+func printFlags(w io.Writer, fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		typ, help := flag.UnquoteUsage(f)
+		line := "  --" + f.Name
+		if typ != "" {
+			line += " " + typ
+		}
+		fmt.Fprintf(w, "%s\n    \t%s", line, strings.ReplaceAll(help, "\n", "\n    \t"))
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "0s" && f.DefValue != "[]" {
+			fmt.Fprintf(w, " (default %q)", f.DefValue)
+		}
+		fmt.Fprintln(w)
+	})
 }
 
 func firstFlag(fs *flag.FlagSet) string {
@@ -139,13 +191,27 @@ func envName(flagName string) string {
 
 // parseFlags parses args, then fills every flag not given on the command
 // line from its HAFE_* environment variable.
+//
+// A flag that does not parse is a usageError (main prints it with a
+// one-line hint); --help prints the whole usage and returns flag.ErrHelp.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	usage, out := fs.Usage, fs.Output()
+	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.Usage = usage
+	fs.SetOutput(out)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		usage()
 		return err
+	case err != nil:
+		// The flag package names flags with one dash; help shows two.
+		msg := strings.NewReplacer("flag -", "flag --", ": -", ": --").Replace(err.Error())
+		return usageError{cmd: fs.Name(), err: errors.New(msg)}
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		if given[f.Name] || err != nil {
 			return

@@ -28,8 +28,17 @@ with the same Idempotency-Key and body, to the next front-end of --to; the new
 front-end resumes it without running any committed transaction twice, and
 lines already written are not written again.
 
-Exit status: 0 every transaction committed, 1 some aborted, 2 an error or an
-incomplete batch (the summary then says how to resume it).
+Exit status:
+  0  every transaction committed
+  1  the batch completed, and some transactions aborted
+  2  usage: bad flags, no --to, an unreadable or malformed FILE
+  3  refused: a front-end answered 4xx (bad request, unknown template, key
+     reused with another body, wrong token): sending it again will not help
+  4  incomplete: front-ends unreachable or busy until --max-attempts or
+     --timeout ran out; the batch is resumable, and standard error says how
+     (same FILE, same --idempotency-key)
+  5  the front-ends' answers broke continuity (a replayed line differed):
+     report it
 
 Example:
   hafe submit sql/demo/transfers.json --to 127.0.0.1:8080,127.0.0.1:8081 | jq -c 'select(.status=="aborted")'`, stderr)
@@ -44,17 +53,16 @@ Example:
 	if err != nil {
 		return err
 	}
-	if len(rest) != 1 || len(to) == 0 {
-		fs.Usage()
-		if len(rest) != 1 {
-			return errors.New("submit: give one batch FILE (or - for standard input)")
-		}
-		return errors.New("submit: --to is required")
+	if len(rest) != 1 {
+		return usageError{cmd: "submit", err: errors.New("give one batch FILE (or - for standard input)")}
+	}
+	if len(to) == 0 {
+		return usageError{cmd: "submit", err: errors.New("--to is required")}
 	}
 	file := rest[0]
 	body, n, err := readBatchFile(file)
 	if err != nil {
-		return err
+		return usageError{cmd: "submit", err: err}
 	}
 
 	p := newProgress(stderr, n, *quiet)
@@ -79,14 +87,21 @@ Example:
 	if err != nil {
 		// A refusal or a broken guarantee will not go away on resubmit;
 		// running out of attempts or time may.
-		if errors.Is(err, client.ErrIncomplete) || ctx.Err() != nil {
+		var api *client.APIError
+		switch {
+		case errors.Is(err, client.ErrIncomplete) || ctx.Err() != nil:
 			fmt.Fprintf(stderr, "hafe: incomplete: %d of %d transactions reported; resume with: hafe submit %s --to %s --idempotency-key %s\n",
 				sum.Transactions, n, file, strings.Join(to, ","), sum.IdempotencyKey)
+			return exitError{code: 4, err: err}
+		case errors.Is(err, client.ErrContinuity):
+			return exitError{code: 5, err: err}
+		case errors.As(err, &api) && !api.Retryable():
+			return exitError{code: 3, err: err}
 		}
 		return err
 	}
 	if sum.Aborted > 0 {
-		return exitError{1}
+		return exitError{code: 1}
 	}
 	return nil
 }

@@ -145,19 +145,19 @@ func TestSubmitExitStatus(t *testing.T) {
 			t.Errorf("exit %d, stderr %q: want 0 and nothing", r.code, r.stderr)
 		}
 	})
-	t.Run("refusal is 2 with the server's code", func(t *testing.T) {
+	t.Run("refusal is 3 with the server's code", func(t *testing.T) {
 		r := runSubmitBinary(t, bin, `{"transactions":[{"template":"nope","args":{}}]}`, "-", "--to", url)
-		if r.code != 2 || !strings.Contains(r.stderr, "unknown_template") || r.stdout != "" || strings.Contains(r.stderr, "resume") {
-			t.Errorf("exit %d, stdout %q, stderr %s: want 2 and unknown_template", r.code, r.stdout, r.stderr)
+		if r.code != 3 || !strings.Contains(r.stderr, "unknown_template") || r.stdout != "" || strings.Contains(r.stderr, "resume") {
+			t.Errorf("exit %d, stdout %q, stderr %s: want 3 and unknown_template", r.code, r.stdout, r.stderr)
 		}
 	})
-	t.Run("key reused with another body is 2", func(t *testing.T) {
+	t.Run("key reused with another body is 3", func(t *testing.T) {
 		if r := runSubmitBinary(t, bin, small, "-", "--to", url, "--idempotency-key", "k-reused"); r.code != 0 {
 			t.Fatalf("first submit: exit %d, %s", r.code, r.stderr)
 		}
 		r := runSubmitBinary(t, bin, "", sample, "--to", url, "--idempotency-key", "k-reused")
-		if r.code != 2 || !strings.Contains(r.stderr, "idempotency_key_reused") {
-			t.Errorf("exit %d, stderr %s: want 2 and idempotency_key_reused", r.code, r.stderr)
+		if r.code != 3 || !strings.Contains(r.stderr, "idempotency_key_reused") {
+			t.Errorf("exit %d, stderr %s: want 3 and idempotency_key_reused", r.code, r.stderr)
 		}
 	})
 	t.Run("same key again replays the finished batch", func(t *testing.T) {
@@ -167,16 +167,17 @@ func TestSubmitExitStatus(t *testing.T) {
 			t.Errorf("exits %d, %d; stdouts\n%s\n%s\nwant 0 and identical bytes", a.code, b.code, a.stdout, b.stdout)
 		}
 	})
-	t.Run("unreachable front-ends is 2 and says how to resume", func(t *testing.T) {
+	t.Run("unreachable front-ends is 4 and says how to resume", func(t *testing.T) {
 		r := runSubmitBinary(t, bin, small, "-", "--to", dead, "--max-attempts", "2")
-		if r.code != 2 || !strings.Contains(r.stderr, "resume with: hafe submit - --to "+dead+" --idempotency-key hafe-") {
+		if r.code != 4 || !strings.Contains(r.stderr, "resume with: hafe submit - --to "+dead+" --idempotency-key hafe-") {
 			t.Errorf("exit %d, stderr %s", r.code, r.stderr)
 		}
 	})
-	t.Run("usage errors are 2", func(t *testing.T) {
-		for _, args := range [][]string{{sample}, {"--to", url}, {"--to", url, "/no/such/file.json"}} {
-			if r := runSubmitBinary(t, bin, "", args...); r.code != 2 {
-				t.Errorf("hafe submit %v: exit %d, want 2", args, r.code)
+	t.Run("usage errors are 2 with a one-line hint", func(t *testing.T) {
+		for _, args := range [][]string{{sample}, {"--to", url}, {"--to", url, "/no/such/file.json"}, {"--to", url, "--bogus", sample}} {
+			r := runSubmitBinary(t, bin, "", args...)
+			if r.code != 2 || !strings.HasSuffix(r.stderr, "Run 'hafe submit --help' for usage.\n") || strings.Count(r.stderr, "\n") != 2 {
+				t.Errorf("hafe submit %v: exit %d, stderr %q; want 2, the error and the hint", args, r.code, r.stderr)
 			}
 		}
 	})
@@ -186,7 +187,7 @@ func TestSubmitSendsToken(t *testing.T) {
 	url := startBankFrontEnd(t, "s3cret")
 	bin := buildHafe(t)
 	small := `{"transactions":[{"template":"balance","args":{"id":1}}]}`
-	if r := runSubmitBinary(t, bin, small, "-", "--to", url); r.code != 2 || !strings.Contains(r.stderr, "401 unauthorized") {
+	if r := runSubmitBinary(t, bin, small, "-", "--to", url); r.code != 3 || !strings.Contains(r.stderr, "401 unauthorized") {
 		t.Errorf("without token: exit %d, stderr %s", r.code, r.stderr)
 	}
 	if r := runSubmitBinary(t, bin, small, "-", "--to", url, "--token", "s3cret"); r.code != 0 {
