@@ -169,7 +169,7 @@ func TestUpgradeFrom11RecordsLaterTakeovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	res, err := Install(ctx, c, InstallOptions{}, nil)
-	if err != nil || res.From != "1.1" || res.To != "1.2" {
+	if err != nil || res.From != "1.1" || res.To != DefaultVersion {
 		t.Fatalf("upgrade %+v: %v", res, err)
 	}
 	if _, err := ClaimBatch(ctx, c, id, "fe2", "run2"); err != nil {

@@ -43,10 +43,13 @@ type InstallOptions struct {
 	ForceSchema bool
 	// Version is the target version; default DefaultVersion.
 	Version string
-	// ClientRole is the role raw SQL runs as (default DefaultClientRole).
-	// Install creates it (NOLOGIN, no privilege on schema hafe) if it does
-	// not exist and makes the installing role a member, so that front-ends
-	// connecting as that role can SET ROLE to it.
+	// ClientRole is the role raw SQL sessions log in as (default
+	// DefaultClientRole). Install creates it NOLOGIN if it does not exist
+	// (an administrator gives it LOGIN and a password: Install never
+	// handles passwords), grants it USAGE on schema hafe and EXECUTE on
+	// hafe.record_outcome and nothing else of hafe's, and makes the
+	// installing role a member, so that a front-end connecting as that
+	// role may terminate client sessions when it fences a batch.
 	ClientRole string
 }
 
@@ -97,9 +100,11 @@ func Install(ctx context.Context, conn *pgx.Conn, opts InstallOptions, log *slog
 	return res, nil
 }
 
-// ensureClientRole creates role (NOLOGIN) unless it exists, and makes the
-// current role a member. Roles belong to the whole server, so installs into
-// two databases may race to create it: the loser finds it made.
+// ensureClientRole creates role (NOLOGIN) unless it exists, makes the
+// current role a member, and lets role call hafe.record_outcome, the one
+// thing of schema hafe it may use. Roles belong to the whole server, so
+// installs into two databases may race to create it: the loser finds it
+// made.
 func ensureClientRole(ctx context.Context, tx pgx.Tx, role string) error {
 	ident := pgx.Identifier{role}.Sanitize()
 	var exists, member bool
@@ -119,8 +124,20 @@ func ensureClientRole(ctx context.Context, tx pgx.Tx, role string) error {
 			return fmt.Errorf("grant it to the front-end role (or have an administrator run GRANT %s TO <front-end role>): %w", ident, err)
 		}
 	}
+	var recordOutcome bool
+	if err := tx.QueryRow(ctx, "SELECT to_regprocedure($1) IS NOT NULL", recordOutcomeSignature).Scan(&recordOutcome); err != nil {
+		return err
+	}
+	if recordOutcome {
+		if _, err := tx.Exec(ctx, "GRANT USAGE ON SCHEMA hafe TO "+ident+"; GRANT EXECUTE ON FUNCTION "+recordOutcomeSignature+" TO "+ident); err != nil {
+			return fmt.Errorf("grant it hafe.record_outcome: %w", err)
+		}
+	}
 	return nil
 }
+
+// recordOutcomeSignature names hafe.record_outcome for GRANT and checks.
+const recordOutcomeSignature = "hafe.record_outcome(uuid, integer, text, text, bigint, text, integer, bytea)"
 
 // ignoringDuplicates runs sql in a savepoint and ignores its failure if
 // what it makes was made meanwhile by another transaction.

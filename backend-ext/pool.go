@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -81,4 +82,27 @@ func WithLiveConn(ctx context.Context, pool *pgxpool.Pool, op func(DB) error) er
 	}
 	pool.Reset()
 	return op(pool)
+}
+
+// ConfigureRawPool sets up a pool of sessions that log in as the client
+// role to run clients' raw SQL: named and fenced like the front-end's own
+// sessions (ConfigurePool), and built so that a slow statement ends when
+// its context does. timeout is the longest a raw SQL transaction may run;
+// the front-end enforces it by cancelling (a client may change
+// statement_timeout), and the session defaults below only back it up.
+func ConfigureRawPool(cfg *pgxpool.Config, memberID, incarnation string, idleInTx, timeout time.Duration) {
+	ConfigurePool(cfg, memberID, incarnation, idleInTx)
+	rp := cfg.ConnConfig.RuntimeParams
+	if timeout > 0 {
+		rp["statement_timeout"] = strconv.FormatInt((timeout + time.Second).Milliseconds(), 10)
+	}
+	// A backend whose front-end hung up stops its query within a second
+	// instead of running it to the end unseen.
+	rp["client_connection_check_interval"] = "1000"
+	// On a cancelled context, ask the server to cancel the statement (so
+	// the backend stops and releases its locks now), and give up on the
+	// connection if that does not end it soon.
+	cfg.ConnConfig.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: 2 * time.Second}
+	}
 }

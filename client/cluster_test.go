@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"hafe.dev/hafe/internal/pgtemp"
 	"hafe.dev/hafe/internal/pgtemp/pgtest"
 	hafesql "hafe.dev/hafe/sql"
+	"hafe.dev/hafe/txn"
 )
 
 var server *pgtemp.Server
@@ -57,9 +59,14 @@ func startFrontEnd(t *testing.T, dbURL, id string, o feOptions) *frontEnd {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var raw txn.RawSQLConfig
+	if o.rawSQL {
+		raw = rawSQLFor(t, pool, dbURL, id)
+	}
 	fe, err := frontend.New(pool, frontend.Config{
 		ID: id, AllowRawSQL: o.rawSQL, ClientTokens: o.tokens,
 		HeartbeatInterval: 100 * time.Millisecond,
+		Executor:          txn.Config{RawSQL: raw},
 	}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -85,6 +92,32 @@ func startFrontEnd(t *testing.T, dbURL, id string, o feOptions) *frontEnd {
 		pool.Close()
 	})
 	return &frontEnd{Server: srv, fe: fe, rec: rec}
+}
+
+// rawSQLFor lets the client role log in and opens raw SQL's own pool, as
+// hafe serve --raw-sql-db does; the outcome key is read with pool's role.
+func rawSQLFor(t *testing.T, pool *pgxpool.Pool, dbURL, id string) txn.RawSQLConfig {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, "ALTER ROLE hafe_client LOGIN PASSWORD 'client-secret'"); err != nil {
+		t.Fatal(err)
+	}
+	key, err := backendext.ReadOutcomeKey(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgxpool.ParseConfig(strings.Replace(dbURL, "postgres://postgres@", "postgres://hafe_client:client-secret@", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 4
+	backendext.ConfigureRawPool(cfg, id, "", time.Minute, txn.DefaultRawSQLTimeout)
+	raw, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(raw.Close)
+	return txn.RawSQLConfig{Pool: raw, OutcomeKey: key}
 }
 
 type connKey struct{}

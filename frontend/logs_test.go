@@ -60,6 +60,9 @@ func startLoggedFrontend(t *testing.T, url string, cfg Config) (*frontendUnderTe
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
+	if cfg.AllowRawSQL && cfg.Executor.RawSQL.Pool == nil {
+		cfg.Executor.RawSQL = rawSQLFor(t, pool, cfg.ID, 4)
+	}
 	logs := &logBuffer{}
 	s, err := New(pool, cfg, slog.New(slog.NewJSONHandler(logs, nil)))
 	if err != nil {

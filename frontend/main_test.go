@@ -24,6 +24,7 @@ import (
 	"hafe.dev/hafe/internal/pgtemp"
 	"hafe.dev/hafe/internal/pgtemp/pgtest"
 	hafesql "hafe.dev/hafe/sql"
+	"hafe.dev/hafe/txn"
 )
 
 // server is the throwaway PostgreSQL every test and benchmark of this
@@ -83,9 +84,38 @@ const clientGrants = `GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHE
 	GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO hafe_client;`
 
 // newDB makes a fresh database with hafe installed, the demo bank and the
-// effects table, and returns its URL.
+// effects table, and returns its URL. The client role may log in, with
+// clientPassword.
 func newDB(t testing.TB) string {
-	return pgtest.Database(t, server, "frontend", hafesql.DemoSchema()+effectsSchema+clientGrants)
+	return pgtest.Database(t, server, "frontend", hafesql.DemoSchema()+effectsSchema+clientGrants+clientLogin)
+}
+
+// clientPassword is the client role's, as an operator would set it.
+const clientPassword = "client-secret"
+
+const clientLogin = `ALTER ROLE hafe_client LOGIN PASSWORD '` + clientPassword + `';`
+
+// rawSQLFor returns what a front-end on pool needs to run raw SQL: a pool
+// of sessions that log in as the client role (at most conns), and the
+// outcome key read with pool's own role, as hafe serve does.
+func rawSQLFor(t testing.TB, pool *pgxpool.Pool, id string, conns int32) txn.RawSQLConfig {
+	t.Helper()
+	cfg := pool.Config().Copy()
+	cfg.ConnConfig.User = backendext.DefaultClientRole
+	cfg.ConnConfig.Password = clientPassword
+	cfg.MaxConns = conns
+	cfg.ConnConfig.RuntimeParams = map[string]string{}
+	backendext.ConfigureRawPool(cfg, id, "", time.Minute, txn.DefaultRawSQLTimeout)
+	raw, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(raw.Close)
+	key, err := backendext.ReadOutcomeKey(context.Background(), pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return txn.RawSQLConfig{Pool: raw, OutcomeKey: key}
 }
 
 // checker reads the database the way a test's assertions need.
@@ -254,6 +284,11 @@ func startFrontendOn(t testing.TB, pool *pgxpool.Pool, cfg Config) *frontendUnde
 	t.Helper()
 	if cfg.ID == "" {
 		cfg.ID = "fe-test"
+	}
+	if cfg.AllowRawSQL && cfg.Executor.RawSQL.Pool == nil {
+		timeout := cfg.Executor.RawSQL.Timeout
+		cfg.Executor.RawSQL = rawSQLFor(t, pool, cfg.ID, 4)
+		cfg.Executor.RawSQL.Timeout = timeout
 	}
 	s, err := New(pool, cfg, nil)
 	if err != nil {
@@ -461,3 +496,6 @@ func rawTxn(queries ...string) string {
 func isCanceled(err error) bool {
 	return errors.Is(err, context.Canceled)
 }
+
+// withRawSQLTimeout sets how long a raw SQL transaction may run.
+func withRawSQLTimeout(cfg *Config, d time.Duration) { cfg.Executor.RawSQL.Timeout = d }

@@ -27,7 +27,9 @@ type Config struct {
 	ID string
 	// Addr is the HTTP address other members and operators see for it.
 	Addr string
-	// AllowRawSQL accepts {"sql":[…]} transactions besides templates.
+	// AllowRawSQL accepts {"sql":[…]} transactions besides templates. It
+	// needs Executor.RawSQL: a pool that logs in as the client role, and
+	// the outcome key.
 	AllowRawSQL bool
 	// ClientTokens are the bearer tokens accepted on /v1; none means the
 	// batch API is open (fine on loopback, not elsewhere). Idempotency-Keys
@@ -131,6 +133,9 @@ func New(pool *pgxpool.Pool, cfg Config, log *slog.Logger) (*Server, error) {
 		if t.Name == "" || t.Secret == "" {
 			return nil, errors.New("frontend: every client token needs a name and a secret")
 		}
+	}
+	if cfg.AllowRawSQL && (cfg.Executor.RawSQL.Pool == nil || len(cfg.Executor.RawSQL.OutcomeKey) == 0) {
+		return nil, errors.New("frontend: AllowRawSQL needs Executor.RawSQL.Pool (sessions that log in as the client role) and Executor.RawSQL.OutcomeKey")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

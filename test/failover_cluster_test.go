@@ -67,7 +67,9 @@ var slowPoints = []struct {
 // idle in a transaction is ended after 5s (default 30s): a stuck owner's
 // slot transaction that has not written its outcome yet is not fenced (see
 // TestKnownBugStuckSlotTransactionIsNotFenced) and holds its rows until then.
-// The test database has only its superuser, hence --allow-superuser.
+// The test database's front-ends run as its superuser, hence
+// --allow-superuser; raw SQL logs in as the client role (clientPassword,
+// see failoverSchema), which that never excuses.
 var frontEndFlags = []string{"--allow-raw-sql", "--allow-superuser", "--heartbeat", "200ms", "--owner-liveness", "1s", "--fence-grace", "1s",
 	"--idle-in-transaction-timeout", "5s"}
 
@@ -94,10 +96,14 @@ BEGIN
 END $$;
 CREATE CONSTRAINT TRIGGER runs_slow_commit AFTER INSERT ON runs
 	DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();
--- The workload is raw SQL, which runs as the client role (hafe db install
--- made it).
+-- The workload is raw SQL, which logs in as the client role (hafe db
+-- install made it NOLOGIN; an operator gives it a password).
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO hafe_client;
+ALTER ROLE hafe_client LOGIN PASSWORD '` + clientPassword + `';
 `
+
+// clientPassword is the client role's in the failover tests.
+const clientPassword = "hafe-client-test"
 
 // startFailoverCluster starts PostgreSQL and frontEnds front-ends with
 // frontEndFlags and extra.
@@ -124,7 +130,8 @@ func startFailoverCluster(t *testing.T, frontEnds int, slow slowPoint, extra ...
 	}
 	fes := harness.StartHafes(t, nw, frontEnds, func(i int) harness.HafeConfig {
 		id := fmt.Sprintf("fe%d", i+1)
-		return harness.HafeConfig{Alias: id, Args: harness.ServeArgs(pg.NetworkURL, id, append(slices.Clone(frontEndFlags), extra...)...)}
+		flags := append(slices.Clone(frontEndFlags), "--raw-sql-db", pg.NetworkURLFor("hafe_client", clientPassword))
+		return harness.HafeConfig{Alias: id, Args: harness.ServeArgs(pg.NetworkURL, id, append(flags, extra...)...)}
 	})
 	return &failoverCluster{pg: pg, fes: fes, body: failoverBatch(failoverSlots, slow, "")}
 }

@@ -52,8 +52,8 @@ func (c *chain) step(ctx context.Context, seq int, t Transaction) error {
 		return c.settle(ctx, seq, t, err, 1)
 	}
 	if t.Raw || !c.e.allKnown(sent) {
-		// A client's raw SQL runs on its own connection under the client
-		// role, which is scrubbed afterwards; it is never chained.
+		// A client's raw SQL runs on a session of the raw SQL pool,
+		// logged in as the client role; it is never chained.
 		//
 		// A statement never prepared might fail to: that would abort the
 		// pending slot's transaction too. Run it on its own.

@@ -43,13 +43,12 @@ type Config struct {
 	SettleTimeout time.Duration
 	// Limits bound each transaction's results (default DefaultLimits).
 	Limits Limits
-	// ClientRole is the database role raw SQL runs as (SET LOCAL ROLE), so
-	// that PostgreSQL keeps it away from schema hafe (default
-	// backendext.DefaultClientRole). The pool's role must be a member.
-	ClientRole string
 	// Observer is told about outcomes, retries, takeovers and fencing as
 	// they happen (default: nobody).
 	Observer Observer
+	// RawSQL is where and how clients' raw SQL runs; without its Pool,
+	// raw SQL transactions abort.
+	RawSQL RawSQLConfig
 }
 
 func (c Config) withDefaults() Config {
@@ -71,8 +70,8 @@ func (c Config) withDefaults() Config {
 	if c.SettleTimeout <= 0 {
 		c.SettleTimeout = 60 * time.Second
 	}
-	if c.ClientRole == "" {
-		c.ClientRole = backendext.DefaultClientRole
+	if c.RawSQL.Timeout <= 0 {
+		c.RawSQL.Timeout = DefaultRawSQLTimeout
 	}
 	if c.Observer == nil {
 		c.Observer = nopObserver{}

@@ -59,7 +59,7 @@ func TestResultLimitIsAppliedWhileReadingRows(t *testing.T) {
 // clients' raw SQL (never chained) is not remembered at all.
 func TestPreparedSQLMemoryIsBounded(t *testing.T) {
 	url := newDB(t)
-	e, _ := newExecutor(t, url, "fe1", Config{})
+	e, _ := newExecutor(t, url, "fe1", Config{RawSQL: rawSQLConfig(t, url, 1)})
 	e.known = newKnownSQL(3, 1<<20)
 	var txns []Transaction
 	for i := 1; i <= 6; i++ {

@@ -69,9 +69,9 @@ func (s Statement) sent() (string, []any, error) {
 type Transaction struct {
 	Statements []Statement
 	// Raw marks statements a client wrote (raw SQL), as opposed to an
-	// operator's template: they run under Config.ClientRole, which has no
-	// privilege on schema hafe, on a connection whose session state is
-	// reset before anyone else uses it. Check them with rawsql.Check first.
+	// operator's template: they run on a session that logs in as the
+	// client role (Config.RawSQL), which has no privilege on schema hafe,
+	// and that is closed afterwards. Check them with rawsql.Check first.
 	Raw bool
 }
 

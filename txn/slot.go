@@ -169,94 +169,41 @@ func (e *Executor) sleep(ctx context.Context, d time.Duration) {
 
 // attempt runs the slot's transaction once, in two round trips: the first
 // pipeline opens the transaction and runs the statements; the second writes
-// the rendered outcome (checking the lease) and commits.
+// the rendered outcome (checking the lease) and commits. A client's raw SQL
+// runs elsewhere (attemptRaw).
 func (e *Executor) attempt(ctx context.Context, l *Lease, seq int, t Transaction, iso Isolation, attempts int) (backendext.Outcome, error) {
+	if t.Raw {
+		return e.attemptRaw(ctx, l, seq, t, iso, attempts)
+	}
 	conn, err := e.pool.Acquire(ctx)
 	if err != nil {
 		return backendext.Outcome{}, e.classify(ctx, err, 0, false)
 	}
 	defer conn.Release()
-	if t.Raw {
-		// Whatever the client's statements left on the session (temporary
-		// tables, session locks, settings) goes before the next user.
-		defer scrub(ctx, conn.Conn())
-	}
 
 	sent, args, err := sentStatements(t)
 	if err != nil {
 		return backendext.Outcome{}, err
 	}
 	b := &pgx.Batch{}
-	var prelude, postlude []string
-	if t.Raw {
-		// A client's raw SQL runs as the client role, which PostgreSQL
-		// keeps away from schema hafe; the statements that could switch
-		// back are refused before anything runs (rawsql.Check). The role
-		// is taken in a round trip of its own because the driver parses a
-		// pipeline's new statements before it runs any: parsed as the
-		// front-end's role, the client's statements would resolve names
-		// in schema hafe.
-		if _, err := conn.Conn().Exec(ctx, iso.beginSQL()+"; SET LOCAL ROLE "+pgx.Identifier{e.cfg.ClientRole}.Sanitize()); err != nil {
-			rollback(ctx, conn.Conn())
-			return backendext.Outcome{}, e.classify(ctx, err, 0, false)
-		}
-		postlude = afterClientStatements
-	} else {
-		prelude = []string{iso.beginSQL()}
-	}
-	for _, q := range prelude {
-		b.Queue(q)
-	}
+	b.Queue(iso.beginSQL())
 	for i, q := range sent {
 		b.Queue(q, args[i]...)
 	}
-	for _, q := range postlude {
-		b.Queue(q)
-	}
-	results, err := e.runStatements(ctx, conn.Conn().SendBatch(ctx, b), len(prelude), sent, len(postlude))
+	results, err := e.runStatements(ctx, conn.Conn().SendBatch(ctx, b), 1, sent, 0)
 	if err != nil {
 		rollback(ctx, conn.Conn())
 		return backendext.Outcome{}, err
 	}
-	if !t.Raw {
-		// Raw SQL is never chained: remembering it would only fill memory
-		// with clients' text.
-		e.markKnown(sent)
-	}
+	// Raw SQL (attemptRaw) is never chained, nor remembered: that would
+	// only fill memory with clients' text.
+	e.markKnown(sent)
 	o, err := e.committedOutcome(l, seq, results, attempts)
 	if err != nil {
 		rollback(ctx, conn.Conn())
 		return backendext.Outcome{}, err
 	}
 	return o, e.commitOutcome(ctx, conn.Conn(), o, false)
-}
-
-// afterClientStatements end a raw SQL slot's statements, before hafe
-// writes its outcome: back to the front-end's own role, with the client's
-// settings undone (RESET ALL brings search_path back to the session's
-// default too). The search_path is not pinned any narrower: the
-// application's deferred triggers and constraints run at the COMMIT that
-// follows and may name their tables unqualified; hafe's own outcome
-// statement names everything by schema.
-var afterClientStatements = []string{"RESET ROLE", "RESET ALL"}
-
-// scrubSQL resets what a client's statements may leave on a session
-// beyond their transaction. DISCARD ALL would also drop the driver's
-// prepared statements.
-const scrubSQL = `RESET ROLE; RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES`
-
-// scrub brings a session back to the state it started in after it ran a
-// client's raw SQL; a session that cannot be scrubbed is closed, and the
-// pool replaces it.
-func scrub(ctx context.Context, conn *pgx.Conn) {
-	if conn.IsClosed() {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if _, err := conn.Exec(ctx, scrubSQL); err != nil {
-		conn.Close(ctx)
-	}
 }
 
 // record writes an outcome in a transaction of its own: used for aborted

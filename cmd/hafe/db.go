@@ -47,7 +47,7 @@ func runDBInstall(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	db := fs.String("db", "", "PostgreSQL URL (required)")
 	schemaOnly := fs.Bool("schema-only", false, "apply the SQL as a plain schema even where CREATE EXTENSION would work")
 	version := fs.String("version", backendext.DefaultVersion, "target version")
-	clientRole := fs.String("client-role", backendext.DefaultClientRole, "role raw SQL runs as: created NOLOGIN if missing, without privilege on schema hafe, and granted to the installing role")
+	clientRole := fs.String("client-role", backendext.DefaultClientRole, "role raw SQL sessions log in as: created NOLOGIN if missing (give it LOGIN and a password yourself: ALTER ROLE … LOGIN PASSWORD '…'), granted USAGE on schema hafe and EXECUTE on hafe.record_outcome and nothing else of hafe's, and granted to the installing role so that fencing may end its sessions")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	backendext "hafe.dev/hafe/backend-ext"
@@ -35,11 +36,14 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		listen       = fs.String("listen", "127.0.0.1:8080", "HTTP listen address")
 		advertise    = fs.String("advertise", "", "address other members and operators reach this front-end at (default: --listen)")
 		id           = fs.String("id", "", "this front-end's name in the cluster (default: host name and port)")
-		rawSQL       = fs.Bool("allow-raw-sql", false, `accept {"sql":[...]} transactions, not only templates; they run as --client-role`)
-		clientRole   = fs.String("client-role", backendext.DefaultClientRole, "database role raw SQL runs as (SET LOCAL ROLE); it must have no privilege on schema hafe, and the --db role must be a member (hafe db install sets this up)")
+		rawSQL       = fs.Bool("allow-raw-sql", false, `accept {"sql":[...]} transactions, not only templates; they run on sessions of --raw-sql-db, which logs in as the client role`)
+		rawDB        = fs.String("raw-sql-db", "", "PostgreSQL URL that logs in as the client role, for raw SQL (required with --allow-raw-sql), e.g. postgres://hafe_client:secret@db:5432/app. The role may have no privilege on schema hafe but calling hafe.record_outcome, nor be a superuser or have BYPASSRLS, CREATEROLE or CREATEDB, nor be a member of a role that has; hafe serve checks at start")
+		clientRole   = fs.String("client-role", "", "the role --raw-sql-db must log in as (default: the user named in --raw-sql-db)")
+		rawPoolSize  = fs.Int("raw-sql-pool-size", 5, "most raw SQL transactions running at once; each has a database session of its own, apart from --pool-size, and closed after it")
+		rawTimeout   = fs.Duration("raw-sql-timeout", txn.DefaultRawSQLTimeout, "longest a raw SQL transaction may run; it is then cancelled and recorded aborted (raw_sql_timeout)")
 		templates    = fs.String("templates", "", "directory of NAME.sql transaction templates (default: the built-in demo bank templates)")
 		install      = fs.Bool("install", false, "install or upgrade hafe's back-end objects at start (as hafe db install)")
-		allowSuper   = fs.Bool("allow-superuser", false, "serve even if the --db role or --client-role is a superuser or may run programs or touch files on the database server (pg_execute_server_program, pg_read/write_server_files); refused otherwise")
+		allowSuper   = fs.Bool("allow-superuser", false, "serve even if the --db role is a superuser or may run programs or touch files on the database server (pg_execute_server_program, pg_read/write_server_files); refused otherwise. Never excuses the client role")
 		adminToken   = fs.String("admin-token", "", "bearer token for /admin routes (empty: admin routes disabled)")
 		poolSize     = fs.Int("pool-size", 20, "maximum database connections for batches (the heartbeat, readiness and admin routes have 2 more of their own)")
 		idleInTx     = fs.Duration("idle-in-transaction-timeout", 30*time.Second, "idle_in_transaction_session_timeout of this front-end's sessions")
@@ -71,6 +75,9 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 	if *db == "" {
 		fs.Usage()
 		return errors.New("--db is required")
+	}
+	if *rawSQL && *rawDB == "" {
+		return errors.New("--allow-raw-sql needs --raw-sql-db, a URL that logs in as the client role (e.g. postgres://hafe_client:secret@db/app): raw SQL run on the front-end's own sessions could take the front-end's role back (set_config('role', …) through query_to_xml and the like), so it only runs on sessions whose login role is the client role. Run hafe db install --client-role hafe_client, then ALTER ROLE hafe_client LOGIN PASSWORD '…'")
 	}
 	log, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
@@ -125,14 +132,27 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		return fmt.Errorf("database: %w", err)
 	}
 	defer ctl.Close()
+	var rawCfg *pgxpool.Config
+	role := backendext.DefaultClientRole
+	if *rawSQL {
+		if rawCfg, err = pgxpool.ParseConfig(*rawDB); err != nil {
+			ln.Close()
+			return fmt.Errorf("--raw-sql-db: %w", err)
+		}
+		role = rawCfg.ConnConfig.User
+		if *clientRole != "" && *clientRole != role {
+			ln.Close()
+			return fmt.Errorf("--raw-sql-db logs in as %q, but --client-role is %q", role, *clientRole)
+		}
+	}
 	if *install {
-		if err := installWithPool(ctx, pool, *clientRole, log); err != nil {
+		if err := installWithPool(ctx, pool, role, log); err != nil {
 			ln.Close()
 			return err
 		}
 	}
 
-	roles, err := backendext.ReadRoles(ctx, pool, *clientRole)
+	roles, err := backendext.ReadRoles(ctx, pool, role)
 	if err != nil {
 		ln.Close()
 		return err
@@ -141,13 +161,24 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		ln.Close()
 		return fmt.Errorf("refusing to serve:\n  %s", strings.Join(problems, "\n  "))
 	}
+	var raw txn.RawSQLConfig
+	if *rawSQL {
+		rawCfg.MaxConns = int32(*rawPoolSize)
+		backendext.ConfigureRawPool(rawCfg, *id, incarnation, *idleInTx, *rawTimeout)
+		if raw, err = openRawSQL(ctx, pool, rawCfg, role); err != nil {
+			ln.Close()
+			return err
+		}
+		defer raw.Pool.Close()
+		raw.Timeout = *rawTimeout
+	}
 
 	fe, err := frontend.New(pool, frontend.Config{
 		ID: *id, Addr: addr, AllowRawSQL: *rawSQL, ClientTokens: tokens, AdminToken: *adminToken,
 		Templates: catalog,
 		Limits:    frontend.Limits{MaxBodyBytes: *maxBody, MaxTransactions: *maxTxns, MaxStatements: *maxStmts, MaxBatchValues: *maxValues},
 		Executor: txn.Config{
-			Incarnation: incarnation, ClientRole: *clientRole,
+			Incarnation: incarnation, RawSQL: raw,
 			MaxAttempts: *maxAttempts, FenceGrace: *fenceGrace, OwnerLiveness: *liveness, SettleTimeout: *settle,
 			Limits: txn.Limits{MaxRows: *maxRows, MaxReportBytes: *maxReport},
 		},
@@ -234,4 +265,36 @@ func (l *tokenList) Set(v string) error {
 		*l = append(*l, frontend.Token{Name: name, Secret: secret})
 	}
 	return nil
+}
+
+// openRawSQL opens the raw SQL pool and checks that it logs in as role, to
+// the front-end's database, and reads the key raw SQL outcomes are signed
+// with (with the front-end's own role: the client role cannot read it).
+func openRawSQL(ctx context.Context, pool *pgxpool.Pool, cfg *pgxpool.Config, role string) (txn.RawSQLConfig, error) {
+	raw, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return txn.RawSQLConfig{}, fmt.Errorf("--raw-sql-db: %w", err)
+	}
+	var user, rawDB, db string
+	err = raw.QueryRow(ctx, "SELECT session_user::text, current_database()::text").Scan(&user, &rawDB)
+	if err == nil {
+		err = pool.QueryRow(ctx, "SELECT current_database()::text").Scan(&db)
+	}
+	switch {
+	case err != nil:
+		raw.Close()
+		return txn.RawSQLConfig{}, fmt.Errorf("--raw-sql-db: cannot log in as the client role %q: %w (it needs LOGIN and a password: ALTER ROLE %s LOGIN PASSWORD '…')", role, err, pgx.Identifier{role}.Sanitize())
+	case user != role:
+		raw.Close()
+		return txn.RawSQLConfig{}, fmt.Errorf("--raw-sql-db logs in as %q, want the client role %q", user, role)
+	case rawDB != db:
+		raw.Close()
+		return txn.RawSQLConfig{}, fmt.Errorf("--raw-sql-db connects to database %q, but --db to %q", rawDB, db)
+	}
+	key, err := backendext.ReadOutcomeKey(ctx, pool)
+	if err != nil {
+		raw.Close()
+		return txn.RawSQLConfig{}, err
+	}
+	return txn.RawSQLConfig{Pool: raw, OutcomeKey: key}, nil
 }

@@ -85,6 +85,33 @@ func startServe(t *testing.T, args ...string) *servedProcess {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if slices.Contains(args, "--allow-raw-sql") {
+		// Raw SQL logs in as the client role, which has a password, as an
+		// operator would set it up (--install then grants it what it needs).
+		admin, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = admin.Exec(ctx, "CREATE ROLE hafe_client LOGIN PASSWORD 'client-secret'")
+		admin.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--raw-sql-db", strings.Replace(url, "postgres://postgres@", "postgres://hafe_client:client-secret@", 1))
+	}
+	if slices.Contains(args, "--install") {
+		// As a plain schema first: the server's extension directory is
+		// shared, and may hold another build's scripts.
+		admin, err := pgx.Connect(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = backendext.Install(ctx, admin, backendext.InstallOptions{ForceSchema: true}, nil)
+		admin.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	p := &servedProcess{url: url, addr: pickServeAddr(t), logs: &bytes.Buffer{}, exited: make(chan error, 1)}
 	// The throwaway server has only its superuser.
 	p.cmd = exec.Command(bin, append([]string{"serve", "--db", url, "--listen", p.addr, "--allow-superuser"}, args...)...)

@@ -147,6 +147,17 @@ func (p *Postgres) URLFor(user, password, database string) string {
 	return u.String()
 }
 
+// NetworkURLFor is NetworkURL with another user and password, for a
+// container that logs in as a role a test created.
+func (p *Postgres) NetworkURLFor(user, password string) string {
+	u, err := url.Parse(p.NetworkURL)
+	if err != nil {
+		panic(err) // built above: always parses
+	}
+	u.User = url.UserPassword(user, password)
+	return u.String()
+}
+
 // Connect opens a pgx connection from the test process, closed when the test
 // ends.
 func (p *Postgres) Connect(t testing.TB) *pgx.Conn {

@@ -79,6 +79,8 @@ var sessionState = []string{"reset", "discard", "listen", "unlisten", "prepare",
 var protectedSettings = []string{
 	"role", "session_authorization", "session", "transaction", "transaction_isolation",
 	"transaction_read_only", "transaction_deferrable", "standard_conforming_strings", "backslash_quote",
+	// Fencing finds a front-end's sessions by name, and ends those left open.
+	"application_name", "idle_in_transaction_session_timeout",
 }
 
 func checkStatement(stmt []token) *Refusal {
@@ -109,6 +111,8 @@ func checkStatement(stmt []token) *Refusal {
 		return refuse("%s changes the session, which later clients of the connection would inherit", upper(k))
 	case k == "set":
 		return checkSet(stmt[1:])
+	case k == "alter" && (isKeyword(stmt, 1, "role") || isKeyword(stmt, 1, "user") || isKeyword(stmt, 1, "group")):
+		return refuse("%s %s changes the client role, which every later client logs in as", upper(k), upper(stmt[1].text))
 	case k == "do":
 		return refuse("DO blocks may not run: their body could leave the client role; CALL a procedure instead")
 	case k == "create":

@@ -18,7 +18,7 @@ func TestCheckRefuses(t *testing.T) {
 		"DISCARD ALL", "LISTEN c", "UNLISTEN *", "PREPARE p AS SELECT 1", "EXECUTE p", "DEALLOCATE p",
 		"LOAD 'x'", "DECLARE c CURSOR WITH HOLD FOR SELECT 1", "EXPLAIN ANALYZE EXECUTE p",
 		"EXPLAIN (ANALYZE, COSTS OFF) EXECUTE p",
-		"SET LOCAL ROLE x", `SET LOCAL "role" = x`, "SET LOCAL SESSION AUTHORIZATION x",
+		"SET LOCAL ROLE x", "ALTER ROLE CURRENT_USER SET search_path = evil", "alter user current_user password 'x'", "ALTER GROUP g ADD USER u", `SET LOCAL "role" = x`, "SET LOCAL SESSION AUTHORIZATION x",
 		"SET LOCAL TRANSACTION ISOLATION LEVEL SERIALIZABLE", "SET LOCAL transaction_read_only = on",
 		"SET LOCAL standard_conforming_strings = off",
 		// Leaving the role.

@@ -51,7 +51,9 @@ func Database(t testing.TB, s *pgtemp.Server, prefix string, setup ...string) st
 		t.Fatal(err)
 	}
 	defer c.Close(ctx)
-	if _, err := backendext.Install(ctx, c, backendext.InstallOptions{}, nil); err != nil {
+	// As a plain schema: the server's extension directory is shared by
+	// whoever installed files there, and may hold another build's scripts.
+	if _, err := backendext.Install(ctx, c, backendext.InstallOptions{ForceSchema: true}, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, sql := range setup {
