@@ -30,6 +30,7 @@ type BatchInfo struct {
 
 // Takeover is a row of hafe.takeovers: one claim of a batch's lease.
 type Takeover struct {
+	BatchID        string // set by ListRecentTakeovers
 	Epoch          int64
 	PreviousOwner  string // "" when the batch had been released
 	Owner          string
@@ -141,6 +142,25 @@ func ListTakeovers(ctx context.Context, db DB, batchID string) ([]Takeover, erro
 		err := r.Scan(&t.Epoch, &t.PreviousOwner, &t.Owner, &t.FencedSessions, &t.At)
 		return t, err
 	})
+}
+
+// ListRecentTakeovers returns the latest limit takeovers of any batch,
+// newest first (hafe.takeovers is indexed on taken_at).
+func ListRecentTakeovers(ctx context.Context, db DB, limit int) ([]Takeover, error) {
+	rows, err := db.Query(ctx, `SELECT batch_id::text, epoch, coalesce(previous_owner, ''), owner, fenced_sessions, taken_at
+		FROM hafe.takeovers ORDER BY taken_at DESC, batch_id, epoch DESC LIMIT $1`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list recent takeovers: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Takeover, error) {
+		var t Takeover
+		err := r.Scan(&t.BatchID, &t.Epoch, &t.PreviousOwner, &t.Owner, &t.FencedSessions, &t.At)
+		return t, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list recent takeovers: %w", err)
+	}
+	return out, nil
 }
 
 // RecordFence adds sessions to the count of sessions terminated to fence

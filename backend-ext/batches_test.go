@@ -142,6 +142,10 @@ func TestClaimRecordsTheTakeover(t *testing.T) {
 		ts[1].Epoch != 3 || ts[1].PreviousOwner != "" || ts[1].Owner != "fe3" || ts[1].FencedSessions != 0 {
 		t.Fatalf("takeovers %+v", ts)
 	}
+	recent, err := ListRecentTakeovers(ctx, db, 1)
+	if err != nil || len(recent) != 1 || recent[0].BatchID != id || recent[0].Epoch != 3 || recent[0].Owner != "fe3" {
+		t.Fatalf("the most recent takeover: %+v (err %v)", recent, err)
+	}
 	if _, err := ClaimBatch(ctx, db, "00000000-0000-0000-0000-000000000fff", "fe2", "run2"); !errors.Is(err, ErrNoBatch) {
 		t.Fatalf("claim of a missing batch: %v", err)
 	}

@@ -12,17 +12,9 @@ func (s *Server) listMembers(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, refuse(503, "database_unavailable", "%v", err))
 		return
 	}
-	type member struct {
-		ID          string  `json:"id"`
-		HTTPAddr    string  `json:"http_addr"`
-		Load        float64 `json:"load"`
-		Draining    bool    `json:"draining"`
-		Alive       bool    `json:"alive"`
-		HeartbeatAt string  `json:"heartbeat_at"`
-	}
-	out := []member{}
+	out := []memberJSON{}
 	for _, m := range ms {
-		out = append(out, member{m.ID, m.HTTPAddr, m.Load, m.Draining, m.Alive, m.HeartbeatAt.UTC().Format("2006-01-02T15:04:05.000Z")})
+		out = append(out, toMemberJSON(m))
 	}
 	writeJSON(w, 200, map[string]any{"members": out, "self": s.cfg.ID})
 }

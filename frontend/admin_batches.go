@@ -121,16 +121,9 @@ func (s *Server) getBatch(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, refuse(503, "database_unavailable", "%v", err))
 		return
 	}
-	type takeover struct {
-		Epoch          int64  `json:"epoch"`
-		PreviousOwner  string `json:"previous_owner"`
-		Owner          string `json:"owner"`
-		FencedSessions int    `json:"fenced_sessions"`
-		At             string `json:"at"`
-	}
-	takeovers := make([]takeover, len(ts))
+	takeovers := make([]takeoverJSON, len(ts))
 	for i, t := range ts {
-		takeovers[i] = takeover{t.Epoch, t.PreviousOwner, t.Owner, t.FencedSessions, t.At.UTC().Format(timeFormat)}
+		takeovers[i] = toTakeoverJSON(t)
 	}
 	reports := make([]json.RawMessage, len(os))
 	for i, o := range os {
@@ -138,7 +131,7 @@ func (s *Server) getBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, 200, struct {
 		batchJSON
-		Takeovers []takeover        `json:"takeovers"`
+		Takeovers []takeoverJSON    `json:"takeovers"`
 		Outcomes  []json.RawMessage `json:"outcomes"`
 	}{toBatchJSON(b), takeovers, reports})
 }

@@ -54,6 +54,19 @@ func TestAdminFollowsABatchThroughInterruptionAndTakeover(t *testing.T) {
 		b["idempotency_key"] != "order-7" || b["epoch"] != float64(1) || len(b["takeovers"].([]any)) != 0 {
 		t.Fatalf("mid-batch: %v", b)
 	}
+	o := fe2.getJSON(t, "/admin/overview", asAdmin, 200)
+	if bs := o["batches"].([]any); len(bs) != 1 || bs[0].(map[string]any)["batch_id"] != id || bs[0].(map[string]any)["slots_done"] != float64(1) {
+		t.Fatalf("overview batches mid-batch: %v", bs)
+	}
+	if ms := o["members"].([]any); len(ms) != 2 || ms[0].(map[string]any)["alive"] != true || ms[0].(map[string]any)["heartbeat_age_seconds"] == nil {
+		t.Fatalf("overview members: %v", ms)
+	}
+	if c := o["counters"].(map[string]any); o["self"] != "fe-2" || c["committed"] != float64(0) || c["batches_in_flight"] != float64(0) {
+		t.Fatalf("overview of fe-2 while fe-1 runs the batch: %v", o)
+	}
+	if c := fe1.getJSON(t, "/admin/overview", asAdmin, 200)["counters"].(map[string]any); c["committed"] != float64(1) || c["batches_in_flight"] != float64(1) {
+		t.Fatalf("fe-1's counters mid-batch: %v", c)
+	}
 
 	cancel()
 	resp.Body.Close()
@@ -76,6 +89,13 @@ func TestAdminFollowsABatchThroughInterruptionAndTakeover(t *testing.T) {
 	}
 	if to := takeovers[0].(map[string]any); to["owner"] != "fe-2" || to["previous_owner"] != "" || to["epoch"] != float64(2) || to["at"] == "" {
 		t.Fatalf("takeover %v", to)
+	}
+	o = fe1.getJSON(t, "/admin/overview", asAdmin, 200)
+	if ts := o["takeovers"].([]any); len(ts) != 1 || ts[0].(map[string]any)["batch_id"] != id || ts[0].(map[string]any)["owner"] != "fe-2" {
+		t.Fatalf("overview takeovers: %v", ts)
+	}
+	if bs := o["batches"].([]any); len(bs) != 0 {
+		t.Fatalf("overview batches after the batch ended: %v", bs)
 	}
 	if len(b["outcomes"].([]any)) != 3 {
 		t.Fatalf("outcomes %v", b["outcomes"])

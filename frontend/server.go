@@ -194,6 +194,7 @@ func (s *Server) routes() chi.Router {
 		r.Get("/members", s.listMembers)
 		r.Get("/batches", s.listBatches)
 		r.Get("/batches/{id}", s.getBatch)
+		r.Get("/overview", s.overview)
 		r.Post("/drain", s.drain)
 		r.Post("/gc", s.runGC)
 	})
