@@ -10,6 +10,9 @@ GO            ?= go
 TEST_TIMEOUT  ?= 40m
 TEST_FLAGS    ?=
 PKGS          ?= ./...
+# Files tests keep for review (the dashboard's screenshots), under
+# $(TEST_OUTPUT)/_artifacts/<random>/: go test -artifacts.
+TEST_OUTPUT   ?= $(CURDIR)/test-output
 FUZZTIME      ?= 30s
 
 export HAFE_PG_IMAGE ?= hafe-postgres:15
@@ -33,7 +36,8 @@ image-hafe:
 	test/images/build-hafe.sh
 
 test: images
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) $(PKGS)
+	mkdir -p $(TEST_OUTPUT)
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -artifacts -outputdir $(TEST_OUTPUT) $(TEST_FLAGS) $(PKGS)
 
 # Unit tests only: packages that need containers skip themselves under -short.
 test-short:
