@@ -148,7 +148,7 @@ func TestDashboardShowsABatchRunningAndItsTakeoverAfterAFrontEndDies(t *testing.
 	db := newChecker(t, url)
 	cfg := func(id string) Config {
 		return Config{ID: id, AllowRawSQL: true, AdminToken: adminToken, HeartbeatInterval: 200 * time.Millisecond,
-			Executor: txn.Config{OwnerLiveness: 2 * time.Second, FenceGrace: time.Second}}
+			Executor: txn.Config{OwnerLiveness: 2 * time.Second, FenceGrace: time.Second, Incarnation: id + "-run"}}
 	}
 	fe1 := startFrontend(t, url, cfg("fe-1"), false)
 	kill := killableMember(t, fe1)
@@ -208,8 +208,9 @@ func TestDashboardShowsABatchRunningAndItsTakeoverAfterAFrontEndDies(t *testing.
 	br.waitFor("fe-1 gone", `#members tr[data-id="fe-1"][data-state="gone"]`)
 	br.waitFor("the batch abandoned", row+`[data-state="abandoned"]`)
 
-	// The client resumes on fe-2, which takes the batch over (fencing
-	// fe-1) and waits for the lock in turn.
+	// The client resumes on fe-2, which takes the batch over, fences fe-1
+	// (terminating its session that waits for the lock) and waits for the
+	// lock in turn.
 	resumed := make(chan string, 1)
 	go func() {
 		r, err := fe2.doContext(context.Background(), request{path: "/v1/batches", body: body, header: key})
@@ -233,9 +234,16 @@ func TestDashboardShowsABatchRunningAndItsTakeoverAfterAFrontEndDies(t *testing.
 		t.Fatalf("resume on fe-2: %s, want 200 and 3 lines and the summary", got)
 	}
 	br.waitFor("no batch left", `#no-batches`)
-	br.waitFor("fe-1 fenced", `#fencing tr[data-batch="`+id+`"][data-fenced="fe-1"]`)
+	fence := `#fencing tr[data-batch="` + id + `"][data-fenced="fe-1"]`
+	br.waitFor("fe-1 fenced", fence)
 	if got := br.text(takeover + " td:nth-child(3)"); got != "2" {
 		t.Fatalf("takeover epoch %q, want 2", got)
+	}
+	if got := br.text(fence + " td:nth-child(6)"); got != "1" {
+		t.Fatalf("sessions terminated %q, want fe-1's one waiting for the lock", got)
+	}
+	if got := br.text("#fence-counters"); got != "blocker 0, previous_run 1" {
+		t.Fatalf("fe-2's fence counters %q", got)
 	}
 	br.screenshot("after-takeover")
 }

@@ -100,12 +100,19 @@ const clientLogin = `ALTER ROLE hafe_client LOGIN PASSWORD '` + clientPassword +
 // outcome key read with pool's own role, as hafe serve does.
 func rawSQLFor(t testing.TB, pool *pgxpool.Pool, id string, conns int32) txn.RawSQLConfig {
 	t.Helper()
+	return rawSQLForRun(t, pool, id, "", conns)
+}
+
+// rawSQLForRun is rawSQLFor with the raw sessions named after the run
+// (incarnation), as hafe serve names them, so a takeover can fence them.
+func rawSQLForRun(t testing.TB, pool *pgxpool.Pool, id, incarnation string, conns int32) txn.RawSQLConfig {
+	t.Helper()
 	cfg := pool.Config().Copy()
 	cfg.ConnConfig.User = backendext.DefaultClientRole
 	cfg.ConnConfig.Password = clientPassword
 	cfg.MaxConns = conns
 	cfg.ConnConfig.RuntimeParams = map[string]string{}
-	backendext.ConfigureRawPool(cfg, id, "", time.Minute, txn.DefaultRawSQLTimeout)
+	backendext.ConfigureRawPool(cfg, id, incarnation, time.Minute, txn.DefaultRawSQLTimeout)
 	raw, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -241,7 +248,9 @@ func startFrontend(t testing.TB, url string, cfg Config, member bool) *frontendU
 	if err != nil {
 		t.Fatal(err)
 	}
-	backendext.ConfigurePool(pcfg, cfg.ID, "", time.Minute)
+	// Sessions are named after the run as hafe serve names them when the
+	// test sets cfg.Executor.Incarnation, so a takeover can fence them.
+	backendext.ConfigurePool(pcfg, cfg.ID, cfg.Executor.Incarnation, time.Minute)
 	pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)
 	if err != nil {
 		t.Fatal(err)
@@ -287,7 +296,7 @@ func startFrontendOn(t testing.TB, pool *pgxpool.Pool, cfg Config) *frontendUnde
 	}
 	if cfg.AllowRawSQL && cfg.Executor.RawSQL.Pool == nil {
 		timeout := cfg.Executor.RawSQL.Timeout
-		cfg.Executor.RawSQL = rawSQLFor(t, pool, cfg.ID, 4)
+		cfg.Executor.RawSQL = rawSQLForRun(t, pool, cfg.ID, cfg.Executor.Incarnation, 4)
 		cfg.Executor.RawSQL.Timeout = timeout
 	}
 	s, err := New(pool, cfg, nil)
