@@ -1,4 +1,4 @@
-# hafe: make demo | make test | make images
+# hafe: make demo | make test | make images | make image | make compose-smoke
 #
 # Integration tests run containers built locally (no registry is needed):
 #   HAFE_PG_IMAGE  PostgreSQL image (default hafe-postgres:15, built from
@@ -23,7 +23,7 @@ export TESTCONTAINERS_HOST_OVERRIDE ?= localhost
 # No registry to pull Ryuk from: the tests clean up after themselves.
 export TESTCONTAINERS_RYUK_DISABLED ?= true
 
-.PHONY: all images image-postgres image-hafe test test-short test-clean demo vet fuzz-short
+.PHONY: all images image image-postgres image-hafe compose-smoke test test-short test-clean demo vet fuzz-short
 
 all: vet test
 
@@ -34,6 +34,14 @@ image-postgres:
 
 image-hafe:
 	test/images/build-hafe.sh
+
+# The hafe image from the root Dockerfile (FROM scratch: the script builds the
+# static binary and the build context, no base image is pulled).
+image: image-hafe
+
+# compose.yaml started, one batch through it with curl, removed (CI runs it).
+compose-smoke: images
+	packaging/compose/smoke.sh
 
 test: images
 	mkdir -p $(TEST_OUTPUT)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the hafe container image: a static binary of ./cmd/hafe
-# (CGO_ENABLED=0) in an image FROM scratch (test/images/hafe/Dockerfile).
+# (CGO_ENABLED=0) in an image FROM scratch (the Dockerfile at the repository root).
 # The image carries the binary's sha256 as label dev.hafe.binary-sha256; when
 # an image with that label exists, it is (re)tagged instead of rebuilt.
 #
@@ -50,7 +50,7 @@ if [[ -n "$existing" ]]; then
 	exit 0
 fi
 
-cp "$here/hafe/Dockerfile" "$ctx/"
+cp "$repo/Dockerfile" "$ctx/"
 if ! out="$(timeout 300 docker build --build-arg "HAFE_SHA256=$sum" -t "$image" "$ctx" 2>&1)"; then
 	printf '%s\n' "$out" >&2
 	log "docker build $image failed"
