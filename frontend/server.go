@@ -181,9 +181,12 @@ func (s *Server) routes() chi.Router {
 		http.Redirect(w, r, "/dashboard/", http.StatusMovedPermanently)
 	})
 	r.Route("/v1", func(r chi.Router) {
-		r.Use(s.requireToken(s.cfg.ClientTokens, false))
-		r.Post("/batches", s.postBatch)
-		r.Get("/templates", s.listTemplates)
+		r.Get("/openapi.json", s.openAPI)
+		r.Group(func(r chi.Router) {
+			r.Use(s.requireToken(s.cfg.ClientTokens, false))
+			r.Post("/batches", s.postBatch)
+			r.Get("/templates", s.listTemplates)
+		})
 	})
 	r.Route("/admin", func(r chi.Router) {
 		var tokens []Token
