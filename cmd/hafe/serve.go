@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -152,6 +153,12 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		}
 	}
 
+	if err := checkStartup(ctx, ctl, *id, *liveness, log); err != nil {
+		ln.Close()
+		// Exit status 1: a refusal, which restarting as is will not cure.
+		return exitError{code: 1, err: err}
+	}
+
 	roles, err := backendext.ReadRoles(ctx, pool, role)
 	if err != nil {
 		ln.Close()
@@ -232,6 +239,29 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 	<-memberDone
 	log.Info("front-end stopped", "id", *id)
 	return nil
+}
+
+// checkStartup refuses to serve, with one message saying what to do, on a
+// database without hafe (or with an older hafe) and when a front-end with
+// the same --id is alive. A previous run that crashed leaves a fresh
+// heartbeat behind: that is waited out (at most --owner-liveness), not
+// refused, so a supervisor's restart works.
+func checkStartup(ctx context.Context, db backendext.DB, id string, liveness time.Duration, log *slog.Logger) error {
+	if err := backendext.CheckInstalled(ctx, db); err != nil {
+		if errors.Is(err, backendext.ErrNotInstalled) {
+			return fmt.Errorf("%w: run hafe db install --db URL (or start hafe serve with --install)", err)
+		}
+		return fmt.Errorf("database: %w", err)
+	}
+	err := backendext.CheckMemberIDFree(ctx, db, id, liveness, 200*time.Millisecond, func(age time.Duration) {
+		log.Info("a member with this id heartbeated recently: waiting to see whether it is still alive",
+			"id", id, "heartbeat_age", age.Round(time.Millisecond), "owner_liveness", liveness)
+	})
+	var alive *backendext.MemberAliveError
+	if errors.As(err, &alive) {
+		return fmt.Errorf("refusing to serve: %w; stop it, or give this front-end another --id", err)
+	}
+	return err
 }
 
 // tokenList is the repeatable (or comma-separated) --token NAME=SECRET.
