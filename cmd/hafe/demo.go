@@ -24,7 +24,9 @@ const demoAbout = `Shows a batch surviving a front-end crash, on this machine, i
      committed transfers, and a total still at 100000.00.
 
 Everything it starts is stopped and removed at the end, or on Ctrl-C.
-The exit status is 0 when every check holds.`
+The exit status is 0 when every check holds. With --stay the cluster stays
+up after the checks (the killed front-end restarted) and the demo prints
+the dashboard, metrics and a curl line to try, until Ctrl-C.`
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("demo", "demo [flags]", demoAbout, stderr)
@@ -33,6 +35,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	seed := fs.Uint64("seed", 1, "seed of the sample batch's random transfers")
 	killAt := fs.Int("kill-at", 0, "kill the serving front-end when this many lines have arrived (default: a third of --transactions)")
 	keep := fs.Bool("keep", false, "keep the work directory with the front-ends' logs")
+	stay := fs.Bool("stay", false, "keep the cluster up after the checks and print its URLs, until Ctrl-C")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -50,5 +53,5 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	default:
 		return fmt.Errorf("demo: --postgres %q: want auto, local or container", *pgSource)
 	}
-	return demo.Run(ctx, demo.Options{Postgres: *pgSource, Transactions: *n, KillAt: *killAt, Seed: *seed, Keep: *keep}, stdout)
+	return demo.Run(ctx, demo.Options{Postgres: *pgSource, Transactions: *n, KillAt: *killAt, Seed: *seed, Keep: *keep, Stay: *stay}, stdout)
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,11 +67,12 @@ func requirePostgresBinaries(t *testing.T) {
 var childPID = regexp.MustCompile(`started front-end fe\d: pid (\d+)`)
 
 // checkChildrenGone fails if a front-end the demo started still runs.
+// The demo starts three, and with --stay restarts the one it killed.
 func checkChildrenGone(t *testing.T, output string) {
 	t.Helper()
 	ms := childPID.FindAllStringSubmatch(output, -1)
-	if len(ms) != 3 {
-		t.Errorf("output names %d front-end pids, want 3", len(ms))
+	if len(ms) != 3 && len(ms) != 4 {
+		t.Errorf("output names %d front-end pids, want 3 (or 4 with --stay)", len(ms))
 	}
 	for _, m := range ms {
 		pid, _ := strconv.Atoi(m[1])
@@ -193,6 +196,101 @@ func TestDemoCleansUpOnInterrupt(t *testing.T) {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("output lacks %q", want)
 		}
+	}
+	checkChildrenGone(t, text.String())
+}
+
+// TestDemoStaysUpUntilInterrupted: with --stay the cluster outlives the
+// checks, all three front-ends (the killed one restarted) serve what the
+// printed lines say, and Ctrl-C stops everything with exit status 0.
+func TestDemoStaysUpUntilInterrupted(t *testing.T) {
+	requirePostgresBinaries(t)
+	bin := buildHafe(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "demo", "--postgres", "local", "--transactions", "30", "--stay")
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	var text strings.Builder
+	sc := bufio.NewScanner(pr)
+	var dashboard, metrics, curl string
+	for sc.Scan() {
+		line := sc.Text()
+		text.WriteString(line + "\n")
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 2 && f[0] == "dashboard":
+			dashboard = f[1]
+		case len(f) >= 2 && f[0] == "metrics":
+			metrics = f[1]
+		case len(f) > 0 && f[0] == "curl":
+			curl = strings.TrimSpace(line)
+		}
+		if curl != "" {
+			break
+		}
+	}
+	if dashboard == "" || metrics == "" || curl == "" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("no dashboard, metrics and curl lines:\n%s", text.String())
+	}
+	for _, id := range []string{"fe1", "fe2", "fe3"} {
+		if !regexp.MustCompile(id + ` http://127\.0\.0\.1:\d+`).MatchString(text.String()) {
+			t.Errorf("front-ends line lacks %s", id)
+		}
+	}
+	var rest strings.Builder
+	restDone := make(chan struct{})
+	go func() { // keep reading, so the demo never blocks on a full pipe
+		defer close(restDone)
+		for sc.Scan() {
+			rest.WriteString(sc.Text() + "\n")
+		}
+	}()
+
+	// The printed curl line, run as printed, completes a batch.
+	out, err := exec.CommandContext(ctx, "sh", "-c", curl+" --silent --max-time 30").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `{"done":true`) || !strings.Contains(string(out), `"committed":2`) {
+		t.Fatalf("%s: %v\n%s", curl, err, out)
+	}
+	for _, u := range []string{dashboard, metrics} {
+		resp, err := http.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d %s", u, resp.StatusCode, b)
+		}
+		if u == metrics && !strings.Contains(string(b), "hafe_build_info") {
+			t.Fatalf("GET %s has no hafe_build_info", u)
+		}
+	}
+
+	cmd.Process.Signal(os.Interrupt)
+	err = cmd.Wait()
+	<-restDone
+	text.WriteString(rest.String())
+	if err != nil {
+		t.Fatalf("after Ctrl-C: %v, want exit status 0\n%s", err, text.String())
+	}
+	t.Logf("demo output:\n%s", text.String())
+	for _, want := range []string{"every transfer ran once", "front-ends stopped", "PostgreSQL stopped and its directory removed"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if n := len(childPID.FindAllString(text.String(), -1)); n != 4 {
+		t.Errorf("%d front-ends started, want 4 (fe1 restarted after its kill)", n)
 	}
 	checkChildrenGone(t, text.String())
 }

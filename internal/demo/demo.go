@@ -38,13 +38,19 @@ type Options struct {
 	KillAt       int
 	Seed         uint64
 	Keep         bool
+	// Stay keeps the cluster up after the checks, with the killed
+	// front-end restarted, until ctx ends (Ctrl-C).
+	Stay bool
 }
+
+// AdminToken is the demo front-ends' --admin-token, for the dashboard.
+const AdminToken = "demo-admin"
 
 // Run narrates one demo run on out and returns an error when a check fails
 // or the run is interrupted.
 func Run(ctx context.Context, opts Options, out io.Writer) error {
 	d := &demo{out: out, start: time.Now()}
-	err := d.run(ctx, opts.Postgres, opts.Transactions, opts.KillAt, opts.Seed, opts.Keep)
+	err := d.run(ctx, opts)
 	if err != nil && ctx.Err() != nil {
 		d.say("interrupted; everything started was stopped and removed")
 		return fmt.Errorf("demo: %w", context.Cause(ctx))
@@ -68,7 +74,8 @@ func (d *demo) say(format string, args ...any) {
 
 func (d *demo) atExit(f func()) { d.cleanups = append(d.cleanups, f) }
 
-func (d *demo) run(ctx context.Context, pgSource string, n, killAt int, seed uint64, keep bool) (err error) {
+func (d *demo) run(ctx context.Context, opts Options) (err error) {
+	n, killAt, keep := opts.Transactions, opts.KillAt, opts.Keep
 	defer func() {
 		for i := len(d.cleanups) - 1; i >= 0; i-- {
 			d.cleanups[i]()
@@ -85,7 +92,7 @@ func (d *demo) run(ctx context.Context, pgSource string, n, killAt int, seed uin
 		os.RemoveAll(d.work)
 	})
 
-	dbURL, err := d.startPostgres(ctx, pgSource)
+	dbURL, err := d.startPostgres(ctx, opts.Postgres)
 	if err != nil {
 		return err
 	}
@@ -107,13 +114,48 @@ func (d *demo) run(ctx context.Context, pgSource string, n, killAt int, seed uin
 	}
 	d.say("front-ends ready: fe1 %s, fe2 %s, fe3 %s (heartbeat 200ms; a front-end silent for 1s counts as gone)", urls[0], urls[1], urls[2])
 
-	batch := demoBatch(n, seed)
+	batch := demoBatch(n, opts.Seed)
 	body, _ := json.Marshal(map[string]any{"transactions": batch})
 	res, err := d.submit(ctx, urls, body, n, killAt)
 	if err != nil {
 		return err
 	}
-	return d.verify(ctx, dbURL, batch, res)
+	if err := d.verify(ctx, dbURL, batch, res); err != nil || !opts.Stay {
+		return err
+	}
+	return d.stay(ctx, dbURL)
+}
+
+// stay restarts the front-ends the demo killed, under their names, prints
+// where everything is and waits for ctx to end.
+func (d *demo) stay(ctx context.Context, dbURL string) error {
+	for _, id := range []string{"fe1", "fe2", "fe3"} {
+		if !d.children[id].exited() {
+			continue
+		}
+		if _, err := d.startFrontEnd(ctx, dbURL, id); err != nil {
+			return err
+		}
+	}
+	if err := d.waitReady(ctx); err != nil {
+		return err
+	}
+	fe1 := d.children["fe1"].url
+	fmt.Fprintf(d.out, `
+The cluster stays up until Ctrl-C:
+  dashboard   %s/dashboard/   (admin token: %s)
+  metrics     %s/metrics
+  front-ends  fe1 %s, fe2 %s, fe3 %s
+  database    %s
+  logs        %s
+Try:
+  curl -N -H 'Content-Type: application/json' %s/v1/batches -d '{"transactions":[{"template":"transfer","args":{"from":1,"to":2,"amount":5}},{"template":"balance","args":{"id":1}}]}'
+  hafe batches ls --to %s --admin-token %s
+
+`, fe1, AdminToken, fe1, fe1, d.children["fe2"].url, d.children["fe3"].url, dbURL, d.work, fe1, fe1, AdminToken)
+	<-ctx.Done()
+	d.say("Ctrl-C: stopping the cluster")
+	return nil
 }
 
 // startPostgres starts the throwaway server and returns a database URL.
@@ -224,6 +266,9 @@ func (d *demo) startFrontEnd(ctx context.Context, dbURL, id string) (*child, err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	logPath := filepath.Join(d.work, id+".log")
+	if _, err := os.Stat(logPath); err == nil {
+		logPath = filepath.Join(d.work, id+"-restarted.log") // --stay: keep the killed run's log
+	}
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
@@ -231,7 +276,7 @@ func (d *demo) startFrontEnd(ctx context.Context, dbURL, id string) (*child, err
 	// The demo's throwaway database has only its superuser; a real
 	// deployment connects as a role without SUPERUSER.
 	cmd := exec.Command(self, "serve", "--db", dbURL, "--listen", addr, "--id", id, "--allow-superuser",
-		"--heartbeat", "200ms", "--owner-liveness", "1s", "--fence-grace", "1s", "--drain-timeout", "1s")
+		"--heartbeat", "200ms", "--owner-liveness", "1s", "--fence-grace", "1s", "--drain-timeout", "1s", "--admin-token", AdminToken)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = withoutHafeEnv(os.Environ())
 	// Own process group, so a Ctrl-C reaches only us and we stop the
