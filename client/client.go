@@ -17,6 +17,7 @@ import (
 	neturl "net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -210,8 +211,16 @@ func (s *submission) observe(e Event) {
 func (s *submission) run(ctx context.Context) error {
 	cfg := s.c.cfg
 	idle := 0 // attempts in a row that brought no new line
+	// Front-ends that refused this client's credentials (401/403): the
+	// batch ends with that refusal only once every front-end gave it, as
+	// one misconfigured front-end must not end a batch others would run.
+	authRefused := map[string]bool{}
+	// Front-ends whose address refused the connection, and until when
+	// they are skipped while others remain.
+	down := map[string]time.Time{}
+	next := 0 // index of the next front-end to try
 	for attempt := 1; ; attempt++ {
-		url := s.c.urls[(attempt-1)%len(s.c.urls)]
+		url := s.pick(&next, authRefused, down)
 		s.sum.Attempts = attempt
 		before := s.t.delivered()
 		err := s.attempt(ctx, attempt, url)
@@ -221,8 +230,18 @@ func (s *submission) run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("submit batch: %w", context.Cause(ctx))
 		}
-		if !retryable(err) {
+		var api *APIError
+		authErr := errors.As(err, &api) && (api.Status == http.StatusUnauthorized || api.Status == http.StatusForbidden)
+		if authErr {
+			authRefused[url] = true
+			if len(authRefused) == len(s.c.urls) {
+				return err
+			}
+		} else if !retryable(err) {
 			return err
+		}
+		if connRefused(err) {
+			down[url] = time.Now().Add(cfg.MaxBackoff)
 		}
 		if attempt >= cfg.MaxAttempts {
 			return &IncompleteError{Attempts: attempt, Err: err}
@@ -233,8 +252,12 @@ func (s *submission) run(ctx context.Context) error {
 			idle++
 		}
 		wait := s.backoff(idle, err)
-		next := s.c.urls[attempt%len(s.c.urls)]
-		s.observe(Event{Kind: EventRetry, Attempt: attempt, URL: url, BatchID: s.t.batchID, Err: err, Wait: wait, Next: next})
+		if authErr {
+			wait = 0 // not a matter of time: go to the next front-end at once
+		}
+		peek := next
+		nextURL := s.pick(&peek, authRefused, down)
+		s.observe(Event{Kind: EventRetry, Attempt: attempt, URL: url, BatchID: s.t.batchID, Err: err, Wait: wait, Next: nextURL})
 		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -243,6 +266,37 @@ func (s *submission) run(ctx context.Context) error {
 		case <-timer.C:
 		}
 	}
+}
+
+// pick returns the front-end to try next, from *next on in the list's
+// order: one that neither refused the client's credentials nor refused the
+// connection lately, if there is one; else the next in turn.
+func (s *submission) pick(next *int, authRefused map[string]bool, down map[string]time.Time) string {
+	urls := s.c.urls
+	now := time.Now()
+	for i := range urls {
+		u := urls[(*next+i)%len(urls)]
+		if !authRefused[u] && !now.Before(down[u]) {
+			*next = (*next + i + 1) % len(urls)
+			return u
+		}
+	}
+	for i := range urls { // every one is down: try them in turn anyway
+		u := urls[(*next+i)%len(urls)]
+		if !authRefused[u] {
+			*next = (*next + i + 1) % len(urls)
+			return u
+		}
+	}
+	u := urls[*next%len(urls)]
+	*next = (*next + 1) % len(urls)
+	return u
+}
+
+// connRefused reports whether err says nothing listens at the address.
+func connRefused(err error) bool {
+	var stream *StreamError
+	return errors.As(err, &stream) && stream.NoResponse && errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // backoff is the pause before the next attempt: MinBackoff doubled for each

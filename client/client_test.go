@@ -409,3 +409,68 @@ func TestSubmitRetriesAfterInterruptedLine(t *testing.T) {
 		t.Errorf("summary %+v", sum)
 	}
 }
+
+// A front-end that refuses the client's token (a misconfigured one) does
+// not end a batch another front-end runs; only a refusal from every
+// front-end is final.
+func TestSubmitMovesOnFromAFrontEndThatRefusesTheToken(t *testing.T) {
+	db := newBank(t)
+	wrong := startFrontEnd(t, db, "fe1", feOptions{tokens: []frontend.Token{{Name: "app", Secret: "other"}}})
+	right := startFrontEnd(t, db, "fe2", feOptions{tokens: []frontend.Token{{Name: "app", Secret: "s3cret"}}})
+	ctx := testContext(t)
+	c := newClient(t, client.Config{FrontEnds: []string{wrong.URL, right.URL}, Token: "s3cret"})
+	sum, err := c.Submit(ctx, client.Request{Body: transfers(3)})
+	if err != nil || !sum.Done || sum.Attempts != 2 || sum.FrontEnds[0] != "fe2" {
+		t.Fatalf("summary %+v, err %v: want fe2 to run the batch on the second attempt", sum, err)
+	}
+	c = newClient(t, client.Config{FrontEnds: []string{wrong.URL, wrong.URL + "/"}, Token: "s3cret"})
+	_, err = c.Submit(ctx, client.Request{Body: transfers(3)})
+	var api *client.APIError
+	if !errors.As(err, &api) || api.Status != 401 {
+		t.Fatalf("every front-end refuses the token: err = %v, want the 401", err)
+	}
+}
+
+// A front-end whose address refuses connections is skipped while another
+// answers, instead of being tried every other attempt.
+func TestSubmitSkipsAFrontEndThatRefusesConnections(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + ln.Addr().String()
+	ln.Close() // nothing listens there now
+	db := newBank(t)
+	cut := 0
+	fe := startFrontEnd(t, db, "fe1", feOptions{wrap: func(h http.Handler) http.Handler {
+		// The first two streams break after a few lines, so the client
+		// needs several attempts.
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			cut++
+			if cut <= 2 {
+				hj, ok := w.(http.Hijacker)
+				if ok {
+					nc, _, _ := hj.Hijack()
+					nc.Close()
+					return
+				}
+			}
+			h.ServeHTTP(w, r)
+		})
+	}})
+	col := newCollector()
+	c := newClient(t, client.Config{FrontEnds: []string{dead, fe.URL}, Observe: col.observe})
+	sum, err := c.Submit(testContext(t), client.Request{Body: transfers(3), OnLine: col.line})
+	if err != nil || !sum.Done {
+		t.Fatalf("summary %+v, err %v", sum, err)
+	}
+	tried := 0
+	for _, e := range col.eventsOf(client.EventAttempt) {
+		if e.URL == dead {
+			tried++
+		}
+	}
+	if tried != 1 {
+		t.Errorf("the dead front-end was tried %d times in %d attempts, want once", tried, sum.Attempts)
+	}
+}

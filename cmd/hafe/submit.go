@@ -26,14 +26,18 @@ Progress and a summary go to standard error.
 If a front-end dies or refuses for now (409, 503) the batch is sent again,
 with the same Idempotency-Key and body, to the next front-end of --to; the new
 front-end resumes it without running any committed transaction twice, and
-lines already written are not written again.
+lines already written are not written again. A front-end that refuses the
+token (401, 403) is left for the others, and one that refuses connections is
+skipped while another answers; each retry says on standard error what it
+means for the batch (a takeover wait, a resume, a refusal).
 
 Exit status:
   0  every transaction committed
   1  the batch completed, and some transactions aborted
   2  usage: bad flags, no --to, an unreadable or malformed FILE
   3  refused: a front-end answered 4xx (bad request, unknown template, key
-     reused with another body, wrong token): sending it again will not help
+     reused with another body; a wrong token from every front-end): sending
+     it again will not help
   4  incomplete: front-ends unreachable or busy until --max-attempts or
      --timeout ran out; the batch is resumable, and standard error says how
      (same FILE, same --idempotency-key)
@@ -259,8 +263,29 @@ func (p *progress) event(e client.Event) {
 	case client.EventReplayed:
 		p.say("%s replayed %d lines, identical to those already received; not repeated", e.FrontEnd, e.Replayed)
 	case client.EventRetry:
-		p.say("attempt %d failed: %v; retrying on %s in %v", e.Attempt, e.Err, e.Next, e.Wait.Round(time.Millisecond))
+		p.say("%s", retryMessage(e))
 	}
+}
+
+// retryMessage says what a failed attempt means for the batch and what
+// happens next, in the terms of a takeover: who may still own the batch,
+// when another front-end can take it over, where the client goes next.
+func retryMessage(e client.Event) string {
+	next := fmt.Sprintf("retrying on %s in %v", e.Next, e.Wait.Round(time.Millisecond))
+	var api *client.APIError
+	var stream *client.StreamError
+	switch {
+	case errors.As(e.Err, &api) && api.Code == "batch_in_progress":
+		return fmt.Sprintf("attempt %d: %s says the batch is still owned by a front-end that may be alive (%s); "+
+			"it can be taken over once that owner has missed its heartbeats - %s, with the same key", e.Attempt, e.URL, api.Message, next)
+	case errors.As(e.Err, &api) && (api.Status == 401 || api.Status == 403):
+		return fmt.Sprintf("attempt %d: %s refused the token (%s); trying the other front-ends: %s", e.Attempt, e.URL, api.Code, next)
+	case errors.As(e.Err, &stream) && stream.NoResponse:
+		return fmt.Sprintf("attempt %d: %s did not answer (%v); %s with the same key, which resumes the batch where it stopped", e.Attempt, e.URL, stream.Err, next)
+	case errors.As(e.Err, &stream):
+		return fmt.Sprintf("attempt %d: the stream from %s broke after %d lines this attempt; %s with the same key: the next front-end reports what is done and runs the rest", e.Attempt, e.URL, stream.Lines, next)
+	}
+	return fmt.Sprintf("attempt %d failed: %v; %s", e.Attempt, e.Err, next)
 }
 
 func (p *progress) finish(s client.Summary, took time.Duration) {

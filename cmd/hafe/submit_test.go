@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"hafe.dev/hafe/client"
 	"hafe.dev/hafe/frontend"
 	"hafe.dev/hafe/internal/pgtemp"
 	"hafe.dev/hafe/internal/pgtemp/pgtest"
@@ -208,6 +209,31 @@ func TestParseInterspersedKeepsFlagsAnywhere(t *testing.T) {
 		rest, err := parseInterspersed(fs, args)
 		if err != nil || len(rest) != 1 || rest[0] != "f.json" || strings.Join(to, ",") != "a,b" || !*quiet {
 			t.Errorf("%v: rest %v, to %v, quiet %v, err %v", args, rest, to, *quiet, err)
+		}
+	}
+}
+
+// TestRetryMessagesSayWhatHappensToTheBatch: each kind of failed attempt
+// is explained in the terms of a takeover, not as a bare error.
+func TestRetryMessagesSayWhatHappensToTheBatch(t *testing.T) {
+	base := client.Event{Kind: client.EventRetry, Attempt: 2, URL: "http://fe1", Next: "http://fe2", Wait: 1500 * time.Millisecond}
+	for _, tt := range []struct {
+		err  error
+		want []string
+	}{
+		{&client.APIError{Status: 409, Code: "batch_in_progress", Message: "still running on front-end fe0"}, []string{"still owned", "missed its heartbeats", "retrying on http://fe2 in 1.5s", "same key"}},
+		{&client.APIError{Status: 401, Code: "unauthorized"}, []string{"refused the token", "other front-ends"}},
+		{&client.StreamError{URL: "http://fe1", NoResponse: true, Err: errors.New("connection refused")}, []string{"did not answer", "connection refused", "resumes the batch"}},
+		{&client.StreamError{URL: "http://fe1", Lines: 17, Err: errors.New("unexpected EOF")}, []string{"broke after 17 lines", "runs the rest"}},
+		{&client.APIError{Status: 503, Code: "draining"}, []string{"attempt 2 failed", "draining", "retrying on http://fe2"}},
+	} {
+		e := base
+		e.Err = tt.err
+		got := retryMessage(e)
+		for _, w := range tt.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%v: %q lacks %q", tt.err, got, w)
+			}
 		}
 	}
 }
