@@ -16,7 +16,7 @@ import (
 // this one. Without more, fe2 would run slot 21 itself and block on those
 // rows until PostgreSQL's idle_in_transaction_session_timeout (here 10
 // minutes) ended fe1's session; the takeover terminates the dead run's open
-// transactions instead (DESIGN G4).
+// transactions instead (G4 in docs/design.md).
 func TestStuckSlotTransactionIsFenced(t *testing.T) {
 	c := startFailoverCluster(t, 2, slowStatement, "--idle-in-transaction-timeout", "10m")
 	fe1, fe2 := c.fes[0], c.fes[1]

@@ -42,7 +42,7 @@ func (c *MigrateConfig) fill() {
 }
 
 // Phases are mean durations of one migration's phases, per party (the
-// seed's breakdown; DESIGN §3).
+// seed's breakdown, as docs/mtcp.md lists it).
 type Phases struct {
 	Initiate, Wait, Complete             time.Duration // client
 	PrepareRequest, WaitReply, Reinstate time.Duration // new server

@@ -11,7 +11,7 @@
 // duplicates or corrupts one. Only linked hosts can reach each other.
 //
 // simnet is for tests and benchmarks only. It must never be on the
-// production data path of `hafe serve` (DESIGN §3): production connections
+// production data path of `hafe serve` (docs/mtcp.md): production connections
 // use the kernel's TCP.
 //
 // Loss decisions come from per-direction PRNGs seeded from Config.Seed, but

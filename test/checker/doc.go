@@ -1,7 +1,7 @@
 // Package checker proves hafe's guarantees on the results of a fault test:
 // given the back-end's rows for one batch and every response stream that
 // clients captured for it (raw bytes, in any number, cut off or complete),
-// it lists each way they break the contract of DESIGN §2.
+// it lists each way they break the guarantees G1-G6 of docs/design.md.
 //
 //   - G1: a slot has at most one outcome row and, where the workload records
 //     an application-level effect per execution (a runs(slot) table), a

@@ -102,7 +102,7 @@ func (k Kind) String() string {
 	return fmt.Sprintf("Kind(%d)", uint8(k))
 }
 
-// Guarantee names the guarantee of DESIGN §2 that k breaks, e.g. "G1".
+// Guarantee names the guarantee of docs/design.md that k breaks, e.g. "G1".
 func (k Kind) Guarantee() string {
 	if int(k) < len(kindGuarantees) && kindGuarantees[k] != "" {
 		return kindGuarantees[k]
