@@ -367,7 +367,7 @@ func (c *Conn) handleFrameLocked(p *path, t wire.Type, payload []byte) error {
 
 // maybeAckLocked acknowledges received input now or soon (see
 // machine.maybeAck).
-func (c *Conn) maybeAckLocked(_ *path, now bool) {
+func (c *Conn) maybeAckLocked(now bool) {
 	c.maybeAck(now)
 	c.applyLocked()
 }

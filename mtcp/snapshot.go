@@ -171,9 +171,7 @@ func (c *Conn) snapshotSaved(rec *SnapshotRecord, err error, byApp bool) error {
 	}
 	s.storeCounter, s.durableSeq, s.durableIn = rec.Counter, rec.Seq, rec.InOffset
 	s.durable = snapshot{state: rec.State, in: rec.InOffset, out: rec.OutOffset, seq: rec.Seq}
-	if p := c.path; p != nil {
-		c.maybeAckLocked(p, true)
-	}
+	c.maybeAckLocked(true) // the input it covers may be discarded now
 	return nil
 }
 

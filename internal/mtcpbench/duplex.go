@@ -2,13 +2,10 @@ package mtcpbench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
-	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -74,29 +71,11 @@ func echoDuplex(c net.Conn, size int64) (time.Duration, error) {
 // writing and reading at once, in alternating rounds.
 func RunDuplex(ctx context.Context, cfg DuplexConfig) (*DuplexResult, error) {
 	cfg.fill()
-	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	raw, stop, err := serveRawTCP(func(nc net.Conn) { _, _ = io.Copy(nc, nc) })
 	if err != nil {
 		return nil, err
 	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer raw.Close()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			nc, err := raw.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer nc.Close()
-				_, _ = io.Copy(nc, nc)
-			}()
-		}
-	}()
+	defer stop()
 	cl, err := newCluster(2, nil, func(_ int, c *mtcp.Conn) { _, _ = io.Copy(c, c) })
 	if err != nil {
 		return nil, err
@@ -141,16 +120,7 @@ func RunDuplex(ctx context.Context, cfg DuplexConfig) (*DuplexResult, error) {
 			times[k] = append(times[k], dt)
 		}
 	}
-	if len(times[0]) == 0 {
-		return nil, errors.New("no rounds")
-	}
-	return &DuplexResult{Config: cfg, Raw: medianDuration(times[0]), MTCP: medianDuration(times[1]), Migrations: migrations.Load()}, nil
-}
-
-func medianDuration(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
+	return &DuplexResult{Config: cfg, Raw: median(times[0]), MTCP: median(times[1]), Migrations: migrations.Load()}, nil
 }
 
 // Table renders the result side by side.
