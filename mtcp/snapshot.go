@@ -27,7 +27,32 @@ func (c *Conn) ExportStateContext(ctx context.Context, state []byte) error {
 	if c.sv == nil {
 		return ErrNotServer
 	}
-	if err := c.recordSnapshot(state); err != nil {
+	if err := c.recordSnapshot(state, false); err != nil {
+		return err
+	}
+	if c.sv.ln.cfg.Store == nil {
+		return nil
+	}
+	return c.persist(ctx)
+}
+
+// AmendState replaces the latest snapshot's state, keeping its input and
+// output offsets and the input logged since: the application records a
+// decision about input it will read again after a migration (say, which
+// batch the request it has read but not yet answered became) without
+// giving that input up. After a migration the application imports the
+// amended state and re-reads the same input. Eager mode saves it like
+// ExportState.
+func (c *Conn) AmendState(state []byte) error {
+	return c.AmendStateContext(context.Background(), state)
+}
+
+// AmendStateContext is AmendState with a context bounding the store's Save.
+func (c *Conn) AmendStateContext(ctx context.Context, state []byte) error {
+	if c.sv == nil {
+		return ErrNotServer
+	}
+	if err := c.recordSnapshot(state, true); err != nil {
 		return err
 	}
 	if c.sv.ln.cfg.Store == nil {
@@ -37,8 +62,8 @@ func (c *Conn) ExportStateContext(ctx context.Context, state []byte) error {
 }
 
 // recordSnapshot takes a snapshot at the current offsets and starts a new
-// input log.
-func (c *Conn) recordSnapshot(state []byte) error {
+// input log; amend keeps the latest snapshot's offsets and input log.
+func (c *Conn) recordSnapshot(state []byte, amend bool) error {
 	s := c.sv
 	if len(state) > c.lim.MaxState {
 		return fmt.Errorf("%w: %d bytes over %d", ErrStateTooLarge, len(state), c.lim.MaxState)
@@ -48,6 +73,10 @@ func (c *Conn) recordSnapshot(state []byte) error {
 	defer c.mu.Unlock()
 	if c.state.terminal() || c.appClosed {
 		return c.opErr("export", c.stateErrLocked())
+	}
+	if amend {
+		s.snap = snapshot{state: st, in: s.snap.in, out: s.snap.out, seq: s.snap.seq + 1, exported: true}
+		return nil
 	}
 	s.snap = snapshot{state: st, in: c.in.read, out: c.out.app, seq: s.snap.seq + 1, exported: true}
 	c.in.trim(c.in.read)
@@ -115,7 +144,7 @@ func (c *Conn) PrepareSnapshot(state []byte) (*SnapshotRecord, error) {
 	if c.sv == nil {
 		return nil, ErrNotServer
 	}
-	if err := c.recordSnapshot(state); err != nil {
+	if err := c.recordSnapshot(state, false); err != nil {
 		return nil, err
 	}
 	rec, err := c.snapshotRecord()

@@ -1,0 +1,106 @@
+package mtcp
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// serveDecisions answers each request line with 40 lines that carry a
+// decision drawn at random once the request is read: a stand-in for a
+// front-end that turns a request into a batch with a fresh id. The
+// decision is recorded with AmendState, so a server that takes the
+// connection over re-reads the same request and answers with the same
+// decision; without it the answer would change in the middle.
+func serveDecisions(c *Conn) {
+	decided := ""
+	if st, ok := c.ImportState(); ok {
+		decided = string(st)
+	}
+	br := bufio.NewReader(c)
+	for {
+		if decided == "" && c.ExportState(nil) != nil {
+			return
+		}
+		req, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		if decided == "" {
+			b := make([]byte, 8)
+			rand.Read(b)
+			decided = hex.EncodeToString(b)
+			if c.AmendState([]byte(decided)) != nil {
+				return
+			}
+		}
+		for i := range 40 {
+			if _, err := fmt.Fprintf(c, "%s %s %02d\n", strings.TrimSpace(req), decided, i); err != nil {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+		decided = ""
+	}
+}
+
+// TestAmendedStateSurvivesMigration: an answer in progress goes on with
+// the same decision on the next server, lazily (peer transfer) and
+// eagerly (from the store, the origin crashed).
+func TestAmendedStateSurvivesMigration(t *testing.T) {
+	for _, eager := range []bool{false, true} {
+		t.Run(fmt.Sprintf("eager=%v", eager), func(t *testing.T) {
+			checkLeaks(t)
+			var store SnapshotStore
+			if eager {
+				store = NewMemStore()
+			}
+			tc := newCluster(t, 3, store, nil)
+			tc.serve(serveDecisions)
+			c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			br := bufio.NewReader(c)
+			for r, to := range []int{1, 2, 0} {
+				if _, err := fmt.Fprintf(c, "req%d\n", r); err != nil {
+					t.Fatal(err)
+				}
+				var first string
+				for i := range 40 {
+					if i == 10 {
+						if eager && r == 0 {
+							tc.lns[0].crash()
+						}
+						if err := c.Migrate(context.Background(), tc.addrs[to]); err != nil {
+							t.Fatal(err)
+						}
+					}
+					line, err := br.ReadString('\n')
+					if err != nil {
+						t.Fatalf("request %d line %d: %v", r, i, err)
+					}
+					var req, dec string
+					var n int
+					if _, err := fmt.Sscanf(line, "%s %s %d", &req, &dec, &n); err != nil || req != fmt.Sprintf("req%d", r) || n != i {
+						t.Fatalf("request %d line %d reads %q", r, i, line)
+					}
+					if first == "" {
+						first = dec
+					} else if dec != first {
+						t.Fatalf("request %d: the decision changed from %s to %s at line %d", r, first, dec, i)
+					}
+				}
+				if eager && r == 0 {
+					break // the crashed server does not come back
+				}
+			}
+		})
+	}
+}
