@@ -78,12 +78,17 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log := s.requestLog(r, "frontend")
+	mx := mtcpExchangeFrom(r.Context())
 	if key != "" {
 		log = log.With("key", key)
 		key = r.Context().Value(clientKey{}).(string) + ":" + key
+	} else if mx != nil {
+		// Over MTCP the batch has a key of its own, so that the
+		// front-end the connection moves to finds it.
+		key = r.Context().Value(clientKey{}).(string) + ":" + mx.batchKey()
 	}
 	lease, err := s.exec.Open(r.Context(), txn.OpenRequest{IdempotencyKey: key, RequestHash: req.hash, NumTxns: len(req.batch.Transactions),
-		Log: s.requestLog(r, "txn")})
+		Log: s.requestLog(r, "txn"), Migrated: mx != nil && mx.migrated})
 	var busy *txn.BusyError
 	switch {
 	case errors.Is(err, txn.ErrKeyReused):
@@ -105,6 +110,9 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 	log = log.With("batch", lease.BatchID, "transactions", len(req.batch.Transactions))
 	log.Info("batch started", "resumed", lease.Resumed, "taken_over", lease.TakenOver)
 
+	if mx != nil {
+		mx.batchID = lease.BatchID
+	}
 	h := w.Header()
 	h.Set("Content-Type", "application/x-ndjson")
 	h.Set("X-Content-Type-Options", "nosniff")

@@ -3,6 +3,7 @@ package frontend
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	backendext "hafe.dev/hafe/backend-ext"
@@ -50,7 +51,7 @@ func (s *Server) heartbeat(ctx context.Context) {
 		return
 	}
 	err = backendext.Heartbeat(ctx, s.ctl, backendext.Member{
-		ID: s.cfg.ID, Incarnation: s.exec.Incarnation(), HTTPAddr: s.cfg.Addr, Load: float64(s.batches.running()), Draining: s.batches.isDraining(),
+		ID: s.cfg.ID, Incarnation: s.exec.Incarnation(), HTTPAddr: s.cfg.Addr, MTCPAddr: s.cfg.MTCPAddr, Load: float64(s.batches.running()), Draining: s.batches.isDraining(),
 	})
 	if err != nil {
 		if ctx.Err() == nil {
@@ -66,6 +67,38 @@ func (s *Server) heartbeat(ctx context.Context) {
 		return
 	}
 	s.members.set(ms)
+	s.publishServers(ms)
+}
+
+// publishServers gives the MTCP listener the live, not draining members'
+// MTCP addresses, which it sends its clients (their migration targets)
+// when the list changes.
+func (s *Server) publishServers(ms []backendext.Member) {
+	ln := s.mtcp.Load()
+	if ln == nil {
+		return
+	}
+	var addrs []string
+	for _, m := range ms {
+		if m.MTCPAddr != "" && (m.ID == s.cfg.ID || m.Alive && !m.Draining) {
+			addrs = append(addrs, m.MTCPAddr)
+		}
+	}
+	slices.Sort(addrs)
+	s.mtcpMu.Lock()
+	same := slices.Equal(addrs, s.mtcpServers)
+	s.mtcpServers = addrs
+	s.mtcpMu.Unlock()
+	if !same {
+		ln.SetServers(addrs)
+	}
+}
+
+// MTCPServers is the server list this front-end gives its MTCP clients.
+func (s *Server) MTCPServers() []string {
+	s.mtcpMu.Lock()
+	defer s.mtcpMu.Unlock()
+	return slices.Clone(s.mtcpServers)
 }
 
 // gcDelay spreads the collections of several front-ends apart.

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -16,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"hafe.dev/hafe/mtcp"
 	hafesql "hafe.dev/hafe/sql"
 	"hafe.dev/hafe/txn"
 	"hafe.dev/hafe/web"
@@ -27,6 +30,10 @@ type Config struct {
 	ID string
 	// Addr is the HTTP address other members and operators see for it.
 	Addr string
+	// MTCPAddr is the address clients and peers reach its MTCP listener
+	// at (ServeMTCP), published in the members table; every front-end
+	// gives its MTCP clients the list of its live peers' addresses.
+	MTCPAddr string
 	// AllowRawSQL accepts {"sql":[…]} transactions besides templates. It
 	// needs Executor.RawSQL: a pool that logs in as the client role, and
 	// the outcome key.
@@ -119,6 +126,9 @@ type Server struct {
 
 	batches inflight
 	numbers numberArgs
+	mtcp    atomic.Pointer[mtcp.Listener] // set by ServeMTCP
+	mtcpMu      sync.Mutex
+	mtcpServers []string // the list last given to the listener
 	members memberView
 }
 

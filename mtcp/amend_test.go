@@ -104,3 +104,19 @@ func TestAmendedStateSurvivesMigration(t *testing.T) {
 		})
 	}
 }
+
+// TestDeadlineSetAfterStop: setting a deadline on a closed connection (an
+// HTTP handler lifting its write deadline after the connection ended)
+// returns at once.
+func TestDeadlineSetAfterStop(t *testing.T) {
+	d := makeDeadline()
+	d.set(time.Now().Add(time.Hour))
+	d.stop()
+	done := make(chan struct{})
+	go func() { d.set(time.Time{}); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("set after stop hangs")
+	}
+}

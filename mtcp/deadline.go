@@ -51,9 +51,12 @@ func (d *deadline) wait() chan struct{} {
 func (d *deadline) stop() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.timer != nil {
-		d.timer.Stop()
+	if d.timer != nil && !d.timer.Stop() {
+		<-d.cancel // the timer fired; wait for it to close cancel
 	}
+	// A later set must not wait for this timer: Stop on a stopped timer
+	// also reports false.
+	d.timer = nil
 }
 
 func isClosedChan(c <-chan struct{}) bool {

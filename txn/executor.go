@@ -137,7 +137,18 @@ type OpenRequest struct {
 	// Log, when set, logs what happens to this batch (say, with the
 	// request's id); default the executor's logger.
 	Log *slog.Logger
+	// Migrated says the client's connection moved here from the front-end
+	// running the batch (a verified MTCP migration): that owner has lost
+	// its client, so the batch is taken over at once whatever its
+	// heartbeat says, and an open slot transaction of the owner's is
+	// terminated after MigratedFenceGrace rather than FenceGrace.
+	Migrated bool
 }
+
+// MigratedFenceGrace is how long a claim after a migration waits for the
+// previous owner's open slot transaction: that owner finds its client gone
+// at its next write and stops, so a longer wait only stalls the client.
+const MigratedFenceGrace = 200 * time.Millisecond
 
 // Lease is this front-end's right to execute one batch.
 type Lease struct {
@@ -190,6 +201,11 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 	if !bytes.Equal(b.RequestHash, req.RequestHash) || b.NumTxns != req.NumTxns {
 		return nil, ErrKeyReused
 	}
+	if req.Migrated {
+		// The client may have come back to this front-end, whose earlier
+		// run of the batch stops at its next write to the moved connection.
+		e.waitStopped(ctx, b.ID, 5*time.Second)
+	}
 	if !e.markRunning(b.ID) {
 		return nil, &BusyError{BatchID: b.ID, Owner: e.cfg.Owner, RetryAfter: time.Second}
 	}
@@ -198,16 +214,20 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 	}
 	// OwnerAlive holds only for the owner's current run, so a batch left by
 	// an earlier run of this very front-end is taken over, not refused.
-	if b.Owner != "" && b.Owner != e.cfg.Owner && b.OwnerAlive {
+	if b.Owner != "" && b.Owner != e.cfg.Owner && b.OwnerAlive && !req.Migrated {
 		e.markStopped(b.ID)
 		return nil, &BusyError{BatchID: b.ID, Owner: b.Owner, RetryAfter: max(e.cfg.OwnerLiveness-b.OwnerHeartbeatAge, time.Second)}
 	}
-	epoch, fenced, err := e.claim(ctx, log, b.ID)
+	grace := e.cfg.FenceGrace
+	if req.Migrated {
+		grace = min(grace, MigratedFenceGrace)
+	}
+	epoch, fenced, err := e.claim(ctx, log, b.ID, grace)
 	if err != nil {
 		e.markStopped(b.ID)
 		return nil, err
 	}
-	if b.Owner != "" && b.OwnerIncarnation != "" && !(b.Owner == e.cfg.Owner && b.OwnerIncarnation == e.cfg.Incarnation) {
+	if b.Owner != "" && b.OwnerIncarnation != "" && !b.OwnerAlive && !(b.Owner == e.cfg.Owner && b.OwnerIncarnation == e.cfg.Incarnation) {
 		// The previous owner's run is gone (or it would have been busy):
 		// a transaction it left open, stuck mid-statement, holds locks this
 		// batch's slots need, and nothing else would end it before
@@ -227,7 +247,7 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 		}
 	}
 	e.cfg.Observer.TakeOver()
-	log.Info("batch taken over", "batch", b.ID, "previous_owner", b.Owner, "epoch", epoch)
+	log.Info("batch taken over", "batch", b.ID, "previous_owner", b.Owner, "epoch", epoch, "migrated", req.Migrated)
 	return &Lease{BatchID: b.ID, Epoch: epoch, Resumed: true, TakenOver: true, PreviousOwner: b.Owner, log: log}, nil
 }
 
@@ -238,7 +258,7 @@ func (e *Executor) Incarnation() string { return e.cfg.Incarnation }
 // the batch row; if it is still open after FenceGrace, its session is
 // terminated so that it can never commit. fenced counts the sessions
 // terminated.
-func (e *Executor) claim(ctx context.Context, log *slog.Logger, batchID string) (epoch int64, fenced int, err error) {
+func (e *Executor) claim(ctx context.Context, log *slog.Logger, batchID string, fenceGrace time.Duration) (epoch int64, fenced int, err error) {
 	conn, err := e.pool.Acquire(ctx)
 	if err != nil {
 		return 0, 0, fmt.Errorf("claim batch %s: %w", batchID, err)
@@ -254,7 +274,7 @@ func (e *Executor) claim(ctx context.Context, log *slog.Logger, batchID string) 
 		epoch, err := backendext.ClaimBatch(ctx, conn, batchID, e.cfg.Owner, e.cfg.Incarnation)
 		done <- result{epoch, err}
 	}()
-	grace := time.NewTimer(e.cfg.FenceGrace)
+	grace := time.NewTimer(fenceGrace)
 	defer grace.Stop()
 	for {
 		select {
@@ -269,7 +289,7 @@ func (e *Executor) claim(ctx context.Context, log *slog.Logger, batchID string) 
 				e.cfg.Observer.Fence(FenceBlocker, n)
 				log.Info("fenced: terminated the previous owner's session", "batch", batchID, "sessions", n)
 			}
-			grace.Reset(e.cfg.FenceGrace)
+			grace.Reset(fenceGrace)
 		}
 	}
 }
@@ -303,6 +323,20 @@ func (e *Executor) markRunning(id string) bool {
 	}
 	e.running[id] = true
 	return true
+}
+
+// waitStopped waits, at most d, until this process runs batch id no more.
+func (e *Executor) waitStopped(ctx context.Context, id string, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		e.mu.Lock()
+		running := e.running[id]
+		e.mu.Unlock()
+		if !running {
+			return
+		}
+		e.sleep(ctx, 10*time.Millisecond)
+	}
 }
 
 func (e *Executor) markStopped(id string) {

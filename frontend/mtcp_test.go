@@ -1,0 +1,272 @@
+package frontend
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	backendext "hafe.dev/hafe/backend-ext"
+	"hafe.dev/hafe/mtcp"
+	"hafe.dev/hafe/txn"
+)
+
+// trackingListener remembers the transport connections it accepted, so a
+// test can cut them all at once as a crash would.
+type trackingListener struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.mu.Lock()
+		l.conns = append(l.conns, c)
+		l.mu.Unlock()
+	}
+	return c, err
+}
+
+func (l *trackingListener) cutAll() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.conns {
+		c.Close()
+	}
+}
+
+type mtcpCluster struct {
+	fes   []*frontendUnderTest
+	lns   []*mtcp.Listener
+	raw   []*trackingListener
+	addrs []string
+}
+
+// startMTCPCluster runs n front-ends on the database at url, each serving
+// over MTCP too; eager ones save snapshots in the database.
+func startMTCPCluster(t *testing.T, url string, n int, eager bool, mod func(*Config)) *mtcpCluster {
+	t.Helper()
+	key := []byte("test cluster key, 32 bytes long!")
+	mc := &mtcpCluster{}
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		mc.raw = append(mc.raw, &trackingListener{Listener: ln})
+		mc.addrs = append(mc.addrs, ln.Addr().String())
+	}
+	for i := range n {
+		cfg := Config{ID: fmt.Sprintf("fe-%d", i), MTCPAddr: mc.addrs[i], AllowRawSQL: true, HeartbeatInterval: 200 * time.Millisecond,
+			Executor: txn.Config{Incarnation: rand.Text()}}
+		if mod != nil {
+			mod(&cfg)
+		}
+		fe := startFrontend(t, url, cfg, true)
+		lcfg := mtcp.ListenConfig{Logger: testLogger(t, "mtcp-"+cfg.ID), Self: mc.addrs[i], Servers: mc.addrs, ClusterKey: key, PeerTimeout: 500 * time.Millisecond}
+		if eager {
+			pool, err := pgxpool.New(context.Background(), url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(pool.Close)
+			lcfg.Store = backendext.NewSnapshotStore(pool, cfg.ID)
+		}
+		ln := mtcp.NewListener(mc.raw[i], lcfg)
+		go fe.ServeMTCP(ln)
+		t.Cleanup(func() { ln.Close() })
+		mc.fes = append(mc.fes, fe)
+		mc.lns = append(mc.lns, ln)
+	}
+	for _, fe := range mc.fes {
+		waitFor(t, "every front-end to list every MTCP address", func() bool { return len(fe.MTCPServers()) == n })
+	}
+	return mc
+}
+
+// crash stops front-end i's MTCP side the hard way: its transport
+// connections vanish and its peer channel is gone. Its batches go on
+// writing into the void until they find they were fenced, as a process
+// that is merely cut off would.
+func (mc *mtcpCluster) crash(i int) {
+	mc.raw[i].cutAll()
+	mc.lns[i].Close()
+}
+
+// mtcpClient is an HTTP client over MTCP, remembering its connection.
+type mtcpClient struct {
+	*http.Client
+	mu         sync.Mutex
+	conn       *mtcp.Conn
+	migrations []mtcp.MigrationStats
+}
+
+func newMTCPClient(t *testing.T, addrs []string) *mtcpClient {
+	mc := &mtcpClient{}
+	d := &mtcp.Dialer{Logger: testLogger(nil, "client"), Servers: addrs, OnMigration: func(s mtcp.MigrationStats) {
+		mc.mu.Lock()
+		mc.migrations = append(mc.migrations, s)
+		mc.mu.Unlock()
+	}}
+	d.Triggers.PathTimeout = 500 * time.Millisecond
+	mc.Client = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+		c, err := d.DialMTCP(ctx, addr)
+		if err == nil {
+			mc.mu.Lock()
+			mc.conn = c
+			mc.mu.Unlock()
+		}
+		return c, err
+	}}}
+	t.Cleanup(mc.CloseIdleConnections)
+	return mc
+}
+
+// effectBatch is n raw SQL transactions, each leaving one effect named
+// after its slot, so the database shows whether any ran twice.
+func effectBatch(tag string, n int) string {
+	txns := make([]string, n)
+	for i := range txns {
+		txns[i] = rawTxn(fmt.Sprintf("INSERT INTO effects (note) VALUES ('%s-%d')", tag, i+1))
+	}
+	return batchBody(txns...)
+}
+
+// readBatch reads a batch response line by line, calling at after each.
+func readBatch(t *testing.T, resp *http.Response, at func(n int)) []line {
+	t.Helper()
+	br := bufio.NewReader(resp.Body)
+	var lines []line
+	for {
+		raw, err := br.ReadBytes('\n')
+		if err == io.EOF && len(raw) == 0 {
+			return lines
+		}
+		if err != nil {
+			t.Fatalf("after %d lines: %v", len(lines), err)
+		}
+		var l line
+		if err := json.Unmarshal(raw, &l); err != nil {
+			t.Fatalf("line %d %q: %v", len(lines)+1, raw, err)
+		}
+		lines = append(lines, l)
+		at(len(lines))
+	}
+}
+
+// checkExactlyOnce checks a finished batch's lines and what the database
+// recorded for it: every slot reported once in order, a summary that adds
+// up, no effect twice and every reported commit's effect there.
+func checkExactlyOnce(t *testing.T, db *checker, tag string, n int, lines []line) {
+	t.Helper()
+	if len(lines) != n+1 {
+		t.Fatalf("%d lines, want %d and a summary", len(lines), n)
+	}
+	committed := 0
+	for i, l := range lines[:n] {
+		if l.Seq != i+1 {
+			t.Fatalf("line %d reports slot %d", i+1, l.Seq)
+		}
+		if l.Status == "committed" {
+			committed++
+			if got := db.count("SELECT count(*) FROM effects WHERE note = $1", fmt.Sprintf("%s-%d", tag, l.Seq)); got != 1 {
+				t.Errorf("slot %d reported committed; its effect is there %d times", l.Seq, got)
+			}
+		}
+	}
+	sum := lines[n]
+	if !sum.Done || sum.Committed != committed || sum.Committed+sum.Aborted != n {
+		t.Errorf("summary %+v, %d committed lines", sum, committed)
+	}
+	if dup := db.count("SELECT count(*) FROM (SELECT note FROM effects WHERE note LIKE $1 GROUP BY note HAVING count(*) > 1) x", tag+"-%"); dup != 0 {
+		t.Errorf("%d effects of %s ran more than once", dup, tag)
+	}
+	if got := db.count("SELECT count(*) FROM effects WHERE note LIKE $1", tag+"-%"); got != committed {
+		t.Errorf("%d effects of %s in the database, %d reported committed", got, tag, committed)
+	}
+}
+
+// TestBatchOverMTCPSurvivesItsFrontEnd: a batch streams over MTCP; in the
+// middle its front-end crashes (eager: the next one takes the connection
+// from the database) or the client moves (lazy: the state comes from the
+// origin). The stream goes on from another front-end, with no second
+// request, every slot once.
+func TestBatchOverMTCPSurvivesItsFrontEnd(t *testing.T) {
+	for _, eager := range []bool{true, false} {
+		t.Run(fmt.Sprintf("eager=%v", eager), func(t *testing.T) {
+			url := newDB(t)
+			db := newChecker(t, url)
+			mc := startMTCPCluster(t, url, 3, eager, nil)
+			cl := newMTCPClient(t, mc.addrs)
+			const n = 60
+			req, _ := http.NewRequest("POST", "http://"+mc.addrs[0]+"/v1/batches", strings.NewReader(effectBatch("b", n)))
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := cl.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != 200 || resp.Header.Get("Hafe-Front-End") != "fe-0" {
+				t.Fatalf("status %d from %q", resp.StatusCode, resp.Header.Get("Hafe-Front-End"))
+			}
+			lines := readBatch(t, resp, func(k int) {
+				if k != 10 {
+					return
+				}
+				if eager {
+					mc.crash(0)
+					return
+				}
+				cl.mu.Lock()
+				c := cl.conn
+				cl.mu.Unlock()
+				if err := c.Migrate(context.Background(), mc.addrs[1]); err != nil {
+					t.Fatal(err)
+				}
+			})
+			checkExactlyOnce(t, db, "b", n, lines)
+			if got := db.count("SELECT count(*) FROM hafe.batches"); got != 1 {
+				t.Errorf("%d batches: the client's request ran more than once", got)
+			}
+			cl.mu.Lock()
+			defer cl.mu.Unlock()
+			if len(cl.migrations) == 0 {
+				t.Fatal("the connection never migrated")
+			}
+			for _, m := range cl.migrations {
+				t.Logf("migration %s → %s: %v, %v", m.From, m.To, m.Mode, m.Err)
+			}
+			// The connection carries on: a second batch on it.
+			req, _ = http.NewRequest("POST", "http://"+mc.addrs[0]+"/v1/batches", strings.NewReader(effectBatch("c", 5)))
+			req.Header.Set("Content-Type", "application/json")
+			resp2, err := cl.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp2.Body.Close()
+			checkExactlyOnce(t, db, "c", 5, readBatch(t, resp2, func(int) {}))
+		})
+	}
+}
+
+// testLogger logs to the test output when HAFE_TEST_LOG is set.
+func testLogger(t *testing.T, name string) *slog.Logger {
+	if os.Getenv("HAFE_TEST_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("who", name)
+}
