@@ -106,7 +106,7 @@ type mtcpExchange struct {
 	// decided is the answer recorded before the move, if any.
 	decided *batchDecision
 	// batchID is set by postBatch once it holds the batch's lease.
-	batchID string
+	batchID  string
 	reqClose bool
 }
 

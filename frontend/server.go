@@ -124,12 +124,12 @@ type Server struct {
 	metrics *metrics
 	router  chi.Router
 
-	batches inflight
-	numbers numberArgs
-	mtcp    atomic.Pointer[mtcp.Listener] // set by ServeMTCP
+	batches     inflight
+	numbers     numberArgs
+	mtcp        atomic.Pointer[mtcp.Listener] // set by ServeMTCP
 	mtcpMu      sync.Mutex
 	mtcpServers []string // the list last given to the listener
-	members memberView
+	members     memberView
 }
 
 // New returns a front-end serving batches on pool. The pool's sessions
