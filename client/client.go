@@ -19,6 +19,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"hafe.dev/hafe/mtcp"
 )
 
 // Config configures a Client. Zero fields take the documented defaults.
@@ -32,6 +34,14 @@ type Config struct {
 	// HTTPClient sends the requests. Default: one with a 5 s dial timeout
 	// and no overall timeout, since a batch may stream for a long time.
 	HTTPClient *http.Client
+	// MTCP, when set (and HTTPClient is not), sends the requests over
+	// Migratory TCP: FrontEnds then name the front-ends' MTCP addresses
+	// (hafe serve --mtcp-listen), and a connection whose front-end dies,
+	// drains or slows down moves to another one in the middle of a batch,
+	// which goes on without a second request. Should the connection be
+	// lost all the same, Submit retries with the Idempotency-Key as over
+	// plain HTTP. MTCP.Servers defaults to the FrontEnds' addresses.
+	MTCP *mtcp.Dialer
 	// MaxAttempts bounds the requests of one Submit (default 10).
 	MaxAttempts int
 	// MinBackoff is the pause before a retry (default 100 ms). It doubles
@@ -50,6 +60,22 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
+	if c.HTTPClient == nil && c.MTCP != nil {
+		d := *c.MTCP
+		if len(d.Servers) == 0 {
+			for _, f := range c.FrontEnds {
+				if u, err := normalizeURL(f); err == nil {
+					pu, _ := neturl.Parse(u)
+					d.Servers = append(d.Servers, pu.Host)
+				}
+			}
+		}
+		c.HTTPClient = &http.Client{Transport: &http.Transport{
+			DialContext:         d.DialContext,
+			MaxIdleConnsPerHost: 4,
+			IdleConnTimeout:     90 * time.Second,
+		}}
+	}
 	if c.HTTPClient == nil {
 		c.HTTPClient = &http.Client{Transport: &http.Transport{
 			Proxy:                 http.ProxyFromEnvironment,

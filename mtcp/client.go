@@ -367,14 +367,14 @@ func (c *Conn) Migrate(ctx context.Context, addr string) error {
 	if c.cl == nil {
 		return ErrNotClient
 	}
-	return c.cl.migrate(ctx, c, addr, false)
+	return c.cl.migrate(ctx, c, addr, false, TriggerRequest)
 }
 
 // migrate runs one client-initiated migration to addr: initiate (open a
 // path and send MIGRATE), wait (for ACCEPTED or REFUSE), complete
 // (reattach and resend input from the server's offset). With ifDown it
 // does nothing if another migration restored a path meanwhile.
-func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string, ifDown bool) error {
+func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string, ifDown bool, trigger string) error {
 	select {
 	case cl.mig <- struct{}{}:
 	case <-ctx.Done():
@@ -395,7 +395,7 @@ func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string, ifDown 
 	cl.counter++
 	m := wire.Migrate{ConnID: c.id, Counter: cl.counter, RecvOff: c.in.end(), Origin: cl.self}
 	m.MAC = migrateMAC(c.secret, m)
-	stats := MigrationStats{ConnID: c.id, Role: RoleClient, From: cl.self, To: addr}
+	stats := MigrationStats{ConnID: c.id, Role: RoleClient, From: cl.self, To: addr, Trigger: trigger}
 	if p := c.path; p != nil && addr != cl.cur && cl.self != "" && cl.worthPreparing(p) {
 		// Ask the origin to push the state to addr while we dial it.
 		p.queue(wire.AppendPrepare(nil, wire.Prepare{Target: addr, Migrate: m, MAC: prepareMAC(c.secret, m, addr)}))

@@ -47,15 +47,26 @@ func (m Mode) String() string {
 	return fmt.Sprintf("Mode(%d)", uint8(m))
 }
 
+// Migration triggers, as MigrationStats.Trigger names them.
+const (
+	TriggerRequest     = "request"      // the application called Conn.Migrate
+	TriggerPathFailure = "path_failure" // the path broke, fell silent or made no progress
+	TriggerRate        = "rate"         // the rate policy found the path slow
+	TriggerRedirect    = "redirect"     // the server asked (drain, overload)
+)
+
 // MigrationStats describes one migration as one party saw it. Only the
 // durations of the party's Role are set.
 type MigrationStats struct {
-	ConnID     ConnID
-	Role       Role
-	Mode       Mode
-	From, To   string // origin and new server addresses, when known
-	StateBytes int    // snapshot + input log + output transferred
-	Err        error  // nil on success
+	ConnID   ConnID
+	Role     Role
+	Mode     Mode
+	From, To string // origin and new server addresses, when known
+	// Trigger is why the client moved (client only): TriggerRequest,
+	// TriggerPathFailure, TriggerRate or TriggerRedirect.
+	Trigger    string
+	StateBytes int   // snapshot + input log + output transferred
+	Err        error // nil on success
 	// Pushed: the client sent PREPARE on its old path and the origin
 	// pushed the state to the new server (client: PREPARE sent; origin:
 	// pushed; new server: the MIGRATE found the pushed state).

@@ -83,7 +83,7 @@ func (cl *clientSide) act(c *Conn) {
 	ctx := cl.ctx
 	switch {
 	case redirect != "":
-		if err := cl.migrateOnce(ctx, c, redirect, false); err != nil {
+		if err := cl.migrateOnce(ctx, c, redirect, false, TriggerRedirect); err != nil {
 			c.log.Info("redirect not followed", "to", redirect, "err", err)
 		}
 	case want == "no progress" && p != nil:
@@ -104,7 +104,7 @@ func (cl *clientSide) act(c *Conn) {
 		}
 		c.mu.Unlock()
 		c.log.Info("migrating", "reason", want, "to", target)
-		err := cl.migrateOnce(ctx, c, target, false)
+		err := cl.migrateOnce(ctx, c, target, false, TriggerRate)
 		c.mu.Lock()
 		if err != nil {
 			c.log.Info("migration failed", "to", target, "err", err)
@@ -125,10 +125,10 @@ func (cl *clientSide) act(c *Conn) {
 	}
 }
 
-func (cl *clientSide) migrateOnce(ctx context.Context, c *Conn, addr string, ifDown bool) error {
+func (cl *clientSide) migrateOnce(ctx context.Context, c *Conn, addr string, ifDown bool, trigger string) error {
 	ctx, cancel := context.WithTimeout(ctx, cl.d.HandshakeTimeout)
 	defer cancel()
-	return cl.migrate(ctx, c, addr, ifDown)
+	return cl.migrate(ctx, c, addr, ifDown, trigger)
 }
 
 // recover finds a new path after the current one failed, trying servers in
@@ -150,7 +150,7 @@ func (cl *clientSide) recover(c *Conn) {
 		}
 		n := len(cl.servers)
 		c.mu.Unlock()
-		err := cl.migrateOnce(ctx, c, target, true)
+		err := cl.migrateOnce(ctx, c, target, true, TriggerPathFailure)
 		if err == nil {
 			return
 		}

@@ -19,6 +19,7 @@ import (
 
 	backendext "hafe.dev/hafe/backend-ext"
 	"hafe.dev/hafe/frontend"
+	"hafe.dev/hafe/mtcp"
 	hafesql "hafe.dev/hafe/sql"
 	"hafe.dev/hafe/txn"
 )
@@ -67,6 +68,10 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		drainTimeout = fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long running batches may take to finish")
 		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat    = fs.String("log-format", "text", "log lines as text (key=value) or json")
+		mtcpListen   = fs.String("mtcp-listen", "", "also serve the API over Migratory TCP at this address: a client's connection, running batch included, moves to another front-end when this one dies, drains or is overloaded (needs --cluster-key-file)")
+		mtcpAdvert   = fs.String("mtcp-advertise", "", "address clients and the other front-ends reach --mtcp-listen at (default: --mtcp-listen)")
+		clusterKey   = fs.String("cluster-key-file", "", "file holding the key the front-ends share to authenticate each other when they hand connections over (at least 16 bytes; the same file on every front-end)")
+		mtcpMode     = fs.String("mtcp-mode", "eager", "eager: save each connection's state in the database, so it survives a crash of this front-end; lazy: keep it here and hand it over on request only (survives drains and path failures, not crashes)")
 	)
 	var tokens tokenList
 	fs.Var(&tokens, "token", "client bearer token accepted on /v1, as NAME=SECRET (repeatable or comma-separated). Idempotency-Keys are scoped by NAME, so give a client's new secret the same NAME when rotating it. Without any, the API is open to anyone who can reach --listen, including web pages in a browser on this machine: for loopback only")
@@ -83,6 +88,10 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 	log, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
 		return err
+	}
+	mopts, err := readMTCPOptions(*mtcpListen, *mtcpAdvert, *clusterKey, *mtcpMode)
+	if err != nil {
+		return usageError{cmd: "serve", err: err}
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -180,8 +189,18 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		raw.Timeout = *rawTimeout
 	}
 
+	var mln *mtcp.Listener
+	if mopts != nil {
+		var closeStore func()
+		if mln, closeStore, err = listenMTCP(ctx, mopts, poolCfg, *id, log); err != nil {
+			ln.Close()
+			return err
+		}
+		defer closeStore()
+		defer mln.Close()
+	}
 	fe, err := frontend.New(pool, frontend.Config{
-		ID: *id, Addr: addr, AllowRawSQL: *rawSQL, ClientTokens: tokens, AdminToken: *adminToken,
+		ID: *id, Addr: addr, MTCPAddr: mopts.advertised(mln), AllowRawSQL: *rawSQL, ClientTokens: tokens, AdminToken: *adminToken,
 		Templates: catalog,
 		Limits:    frontend.Limits{MaxBodyBytes: *maxBody, MaxTransactions: *maxTxns, MaxStatements: *maxStmts, MaxBatchValues: *maxValues},
 		Executor: txn.Config{
@@ -208,7 +227,13 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 	go func() { fe.Run(memberCtx); close(memberDone) }()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	log.Info("front-end serving", "id", *id, "listen", ln.Addr().String(), "raw_sql", *rawSQL, "templates", len(catalog.Names()))
+	mtcpDone := make(chan struct{})
+	if mln != nil {
+		go func() { fe.ServeMTCP(mln); close(mtcpDone) }()
+	} else {
+		close(mtcpDone)
+	}
+	log.Info("front-end serving", "id", *id, "listen", ln.Addr().String(), "mtcp", mopts.advertised(mln), "mtcp_mode", mopts.mode(), "raw_sql", *rawSQL, "templates", len(catalog.Names()))
 
 	var drained <-chan struct{}
 	select {
@@ -222,6 +247,17 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), *drainTimeout)
 	defer cancel()
+	if mln != nil {
+		// MTCP connections move to the other front-ends, running batches
+		// included; their batches here stop at their next write.
+		start := time.Now()
+		n := mln.NumConns()
+		if err := mln.Drain(shutdownCtx); err != nil {
+			log.Warn("mtcp drain", "err", err, "left", mln.NumConns())
+		} else {
+			log.Info("mtcp drained: every connection moved to another front-end", "connections", n, "took", time.Since(start).Round(time.Millisecond))
+		}
+	}
 	select {
 	case <-drained:
 	case <-shutdownCtx.Done():
@@ -235,6 +271,10 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 	}
 	srv.Shutdown(shutdownCtx)
 	srv.Close()
+	if mln != nil {
+		mln.Close()
+	}
+	<-mtcpDone
 	stopMember()
 	<-memberDone
 	log.Info("front-end stopped", "id", *id)

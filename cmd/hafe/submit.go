@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"hafe.dev/hafe/client"
+	"hafe.dev/hafe/mtcp"
 )
 
 func runSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -53,6 +54,7 @@ Example:
 	quiet := fs.Bool("quiet", false, "no progress or summary on standard error, only errors")
 	attempts := fs.Int("max-attempts", 10, "give up after this many requests")
 	timeout := fs.Duration("timeout", 0, "give up after this long (0: no limit)")
+	overMTCP := fs.Bool("mtcp", false, "send over Migratory TCP: --to names the front-ends' --mtcp-listen addresses, and the connection moves to another front-end in the middle of the batch when its front-end dies or drains, with no second request; each move is printed on standard error")
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -70,7 +72,15 @@ Example:
 	}
 
 	p := newProgress(stderr, n, *quiet)
-	c, err := client.New(client.Config{FrontEnds: to, Token: *token, MaxAttempts: *attempts, Observe: p.event})
+	cfg := client.Config{FrontEnds: to, Token: *token, MaxAttempts: *attempts, Observe: p.event}
+	if *overMTCP {
+		cfg.MTCP = &mtcp.Dialer{OnMigration: func(s mtcp.MigrationStats) {
+			if !*quiet {
+				fmt.Fprintln(stderr, describeMigration(s))
+			}
+		}}
+	}
+	c, err := client.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -108,6 +118,15 @@ Example:
 		return exitError{code: 1}
 	}
 	return nil
+}
+
+// describeMigration is one line on a client's migration.
+func describeMigration(s mtcp.MigrationStats) string {
+	if s.Err != nil {
+		return fmt.Sprintf("hafe: connection could not move from %s to %s (%s): %v", s.From, s.To, s.Trigger, s.Err)
+	}
+	return fmt.Sprintf("hafe: connection moved from %s to %s (%s): initiate %dµs, wait %dµs, complete %dµs; the batch goes on, no new request",
+		s.From, s.To, s.Trigger, s.Initiate.Microseconds(), s.Wait.Microseconds(), s.Complete.Microseconds())
 }
 
 // readBatchFile reads a batch and counts its transactions; the bytes are
