@@ -198,6 +198,7 @@ func dialOne(ctx context.Context, cfg *Dialer, addr string) (*Conn, error) {
 		clientProto: clientProto{
 			cur:             addr,
 			servers:         mergeServers(append([]string(nil), cfg.Servers...), append(w.Servers, addr)),
+			seeds:           append([]string(nil), cfg.Servers...),
 			ignoreRedirects: cfg.Triggers.IgnoreRedirects,
 		},
 		d:    cfg,
@@ -206,7 +207,7 @@ func dialOne(ctx context.Context, cfg *Dialer, addr string) (*Conn, error) {
 		mig:  make(chan struct{}, 1),
 	}
 	if len(w.Servers) > 0 {
-		cl.servers = mergeServers(append([]string(nil), w.Servers...), []string{addr})
+		cl.setServers(w.Servers)
 	}
 	cl.ctx, cl.cancel = context.WithCancel(context.Background())
 	c.cl = cl
@@ -478,7 +479,7 @@ func (cl *clientSide) migrate(ctx context.Context, c *Conn, addr string, ifDown 
 	}
 	cl.cur, cl.self = addr, acc.Self
 	if len(acc.Servers) > 0 {
-		cl.servers = mergeServers(append([]string(nil), acc.Servers...), []string{addr})
+		cl.setServers(acc.Servers)
 	}
 	cl.resetPolicyLocked(time.Now())
 	c.mu.Unlock()

@@ -559,11 +559,20 @@ func (s *serverProto) closeApp(m *machine) {
 
 // clientProto is the client end's part of the protocol.
 type clientProto struct {
-	cur             string // address of the current server as dialled
-	servers         []string
+	cur     string // address of the current server as dialled
+	servers []string
+	// seeds are the Dialer's own servers: kept after whatever list the
+	// servers send, which may be short (a server that has just started
+	// knows few peers yet).
+	seeds           []string
 	received        uint64 // bytes received on the current server
 	redirect        string
 	ignoreRedirects bool
+}
+
+// setServers takes a server list sent by a server.
+func (cl *clientProto) setServers(addrs []string) {
+	cl.servers = mergeServers(mergeServers(append([]string(nil), addrs...), []string{cl.cur}), cl.seeds)
 }
 
 func (cl *clientProto) dataArrived(m *machine, n int) {
@@ -618,7 +627,7 @@ func (cl *clientProto) frame(m *machine, current bool, t wire.Type, payload []by
 			return err
 		}
 		if len(s.Addrs) > 0 {
-			cl.servers = mergeServers(s.Addrs, []string{cl.cur})
+			cl.setServers(s.Addrs)
 		}
 		return nil
 	}

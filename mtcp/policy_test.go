@@ -424,3 +424,59 @@ func TestPickFasterSkipsServersLeftForSlowness(t *testing.T) {
 		t.Errorf("went back to the server just left: %q", got)
 	}
 }
+
+// TestClientKeepsItsSeedServers: a server that sends a short list (it has
+// just started and knows no peer yet) does not make the client forget the
+// servers it was given; they come after the server's.
+func TestClientKeepsItsSeedServers(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 2, nil, nil)
+	tc.echo()
+	for _, l := range tc.lns {
+		l.SetServers([]string{l.Self()})
+	}
+	d := testDialer(tc)
+	d.Servers = []string{tc.addrs[0], tc.addrs[1]}
+	c, err := d.DialMTCP(context.Background(), tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := c.Servers(); !equalStrings(got, []string{tc.addrs[0], tc.addrs[1]}) {
+		t.Fatalf("servers %v after a greeting naming only %s", got, tc.addrs[0])
+	}
+	tc.lns[0].SetServers([]string{tc.addrs[0], "10.0.0.9:1"})
+	waitFor(t, func() bool { return equalStrings(c.Servers(), []string{tc.addrs[0], "10.0.0.9:1", tc.addrs[1]}) })
+}
+
+// TestDrainPastADeadServer: a draining server redirects some connections
+// to a server that is down (its membership has not caught up yet); their
+// clients move to another server at once instead of waiting for the
+// drain's next redirect a second later.
+func TestDrainPastADeadServer(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 3, nil, nil)
+	tc.echo()
+	var conns []*Conn
+	for range 4 {
+		c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		echoCheck(t, c)
+		conns = append(conns, c)
+	}
+	tc.lns[1].crash()
+	ctx, cancel := context.WithTimeout(context.Background(), 900*time.Millisecond)
+	defer cancel()
+	if err := tc.lns[0].Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range conns {
+		if c.Server() != tc.addrs[2] {
+			t.Errorf("a connection is on %s, not on the one live server left", c.Server())
+		}
+		echoCheck(t, c)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"hafe.dev/hafe/mtcp/internal/wire"
@@ -83,8 +84,20 @@ func (cl *clientSide) act(c *Conn) {
 	ctx := cl.ctx
 	switch {
 	case redirect != "":
-		if err := cl.migrateOnce(ctx, c, redirect, false, TriggerRedirect); err != nil {
-			c.log.Info("redirect not followed", "to", redirect, "err", err)
+		err := cl.migrateOnce(ctx, c, redirect, false, TriggerRedirect)
+		if err == nil {
+			break
+		}
+		c.log.Info("redirect not followed", "to", redirect, "err", err)
+		// The server wants the connection gone (it drains): any other
+		// server will do, the one it named may be down.
+		c.mu.Lock()
+		others := slices.DeleteFunc(slices.Clone(cl.servers), func(s string) bool { return s == cl.cur || s == redirect })
+		c.mu.Unlock()
+		for _, to := range others {
+			if err := cl.migrateOnce(ctx, c, to, false, TriggerRedirect); err == nil || ctx.Err() != nil {
+				break
+			}
 		}
 	case want == "no progress" && p != nil:
 		c.log.Info("path made no progress; migrating")

@@ -16,9 +16,14 @@ const demoAbout = `Shows a batch surviving a front-end crash, on this machine, i
      $HAFE_PG_IMAGE, default hafe-postgres:15), installs hafe and a demo bank
      of 100 accounts holding 1000.00 each;
   2. starts three front-ends (hafe serve) as separate processes;
-  3. submits a batch of transfers to the first, kills that front-end with
-     SIGKILL a third of the way through, and lets the client resume the batch
-     on another front-end with the same Idempotency-Key;
+  3. submits a batch of transfers to the first over MTCP, kills that
+     front-end with SIGKILL a third of the way through: the client's
+     connection moves to another front-end, which takes the batch over and
+     goes on with the same response, without a second request; two thirds
+     of the way through it drains (SIGTERM) the front-end then serving, and
+     the connection moves again. With --http the batch goes over plain
+     HTTP instead, and the client resumes it on another front-end with the
+     same Idempotency-Key;
   4. checks from the database that every transfer ran exactly once: one
      outcome per slot, as many commits as reported, balances that match the
      committed transfers, and a total still at 100000.00.
@@ -36,6 +41,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	killAt := fs.Int("kill-at", 0, "kill the serving front-end when this many lines have arrived (default: a third of --transactions)")
 	keep := fs.Bool("keep", false, "keep the work directory with the front-ends' logs")
 	stay := fs.Bool("stay", false, "keep the cluster up after the checks and print its URLs, until Ctrl-C")
+	overHTTP := fs.Bool("http", false, "send the batch over plain HTTP, resumed after the kill with the same Idempotency-Key, instead of over MTCP")
+	drainAt := fs.Int("drain-at", 0, "over MTCP, drain the front-end serving the batch when this many lines have arrived (default: two thirds of --transactions; -1: no drain)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -48,10 +55,18 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *killAt < 1 || *killAt > *n {
 		return fmt.Errorf("demo: --kill-at must be between 1 and --transactions (%d)", *n)
 	}
+	switch {
+	case *drainAt == 0:
+		*drainAt = 2 * *n / 3
+	case *drainAt < 0:
+		*drainAt = 0
+	case *drainAt > *n:
+		return fmt.Errorf("demo: --drain-at must be at most --transactions (%d)", *n)
+	}
 	switch *pgSource {
 	case "auto", "local", "container":
 	default:
 		return fmt.Errorf("demo: --postgres %q: want auto, local or container", *pgSource)
 	}
-	return demo.Run(ctx, demo.Options{Postgres: *pgSource, Transactions: *n, KillAt: *killAt, Seed: *seed, Keep: *keep, Stay: *stay}, stdout)
+	return demo.Run(ctx, demo.Options{Postgres: *pgSource, Transactions: *n, KillAt: *killAt, Seed: *seed, Keep: *keep, Stay: *stay, HTTP: *overHTTP, DrainAt: *drainAt}, stdout)
 }

@@ -41,6 +41,13 @@ type Options struct {
 	// Stay keeps the cluster up after the checks, with the killed
 	// front-end restarted, until ctx ends (Ctrl-C).
 	Stay bool
+	// HTTP sends the batch over plain HTTP, which resumes it on another
+	// front-end with the same Idempotency-Key; by default it goes over
+	// MTCP, whose connection moves without a second request.
+	HTTP bool
+	// DrainAt, over MTCP: drain (SIGTERM) the front-end serving the batch
+	// when this many lines have arrived (0: no drain).
+	DrainAt int
 }
 
 // AdminToken is the demo front-ends' --admin-token, for the dashboard.
@@ -63,9 +70,10 @@ func Run(ctx context.Context, opts Options, out io.Writer) error {
 type demo struct {
 	out      io.Writer
 	start    time.Time
-	cleanups []func()
-	work     string
-	children map[string]*child
+	cleanups   []func()
+	work       string
+	clusterKey string // the front-ends' --cluster-key-file
+	children   map[string]*child
 }
 
 func (d *demo) say(format string, args ...any) {
@@ -100,6 +108,10 @@ func (d *demo) run(ctx context.Context, opts Options) (err error) {
 		return err
 	}
 	d.children = map[string]*child{}
+	d.clusterKey = filepath.Join(d.work, "cluster.key")
+	if err := writeClusterKey(d.clusterKey); err != nil {
+		return err
+	}
 	var urls []string
 	for i := 1; i <= 3; i++ {
 		c, err := d.startFrontEnd(ctx, dbURL, fmt.Sprintf("fe%d", i))
@@ -116,7 +128,12 @@ func (d *demo) run(ctx context.Context, opts Options) (err error) {
 
 	batch := demoBatch(n, opts.Seed)
 	body, _ := json.Marshal(map[string]any{"transactions": batch})
-	res, err := d.submit(ctx, urls, body, n, killAt)
+	var res *submitted
+	if opts.HTTP {
+		res, err = d.submit(ctx, urls, body, n, killAt)
+	} else {
+		res, err = d.submitMTCP(ctx, body, n, killAt, opts.DrainAt)
+	}
 	if err != nil {
 		return err
 	}
@@ -146,13 +163,16 @@ The cluster stays up until Ctrl-C:
   dashboard   %s/dashboard/   (admin token: %s)
   metrics     %s/metrics
   front-ends  fe1 %s, fe2 %s, fe3 %s
+  MTCP        fe1 %s, fe2 %s, fe3 %s
   database    %s
   logs        %s
 Try:
   curl -N -H 'Content-Type: application/json' %s/v1/batches -d '{"transactions":[{"template":"transfer","args":{"from":1,"to":2,"amount":5}},{"template":"balance","args":{"id":1}}]}'
+  hafe submit sql/demo/transfers.json --mtcp --to %s   (then kill -9 the front-end it names)
   hafe batches ls --to %s --admin-token %s
 
-`, fe1, AdminToken, fe1, fe1, d.children["fe2"].url, d.children["fe3"].url, dbURL, d.work, fe1, fe1, AdminToken)
+`, fe1, AdminToken, fe1, fe1, d.children["fe2"].url, d.children["fe3"].url,
+		d.children["fe1"].mtcp, d.children["fe2"].mtcp, d.children["fe3"].mtcp, dbURL, d.work, fe1, d.children["fe1"].mtcp, fe1, AdminToken)
 	<-ctx.Done()
 	d.say("Ctrl-C: stopping the cluster")
 	return nil
@@ -250,6 +270,7 @@ func (d *demo) installBank(ctx context.Context, dbURL string) error {
 type child struct {
 	id   string
 	url  string
+	mtcp string // --mtcp-listen address
 	log  string
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -265,6 +286,11 @@ func (d *demo) startFrontEnd(ctx context.Context, dbURL, id string) (*child, err
 		return nil, err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	mport, err := freeLocalPort()
+	if err != nil {
+		return nil, err
+	}
+	maddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(mport))
 	logPath := filepath.Join(d.work, id+".log")
 	if _, err := os.Stat(logPath); err == nil {
 		logPath = filepath.Join(d.work, id+"-restarted.log") // --stay: keep the killed run's log
@@ -276,7 +302,8 @@ func (d *demo) startFrontEnd(ctx context.Context, dbURL, id string) (*child, err
 	// The demo's throwaway database has only its superuser; a real
 	// deployment connects as a role without SUPERUSER.
 	cmd := exec.Command(self, "serve", "--db", dbURL, "--listen", addr, "--id", id, "--allow-superuser",
-		"--heartbeat", "200ms", "--owner-liveness", "1s", "--fence-grace", "1s", "--drain-timeout", "1s", "--admin-token", AdminToken)
+		"--heartbeat", "200ms", "--owner-liveness", "1s", "--fence-grace", "1s", "--drain-timeout", "5s", "--admin-token", AdminToken,
+		"--mtcp-listen", maddr, "--cluster-key-file", d.clusterKey)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = withoutHafeEnv(os.Environ())
 	// Own process group, so a Ctrl-C reaches only us and we stop the
@@ -286,11 +313,11 @@ func (d *demo) startFrontEnd(ctx context.Context, dbURL, id string) (*child, err
 		logFile.Close()
 		return nil, fmt.Errorf("demo: start front-end %s: %w", id, err)
 	}
-	c := &child{id: id, url: "http://" + addr, log: logPath, cmd: cmd, done: make(chan struct{})}
+	c := &child{id: id, url: "http://" + addr, mtcp: maddr, log: logPath, cmd: cmd, done: make(chan struct{})}
 	go func() { cmd.Wait(); logFile.Close(); close(c.done) }()
 	d.children[id] = c
 	d.atExit(func() { c.stop() })
-	d.say("started front-end %s: pid %d, %s", id, cmd.Process.Pid, c.url)
+	d.say("started front-end %s: pid %d, %s, MTCP %s", id, cmd.Process.Pid, c.url, c.mtcp)
 	return c, nil
 }
 
