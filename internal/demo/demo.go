@@ -68,8 +68,8 @@ func Run(ctx context.Context, opts Options, out io.Writer) error {
 // demo is one run: what it started (stopped in reverse order) and its
 // narration.
 type demo struct {
-	out      io.Writer
-	start    time.Time
+	out        io.Writer
+	start      time.Time
 	cleanups   []func()
 	work       string
 	clusterKey string // the front-ends' --cluster-key-file

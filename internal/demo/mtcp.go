@@ -70,10 +70,10 @@ func (d *demo) submitMTCP(ctx context.Context, body []byte, n, killAt, drainAt i
 	}
 	defer c.CloseIdleConnections()
 	var (
-		drained   *child // the front-end told to drain
-		event     string // what happened to the serving front-end, awaiting the next line
-		eventTime time.Time
-		drainTime time.Time
+		drained    *child // the front-end told to drain
+		event      string // what happened to the serving front-end, awaiting the next line
+		eventTime  time.Time
+		drainTime  time.Time
 		firstAbort = true
 		begin      = time.Now()
 	)
