@@ -15,6 +15,7 @@ import (
 
 	backendext "hafe.dev/hafe/backend-ext"
 	"hafe.dev/hafe/internal/buildinfo"
+	"hafe.dev/hafe/mtcp"
 	"hafe.dev/hafe/txn"
 )
 
@@ -22,19 +23,21 @@ import (
 // It is the executor's txn.Observer, so transactions are counted as their
 // outcomes become durable, not when their batch ends.
 type metrics struct {
-	registry     *prometheus.Registry
-	batches      *prometheus.CounterVec
-	transactions *prometheus.CounterVec
-	refused      *prometheus.CounterVec
-	reported     prometheus.Counter
-	resumed      prometheus.Counter
-	batchSeconds prometheus.Histogram
-	takeovers    prometheus.Counter
-	fenced       *prometheus.CounterVec
-	retries      *prometheus.CounterVec
-	dbUp         prometheus.Gauge
-	dbRoundTrip  prometheus.Gauge
-	httpSeconds  *prometheus.HistogramVec
+	registry       *prometheus.Registry
+	batches        *prometheus.CounterVec
+	transactions   *prometheus.CounterVec
+	refused        *prometheus.CounterVec
+	reported       prometheus.Counter
+	resumed        prometheus.Counter
+	batchSeconds   prometheus.Histogram
+	takeovers      *prometheus.CounterVec
+	mtcpMigrations *prometheus.CounterVec
+	mtcpPhases     *prometheus.HistogramVec
+	fenced         *prometheus.CounterVec
+	retries        *prometheus.CounterVec
+	dbUp           prometheus.Gauge
+	dbRoundTrip    prometheus.Gauge
+	httpSeconds    *prometheus.HistogramVec
 }
 
 func newMetrics() *metrics {
@@ -60,9 +63,18 @@ func newMetrics() *metrics {
 			Name: "hafe_batch_duration_seconds", Help: "Time from request to last line of a batch.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}),
-		takeovers: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "hafe_batch_takeovers_total", Help: "Unfinished batches this front-end claimed from an earlier owner (or from none, after a release).",
-		}),
+		takeovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hafe_batch_takeovers_total", Help: "Unfinished batches this front-end claimed from an earlier owner (or from none, after a release), by how the batch came here (migration: its MTCP connection moved here; retry: sent again with its Idempotency-Key).",
+		}, []string{"via"}),
+		mtcpMigrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hafe_mtcp_migrations_total",
+			Help: "MTCP connection migrations this front-end took part in, by role (new_server: took the connection; origin: handed it over), trigger (redirect: this front-end asked the client to move, as a drain does; origin_down: taken from the database, its front-end did not answer; client: the client moved on its own, after a path failure or a slow path), mode (lazy: state from the origin; eager: from the database) and result (ok, failed).",
+		}, []string{"role", "trigger", "mode", "result"}),
+		mtcpPhases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "hafe_mtcp_migration_seconds",
+			Help:    "Phases of the MTCP migrations this front-end took part in: new server prepare (check the MIGRATE, ask for the state), wait (for the origin's or the database's answer) and reinstate (rebuild the connection, answer the client); origin prepare_reply (freeze the connection and take its state).",
+			Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10),
+		}, []string{"phase"}),
 		fenced: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hafe_fence_terminations_total",
 			Help: "Database sessions of a previous owner this front-end terminated to fence it, by kind (blocker: held the batch past --fence-grace; previous_run: left open by a run that is gone).",
@@ -105,7 +117,7 @@ func newMetrics() *metrics {
 	})
 	build.Set(1)
 	m.registry.MustRegister(m.batches, m.transactions, m.refused, m.reported, m.resumed, m.batchSeconds,
-		m.takeovers, m.fenced, m.retries, m.dbUp, m.dbRoundTrip, m.httpSeconds, build,
+		m.takeovers, m.mtcpMigrations, m.mtcpPhases, m.fenced, m.retries, m.dbUp, m.dbRoundTrip, m.httpSeconds, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -123,7 +135,42 @@ func (m *metrics) Outcome(status string, replayed bool) {
 func (m *metrics) Retry(cause string) { m.retries.WithLabelValues(cause).Inc() }
 
 // TakeOver implements txn.Observer.
-func (m *metrics) TakeOver() { m.takeovers.Inc() }
+func (m *metrics) TakeOver(via string) { m.takeovers.WithLabelValues(via).Inc() }
+
+// ObserveMigration counts an MTCP migration this front-end took part in
+// and logs it; give it to the listener as ListenConfig.OnMigration.
+func (s *Server) ObserveMigration(st mtcp.MigrationStats) {
+	role, trigger, mode := "new_server", "client", st.Mode.String()
+	if st.Role == mtcp.RoleOrigin {
+		role = "origin"
+	}
+	switch {
+	case st.Trigger == mtcp.TriggerRedirect:
+		trigger = "redirect"
+	case st.Role == mtcp.RoleNewServer && st.Mode == mtcp.ModeEager:
+		trigger = "origin_down"
+	}
+	result := "ok"
+	if st.Err != nil {
+		result = "failed"
+	}
+	s.metrics.mtcpMigrations.WithLabelValues(role, trigger, mode, result).Inc()
+	attrs := []any{"conn", st.ConnID.String(), "role", role, "trigger", trigger, "mode", mode, "from", st.From, "to", st.To, "state_bytes", st.StateBytes}
+	if st.Role == mtcp.RoleOrigin {
+		s.metrics.mtcpPhases.WithLabelValues("prepare_reply").Observe(st.PrepareReply.Seconds())
+		attrs = append(attrs, "prepare_reply_us", st.PrepareReply.Microseconds())
+	} else {
+		s.metrics.mtcpPhases.WithLabelValues("prepare").Observe(st.PrepareRequest.Seconds())
+		s.metrics.mtcpPhases.WithLabelValues("wait").Observe(st.WaitReply.Seconds())
+		s.metrics.mtcpPhases.WithLabelValues("reinstate").Observe(st.Reinstate.Seconds())
+		attrs = append(attrs, "prepare_us", st.PrepareRequest.Microseconds(), "wait_us", st.WaitReply.Microseconds(), "reinstate_us", st.Reinstate.Microseconds())
+	}
+	if st.Err != nil {
+		s.log.Warn("mtcp migration failed", append(attrs, "err", st.Err)...)
+		return
+	}
+	s.log.Info("mtcp connection migrated", attrs...)
+}
 
 // Fence implements txn.Observer.
 func (m *metrics) Fence(kind string, sessions int) {

@@ -77,7 +77,8 @@ func startMTCPCluster(t *testing.T, url string, n int, eager bool, mod func(*Con
 			mod(&cfg)
 		}
 		fe := startFrontend(t, url, cfg, true)
-		lcfg := mtcp.ListenConfig{Logger: testLogger(t, "mtcp-"+cfg.ID), Self: mc.addrs[i], Servers: mc.addrs, ClusterKey: key, PeerTimeout: 500 * time.Millisecond}
+		lcfg := mtcp.ListenConfig{Logger: testLogger(t, "mtcp-"+cfg.ID), Self: mc.addrs[i], Servers: mc.addrs, ClusterKey: key, PeerTimeout: 500 * time.Millisecond,
+			OnMigration: fe.ObserveMigration}
 		if eager {
 			pool, err := pgxpool.New(context.Background(), url)
 			if err != nil {
@@ -246,6 +247,16 @@ func TestBatchOverMTCPSurvivesItsFrontEnd(t *testing.T) {
 			defer cl.mu.Unlock()
 			if len(cl.migrations) == 0 {
 				t.Fatal("the connection never migrated")
+			}
+			// The front-ends counted the move and the takeover it caused.
+			var viaMigration, taken, handed float64
+			for _, fe := range mc.fes {
+				viaMigration += fe.metric(t, "hafe_batch_takeovers_total", "via", "migration")
+				taken += fe.metric(t, "hafe_mtcp_migrations_total", "role", "new_server", "result", "ok")
+				handed += fe.metric(t, "hafe_mtcp_migrations_total", "role", "origin", "result", "ok")
+			}
+			if viaMigration != 1 || taken < 1 || !eager && handed < 1 {
+				t.Errorf("metrics: %v takeovers via migration, %v connections taken, %v handed over", viaMigration, taken, handed)
 			}
 			for _, m := range cl.migrations {
 				t.Logf("migration %s → %s: %v, %v", m.From, m.To, m.Mode, m.Err)

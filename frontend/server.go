@@ -160,7 +160,14 @@ func New(pool *pgxpool.Pool, cfg Config, log *slog.Logger) (*Server, error) {
 	s.exec = txn.NewExecutor(pool, cfg.Executor, log.With("component", "txn"))
 	s.metrics.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "hafe_batches_in_flight", Help: "Batches this front-end is executing now.",
-	}, func() float64 { return float64(s.batches.running()) }), newPoolCollector(pool), newMemberCollector(&s.members))
+	}, func() float64 { return float64(s.batches.running()) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "hafe_mtcp_connections", Help: "MTCP connections this front-end serves now (0 without --mtcp-listen).",
+	}, func() float64 {
+		if ln := s.mtcp.Load(); ln != nil {
+			return float64(ln.NumConns())
+		}
+		return 0
+	}), newPoolCollector(pool), newMemberCollector(&s.members))
 	s.router = s.routes()
 	return s, nil
 }

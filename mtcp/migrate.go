@@ -325,6 +325,9 @@ func (l *Listener) freeze(m wire.Migrate, to string) (st wire.ConnState, rerr *R
 	stats := MigrationStats{ConnID: ConnID(m.ConnID), Role: RoleOrigin, Mode: ModeLazy, From: l.cfg.Self, To: to}
 	st, _, c, rerr := l.freezeLater(m, nil)
 	stats.PrepareReply = time.Since(t0)
+	if c != nil && c.sv.redirected.Load() {
+		stats.Trigger = TriggerRedirect
+	}
 	if rerr != nil {
 		stats.Err = rerr
 	} else {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"hafe.dev/hafe/mtcp/internal/wire"
@@ -450,10 +451,13 @@ func (l *Listener) report(s MigrationStats) {
 
 // serverSide is the server half of a Conn.
 type serverSide struct {
-	serverProto  // the machine's server side
-	ln           *Listener
-	counter      uint64 // last accepted migration counter
-	snap         snapshot
+	serverProto // the machine's server side
+	ln          *Listener
+	counter     uint64 // last accepted migration counter
+	snap        snapshot
+	// redirected: this server asked the client to move (Redirect), so
+	// the migration that follows is reported with TriggerRedirect.
+	redirected   atomic.Bool
 	imported     []byte
 	hasImported  bool
 	durableSeq   uint64

@@ -21,6 +21,7 @@ func (c *Conn) Redirect(addr string) error {
 		return c.opErr("redirect", c.stateErrOrLost())
 	}
 	c.path.queue(wire.AppendRedirect(nil, wire.Redirect{Addr: addr}))
+	c.sv.redirected.Store(true)
 	return nil
 }
 

@@ -62,8 +62,10 @@ type MigrationStats struct {
 	Role     Role
 	Mode     Mode
 	From, To string // origin and new server addresses, when known
-	// Trigger is why the client moved (client only): TriggerRequest,
-	// TriggerPathFailure, TriggerRate or TriggerRedirect.
+	// Trigger is why the client moved: TriggerRequest,
+	// TriggerPathFailure, TriggerRate or TriggerRedirect on the client;
+	// on an origin TriggerRedirect when it had asked the client to move
+	// (Conn.Redirect, Listener.Drain), else empty.
 	Trigger    string
 	StateBytes int   // snapshot + input log + output transferred
 	Err        error // nil on success

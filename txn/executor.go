@@ -246,7 +246,11 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 			log.Warn("record fence", "batch", b.ID, "err", err)
 		}
 	}
-	e.cfg.Observer.TakeOver()
+	via := ViaRetry
+	if req.Migrated {
+		via = ViaMigration
+	}
+	e.cfg.Observer.TakeOver(via)
 	log.Info("batch taken over", "batch", b.ID, "previous_owner", b.Owner, "epoch", epoch, "migrated", req.Migrated)
 	return &Lease{BatchID: b.ID, Epoch: epoch, Resumed: true, TakenOver: true, PreviousOwner: b.Owner, log: log}, nil
 }

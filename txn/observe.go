@@ -30,16 +30,25 @@ type Observer interface {
 	// causes.
 	Retry(cause string)
 	// TakeOver is called when this executor claims a batch that was
-	// started elsewhere or earlier (its epoch moves on).
-	TakeOver()
+	// started elsewhere or earlier (its epoch moves on), with how it came
+	// here: one of the Via* causes.
+	TakeOver(via string)
 	// Fence is called with the number of sessions terminated to fence a
 	// previous owner, and one of the Fence* kinds.
 	Fence(kind string, sessions int)
 }
 
+// How a batch came to the executor that takes it over.
+const (
+	// ViaMigration: the client's MTCP connection moved here (OpenRequest.Migrated).
+	ViaMigration = "migration"
+	// ViaRetry: the client sent the request again with its Idempotency-Key.
+	ViaRetry = "retry"
+)
+
 type nopObserver struct{}
 
 func (nopObserver) Outcome(string, bool) {}
 func (nopObserver) Retry(string)         {}
-func (nopObserver) TakeOver()            {}
+func (nopObserver) TakeOver(string)      {}
 func (nopObserver) Fence(string, int)    {}

@@ -41,5 +41,5 @@ func (r *recorder) Outcome(status string, replayed bool) {
 	r.add("outcome "+status+" "+src, 1)
 }
 func (r *recorder) Retry(cause string)              { r.add("retry "+cause, 1) }
-func (r *recorder) TakeOver()                       { r.add("takeover", 1) }
+func (r *recorder) TakeOver(via string)             { r.add("takeover", 1) }
 func (r *recorder) Fence(kind string, sessions int) { r.add("fence "+kind, sessions) }

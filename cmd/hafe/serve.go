@@ -12,6 +12,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -189,10 +190,18 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		raw.Timeout = *rawTimeout
 	}
 
-	var mln *mtcp.Listener
+	var (
+		mln *mtcp.Listener
+		// The listener reports migrations to the front-end made after it.
+		observer atomic.Pointer[frontend.Server]
+	)
 	if mopts != nil {
 		var closeStore func()
-		if mln, closeStore, err = listenMTCP(ctx, mopts, poolCfg, *id, log); err != nil {
+		if mln, closeStore, err = listenMTCP(ctx, mopts, poolCfg, *id, log, func(s mtcp.MigrationStats) {
+			if fe := observer.Load(); fe != nil {
+				fe.ObserveMigration(s)
+			}
+		}); err != nil {
 			ln.Close()
 			return err
 		}
@@ -216,6 +225,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		ln.Close()
 		return err
 	}
+	observer.Store(fe)
 
 	// Batches run on their own context: a SIGTERM first lets them finish.
 	batchCtx, cancelBatches := context.WithCancelCause(context.WithoutCancel(ctx))

@@ -81,15 +81,12 @@ func (o *mtcpOptions) mode() string {
 
 // listenMTCP opens the MTCP listener. Eager mode saves snapshots through a
 // small pool of its own, so that busy batches cannot hold them up.
-func listenMTCP(ctx context.Context, o *mtcpOptions, poolCfg *pgxpool.Config, id string, log *slog.Logger) (ln *mtcp.Listener, closeStore func(), err error) {
-	mlog := log.With("component", "mtcp")
+func listenMTCP(ctx context.Context, o *mtcpOptions, poolCfg *pgxpool.Config, id string, log *slog.Logger, observe func(mtcp.MigrationStats)) (ln *mtcp.Listener, closeStore func(), err error) {
 	cfg := mtcp.ListenConfig{
-		Logger:     mlog,
-		Self:       o.advertise,
-		ClusterKey: o.key,
-		OnMigration: func(s mtcp.MigrationStats) {
-			logMigration(mlog, s)
-		},
+		Logger:      log.With("component", "mtcp"),
+		Self:        o.advertise,
+		ClusterKey:  o.key,
+		OnMigration: observe,
 	}
 	if o.eager {
 		scfg := poolCfg.Copy()
@@ -109,21 +106,4 @@ func listenMTCP(ctx context.Context, o *mtcpOptions, poolCfg *pgxpool.Config, id
 		return nil, nil, fmt.Errorf("--mtcp-listen: %w", err)
 	}
 	return ln, closeStore, nil
-}
-
-// logMigration writes one line per migration this front-end took part in.
-func logMigration(log *slog.Logger, s mtcp.MigrationStats) {
-	attrs := []any{"conn", s.ConnID.String(), "role", s.Role.String(), "mode", s.Mode.String(), "from", s.From, "to", s.To,
-		"state_bytes", s.StateBytes}
-	switch s.Role {
-	case mtcp.RoleNewServer:
-		attrs = append(attrs, "prepare_us", s.PrepareRequest.Microseconds(), "wait_us", s.WaitReply.Microseconds(), "reinstate_us", s.Reinstate.Microseconds())
-	case mtcp.RoleOrigin:
-		attrs = append(attrs, "prepare_reply_us", s.PrepareReply.Microseconds())
-	}
-	if s.Err != nil {
-		log.Warn("migration failed", append(attrs, "err", s.Err)...)
-		return
-	}
-	log.Info("connection migrated", attrs...)
 }
