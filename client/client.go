@@ -62,6 +62,13 @@ type Config struct {
 func (c Config) withDefaults() Config {
 	if c.HTTPClient == nil && c.MTCP != nil {
 		d := *c.MTCP
+		if d.Limits.MaxSendBuffer == 0 {
+			// A front-end in eager mode acknowledges a request only once
+			// it has answered it (its snapshots are taken between
+			// requests): the whole body must fit, and hafe serve takes
+			// bodies of up to 8 MiB by default.
+			d.Limits.MaxSendBuffer = MTCPSendBuffer
+		}
 		if len(d.Servers) == 0 {
 			for _, f := range c.FrontEnds {
 				if u, err := normalizeURL(f); err == nil {
@@ -144,6 +151,11 @@ func normalizeURL(raw string) (string, error) {
 	}
 	return strings.TrimRight(u.String(), "/"), nil
 }
+
+// MTCPSendBuffer is the MTCP send buffer the client gives its connections
+// when Config.MTCP sets none: the largest request body it can send to a
+// front-end in eager mode.
+const MTCPSendBuffer = 16 << 20
 
 // CloseIdleConnections closes the connections kept open for later
 // requests. Call it when done with the client.

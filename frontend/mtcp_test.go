@@ -13,12 +13,14 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	backendext "hafe.dev/hafe/backend-ext"
+	"hafe.dev/hafe/client"
 	"hafe.dev/hafe/mtcp"
 	"hafe.dev/hafe/txn"
 )
@@ -280,4 +282,77 @@ func testLogger(t *testing.T, name string) *slog.Logger {
 		return nil
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("who", name)
+}
+
+// TestMTCPServesEveryRoute: over MTCP the API answers as over plain HTTP,
+// refusals and other routes included, all on one kept-alive connection.
+func TestMTCPServesEveryRoute(t *testing.T) {
+	url := newDB(t)
+	mc := startMTCPCluster(t, url, 1, true, nil)
+	var dials atomic.Int32
+	d := &mtcp.Dialer{Servers: mc.addrs}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, n, a string) (net.Conn, error) {
+		dials.Add(1)
+		return d.DialContext(ctx, n, a)
+	}}}
+	t.Cleanup(hc.CloseIdleConnections)
+	base := "http://" + mc.addrs[0]
+	for _, tt := range []struct {
+		method, path, ctype, body string
+		status                    int
+		want                      string
+	}{
+		{"GET", "/healthz", "", "", 200, `"status":"ok"`},
+		{"GET", "/nope", "", "", 404, `"not_found"`},
+		{"POST", "/v1/batches", "text/plain", batchBody(transferTxn(1, 2, "1")), 415, `"unsupported_media_type"`},
+		{"POST", "/v1/batches", "application/json", `{"transactions":[`, 400, `"error"`},
+		{"GET", "/v1/templates", "", "", 200, `"transfer"`},
+		{"POST", "/v1/batches", "application/json", batchBody(transferTxn(1, 2, "1")), 200, `"done":true`},
+		{"GET", "/metrics", "", "", 200, `hafe_mtcp_connections 1`},
+	} {
+		req, _ := http.NewRequest(tt.method, base+tt.path, strings.NewReader(tt.body))
+		if tt.ctype != "" {
+			req.Header.Set("Content-Type", tt.ctype)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", tt.method, tt.path, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.status || !strings.Contains(string(b), tt.want) || resp.Header.Get("Date") != "" {
+			t.Errorf("%s %s: %d %q (Date %q), want %d with %s and no Date", tt.method, tt.path, resp.StatusCode, b, resp.Header.Get("Date"), tt.status, tt.want)
+		}
+	}
+	if n := dials.Load(); n != 1 {
+		t.Errorf("%d connections for the requests, want one kept alive", n)
+	}
+}
+
+// TestMTCPLargeBodyInEagerMode: an eager front-end acknowledges a request
+// only once it has answered it, so the client keeps the whole body
+// buffered meanwhile; the client package's default makes room for bodies
+// as large as hafe serve takes.
+func TestMTCPLargeBodyInEagerMode(t *testing.T) {
+	url := newDB(t)
+	mc := startMTCPCluster(t, url, 2, true, nil)
+	c, err := client.New(client.Config{FrontEnds: mc.addrs[:1], MTCP: &mtcp.Dialer{}, MaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseIdleConnections()
+	// 100 statements (the most a transaction takes) just under the
+	// statement limit: 6 MiB.
+	stmts := make([]string, 100)
+	for i := range stmts {
+		stmts[i] = fmt.Sprintf("SELECT %d AS n /* %s */", i, strings.Repeat("x", 63<<10))
+	}
+	body := batchBody(rawTxn(stmts...), transferTxn(1, 2, "1"))
+	sum, err := c.Submit(context.Background(), client.Request{Body: []byte(body)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Committed != 2 || sum.Attempts != 1 {
+		t.Fatalf("summary %+v", sum)
+	}
 }

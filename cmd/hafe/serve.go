@@ -197,6 +197,8 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 	)
 	if mopts != nil {
 		var closeStore func()
+		// A request's input is kept until the request is answered.
+		mopts.maxInputLog = int(*maxBody) + 1<<20
 		if mln, closeStore, err = listenMTCP(ctx, mopts, poolCfg, *id, log, func(s mtcp.MigrationStats) {
 			if fe := observer.Load(); fe != nil {
 				fe.ObserveMigration(s)

@@ -23,6 +23,7 @@ type mtcpOptions struct {
 	listen, advertise string
 	key               []byte
 	eager             bool
+	maxInputLog       int // the request bodies served, and some
 }
 
 // readMTCPOptions checks the MTCP flags; nil without --mtcp-listen.
@@ -87,6 +88,7 @@ func listenMTCP(ctx context.Context, o *mtcpOptions, poolCfg *pgxpool.Config, id
 		Self:        o.advertise,
 		ClusterKey:  o.key,
 		OnMigration: observe,
+		Limits:      mtcp.Limits{MaxInputLog: max(o.maxInputLog, 8<<20)},
 	}
 	if o.eager {
 		scfg := poolCfg.Copy()
