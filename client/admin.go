@@ -112,6 +112,46 @@ func (a *Admin) Batch(ctx context.Context, id string) (BatchDetail, error) {
 	return v, err
 }
 
+// DrainStatus is a front-end's answer to a drain.
+type DrainStatus struct {
+	// Status is "drained" (no batch runs there, no MTCP connection is
+	// left) or "draining".
+	Status          string `json:"status"`
+	BatchesInFlight int    `json:"batches_in_flight"`
+	MTCPConnections int    `json:"mtcp_connections"`
+}
+
+// Drain tells the front-end to take no new batches and to move its MTCP
+// connections to the other front-ends, and waits until it is drained or
+// wait has passed (at most 10 minutes).
+func (a *Admin) Drain(ctx context.Context, wait time.Duration) (DrainStatus, error) {
+	var v DrainStatus
+	path := "/admin/drain?wait=" + neturl.QueryEscape(wait.String())
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.url+path, nil)
+	if err != nil {
+		return v, err
+	}
+	if a.token != "" {
+		req.Header.Set("Authorization", "Bearer "+a.token)
+	}
+	hc := *a.http
+	if hc.Timeout != 0 {
+		hc.Timeout = max(hc.Timeout, wait+30*time.Second)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return v, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusAccepted {
+		return v, refusal(a.url, resp)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&v); err != nil {
+		return v, fmt.Errorf("%s%s: %w", a.url, path, err)
+	}
+	return v, nil
+}
+
 func (a *Admin) get(ctx context.Context, path string, v any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.url+path, nil)
 	if err != nil {

@@ -2,6 +2,7 @@ package frontend
 
 import (
 	"net/http"
+	"time"
 
 	backendext "hafe.dev/hafe/backend-ext"
 )
@@ -19,10 +20,43 @@ func (s *Server) listMembers(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, map[string]any{"members": out, "self": s.cfg.ID})
 }
 
+// drain starts draining; with ?wait=DURATION (at most 10m) it answers
+// once drained (200) or when the wait is over (202).
 func (s *Server) drain(w http.ResponseWriter, r *http.Request) {
-	s.Drain()
+	var wait time.Duration
+	if v := r.URL.Query().Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > 10*time.Minute {
+			s.refuse(w, refuse(400, "bad_wait", "wait=%q: want a duration from 0s to 10m, e.g. 30s", v))
+			return
+		}
+		wait = d
+	}
+	done := s.Drain()
 	s.log.Info("draining on operator request")
-	writeJSON(w, 202, map[string]any{"status": "draining", "batches_in_flight": s.batches.running()})
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	case <-r.Context().Done():
+	}
+	body := map[string]any{"status": "draining", "batches_in_flight": s.batches.running(), "mtcp_connections": s.mtcpConns()}
+	select {
+	case <-done:
+		body["status"] = "drained"
+		writeJSON(w, 200, body)
+	default:
+		writeJSON(w, 202, body)
+	}
+}
+
+// mtcpConns counts the MTCP connections served here now.
+func (s *Server) mtcpConns() int {
+	if ln := s.mtcp.Load(); ln != nil {
+		return ln.NumConns()
+	}
+	return 0
 }
 
 func (s *Server) runGC(w http.ResponseWriter, r *http.Request) {

@@ -116,11 +116,35 @@ func (s *Server) collect(ctx context.Context) (int64, error) {
 	return n, err
 }
 
-// Drain stops accepting batches; those running go on to their end. The
-// returned channel closes when none is left.
+// Drain refuses new batches from now on and moves every MTCP connection
+// to the other front-ends (running batches included: they go on there).
+// The channel closes when no batch runs here and no MTCP connection is
+// left (or the MTCP drain gave up: no other front-end, or MTCPDrainTimeout).
 func (s *Server) Drain() <-chan struct{} {
-	return s.batches.drain()
+	batches := s.batches.drain()
+	s.drainOnce.Do(func() {
+		s.drained = make(chan struct{})
+		go func() {
+			defer close(s.drained)
+			if ln := s.mtcp.Load(); ln != nil {
+				start, n := time.Now(), ln.NumConns()
+				ctx, cancel := context.WithTimeout(context.Background(), MTCPDrainTimeout)
+				err := ln.Drain(ctx)
+				cancel()
+				if err != nil {
+					s.log.Warn("mtcp drain", "err", err, "left", ln.NumConns())
+				} else if n > 0 {
+					s.log.Info("mtcp drained: every connection moved to another front-end", "connections", n, "took", time.Since(start).Round(time.Millisecond))
+				}
+			}
+			<-batches
+		}()
+	})
+	return s.drained
 }
+
+// MTCPDrainTimeout bounds how long Drain keeps moving MTCP connections.
+const MTCPDrainTimeout = 5 * time.Minute
 
 // Draining reports whether Drain was called.
 func (s *Server) Draining() bool { return s.batches.isDraining() }

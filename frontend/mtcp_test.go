@@ -356,3 +356,43 @@ func TestMTCPLargeBodyInEagerMode(t *testing.T) {
 		t.Fatalf("summary %+v", sum)
 	}
 }
+
+// TestDrainMovesRunningBatchesOverMTCP: POST /admin/drain?wait moves the
+// MTCP connection of a running batch to the other front-end, where the
+// batch goes on in the same response; the drain answers once nothing is
+// left.
+func TestDrainMovesRunningBatchesOverMTCP(t *testing.T) {
+	url := newDB(t)
+	db := newChecker(t, url)
+	mc := startMTCPCluster(t, url, 2, false, func(c *Config) { c.AdminToken = "admin" })
+	cl := newMTCPClient(t, mc.addrs)
+	const n = 60
+	req, _ := http.NewRequest("POST", "http://"+mc.addrs[0]+"/v1/batches", strings.NewReader(effectBatch("d", n)))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := cl.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var drained map[string]any
+	lines := readBatch(t, resp, func(k int) {
+		if k == 10 {
+			resp := mc.fes[0].do(t, request{path: "/admin/drain?wait=20s", header: map[string]string{"Authorization": "Bearer admin"}})
+			defer resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Errorf("drain: status %d", resp.StatusCode)
+			}
+			json.NewDecoder(resp.Body).Decode(&drained)
+		}
+	})
+	checkExactlyOnce(t, db, "d", n, lines)
+	if drained["status"] != "drained" || drained["mtcp_connections"] != 0.0 || drained["batches_in_flight"] != 0.0 {
+		t.Errorf("drain answered %v", drained)
+	}
+	if got := mc.fes[1].metric(t, "hafe_batch_takeovers_total", "via", "migration"); got != 1 {
+		t.Errorf("%v takeovers via migration on the other front-end, want 1", got)
+	}
+	if got := mc.fes[0].metric(t, "hafe_mtcp_migrations_total", "role", "origin", "trigger", "redirect", "result", "ok"); got != 1 {
+		t.Errorf("%v redirected migrations counted by the drained front-end, want 1", got)
+	}
+}

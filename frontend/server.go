@@ -127,6 +127,8 @@ type Server struct {
 	batches     inflight
 	numbers     numberArgs
 	mtcp        atomic.Pointer[mtcp.Listener] // set by ServeMTCP
+	drainOnce   sync.Once
+	drained     chan struct{} // see Drain
 	mtcpMu      sync.Mutex
 	mtcpServers []string // the list last given to the listener
 	members     memberView
@@ -162,12 +164,7 @@ func New(pool *pgxpool.Pool, cfg Config, log *slog.Logger) (*Server, error) {
 		Name: "hafe_batches_in_flight", Help: "Batches this front-end is executing now.",
 	}, func() float64 { return float64(s.batches.running()) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "hafe_mtcp_connections", Help: "MTCP connections this front-end serves now (0 without --mtcp-listen).",
-	}, func() float64 {
-		if ln := s.mtcp.Load(); ln != nil {
-			return float64(ln.NumConns())
-		}
-		return 0
-	}), newPoolCollector(pool), newMemberCollector(&s.members))
+	}, func() float64 { return float64(s.mtcpConns()) }), newPoolCollector(pool), newMemberCollector(&s.members))
 	s.router = s.routes()
 	return s, nil
 }

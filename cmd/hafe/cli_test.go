@@ -72,6 +72,12 @@ func TestWrongFlagPrintsTheErrorAndAHint(t *testing.T) {
 		{[]string{"db", "install", "--db"}, "hafe db install: flag needs an argument: --db\nRun 'hafe db install --help' for usage.\n"},
 		{[]string{"batches", "rm"}, "hafe batches: unknown subcommand \"rm\" (want ls or show)\nRun 'hafe batches --help' for usage.\n"},
 		{[]string{"version", "x"}, "hafe version: version takes no arguments, got [\"x\"]\nRun 'hafe version --help' for usage.\n"},
+		{[]string{"drain"}, "hafe drain: give the front-end's URL, e.g. http://10.0.0.7:8080\nRun 'hafe drain --help' for usage.\n"},
+		{[]string{"drain", "127.0.0.1:1", "--wait", "11m"}, "hafe drain: --wait 11m0s: want 0s to 10m\nRun 'hafe drain --help' for usage.\n"},
+		{[]string{"serve", "--db", "postgres://x/y", "--mtcp-listen", "127.0.0.1:0"}, "hafe serve: --mtcp-listen needs --cluster-key-file: the front-ends authenticate each other with it when they hand connections over\nRun 'hafe serve --help' for usage.\n"},
+		{[]string{"serve", "--db", "postgres://x/y", "--mtcp-listen", ":9090", "--cluster-key-file", "/dev/null"}, "hafe serve: --mtcp-listen :9090 listens on every interface: give --mtcp-advertise HOST:PORT, the address clients and the other front-ends reach it at\nRun 'hafe serve --help' for usage.\n"},
+		{[]string{"serve", "--db", "postgres://x/y", "--mtcp-listen", "127.0.0.1:0", "--cluster-key-file", "/dev/null"}, "hafe serve: --cluster-key-file /dev/null holds 0 bytes; use at least 16 random ones, e.g. head -c 32 /dev/urandom | base64 > /dev/null\nRun 'hafe serve --help' for usage.\n"},
+		{[]string{"serve", "--db", "postgres://x/y", "--mtcp-listen", "127.0.0.1:0", "--cluster-key-file", "/dev/null", "--mtcp-mode", "fast"}, "hafe serve: --mtcp-mode \"fast\": want eager or lazy\nRun 'hafe serve --help' for usage.\n"},
 	} {
 		var stderr bytes.Buffer
 		cmd := exec.Command(bin, c.args...)

@@ -254,22 +254,15 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		<-memberDone
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
+		// Drain also moves MTCP connections, running batches included,
+		// to the other front-ends; their batches here stop at their next
+		// write.
 		log.Info("shutting down: draining running batches", "timeout", *drainTimeout)
 		drained = fe.Drain()
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), *drainTimeout)
 	defer cancel()
-	if mln != nil {
-		// MTCP connections move to the other front-ends, running batches
-		// included; their batches here stop at their next write.
-		start := time.Now()
-		n := mln.NumConns()
-		if err := mln.Drain(shutdownCtx); err != nil {
-			log.Warn("mtcp drain", "err", err, "left", mln.NumConns())
-		} else {
-			log.Info("mtcp drained: every connection moved to another front-end", "connections", n, "took", time.Since(start).Round(time.Millisecond))
-		}
-	}
+
 	select {
 	case <-drained:
 	case <-shutdownCtx.Done():
