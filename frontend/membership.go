@@ -68,6 +68,7 @@ func (s *Server) heartbeat(ctx context.Context) {
 	}
 	s.members.set(ms)
 	s.publishServers(ms)
+	s.rebalance(ms)
 }
 
 // publishServers gives the MTCP listener the live, not draining members'

@@ -99,6 +99,7 @@ func (s *Server) ServeMTCP(ln *mtcp.Listener) error {
 // mtcpExchange is one request on an MTCP connection, for the handlers
 // that answer differently there (postBatch).
 type mtcpExchange struct {
+	s    *Server
 	conn *mtcp.Conn
 	st   *connState
 	// migrated: the first request after the connection moved here.
@@ -184,13 +185,14 @@ func (s *Server) serveMTCPConn(c *mtcp.Conn) {
 
 // serveMTCPRequest answers one request; false ends the connection.
 func (s *Server) serveMTCPRequest(c *mtcp.Conn, st *connState, req *http.Request, migrated bool) bool {
-	x := &mtcpExchange{conn: c, st: st, migrated: migrated, decided: st.Batch, reqClose: req.Close}
+	x := &mtcpExchange{s: s, conn: c, st: st, migrated: migrated, decided: st.Batch, reqClose: req.Close}
 	w := &mtcpResponse{x: x, header: http.Header{}}
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), mtcpExchangeKey{}, x))
 	defer cancel()
 	req = req.WithContext(ctx)
 	req.RemoteAddr = c.RemoteAddr().String()
 	s.router.ServeHTTP(w, req)
+	s.busy.set(c, false)
 	if w.err != nil {
 		return false
 	}
@@ -308,6 +310,7 @@ func (w *mtcpResponse) WriteHeader(status int) {
 func (w *mtcpResponse) startStream() error {
 	x := w.x
 	w.streaming = true
+	x.s.busy.set(x.conn, true)
 	if d := x.decided; d != nil {
 		if d.ID != x.batchID {
 			return fmt.Errorf("mtcp: the connection's request became batch %s, but now opens batch %s", d.ID, x.batchID)

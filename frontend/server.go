@@ -34,6 +34,13 @@ type Config struct {
 	// at (ServeMTCP), published in the members table; every front-end
 	// gives its MTCP clients the list of its live peers' addresses.
 	MTCPAddr string
+	// MaxBatches and RebalanceThreshold make an overloaded front-end move
+	// MTCP connections with running batches to lighter ones (their
+	// batches go on there): when it runs more than MaxBatches (0: no
+	// limit), or more than its live peers' average by more than
+	// RebalanceThreshold (0: off). Checked after every heartbeat.
+	MaxBatches         int
+	RebalanceThreshold float64
 	// AllowRawSQL accepts {"sql":[…]} transactions besides templates. It
 	// needs Executor.RawSQL: a pool that logs in as the client role, and
 	// the outcome key.
@@ -127,6 +134,7 @@ type Server struct {
 	batches     inflight
 	numbers     numberArgs
 	mtcp        atomic.Pointer[mtcp.Listener] // set by ServeMTCP
+	busy        busyConns                     // MTCP connections streaming a batch
 	drainOnce   sync.Once
 	drained     chan struct{} // see Drain
 	mtcpMu      sync.Mutex

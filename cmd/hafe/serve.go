@@ -72,6 +72,8 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		mtcpListen   = fs.String("mtcp-listen", "", "also serve the API over Migratory TCP at this address: a client's connection, running batch included, moves to another front-end when this one dies, drains or is overloaded (needs --cluster-key-file)")
 		mtcpAdvert   = fs.String("mtcp-advertise", "", "address clients and the other front-ends reach --mtcp-listen at (default: --mtcp-listen)")
 		clusterKey   = fs.String("cluster-key-file", "", "file holding the key the front-ends share to authenticate each other when they hand connections over (at least 16 bytes; the same file on every front-end)")
+		maxBatches   = fs.Int("max-batches", 0, "with --mtcp-listen: running more batches than this, move MTCP connections with running batches to lighter front-ends, where they go on (0: no limit)")
+		rebalance    = fs.Float64("rebalance-threshold", 0, "with --mtcp-listen: running more batches than the other front-ends' average by more than this, move MTCP connections with running batches to lighter ones (0: off)")
 		mtcpMode     = fs.String("mtcp-mode", "eager", "eager: save each connection's state in the database, so it survives a crash of this front-end; lazy: keep it here and hand it over on request only (survives drains and path failures, not crashes)")
 	)
 	var tokens tokenList
@@ -93,6 +95,9 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 	mopts, err := readMTCPOptions(*mtcpListen, *mtcpAdvert, *clusterKey, *mtcpMode)
 	if err != nil {
 		return usageError{cmd: "serve", err: err}
+	}
+	if *maxBatches < 0 || *rebalance < 0 {
+		return usageError{cmd: "serve", err: errors.New("--max-batches and --rebalance-threshold must not be negative")}
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -211,7 +216,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		defer mln.Close()
 	}
 	fe, err := frontend.New(pool, frontend.Config{
-		ID: *id, Addr: addr, MTCPAddr: mopts.advertised(mln), AllowRawSQL: *rawSQL, ClientTokens: tokens, AdminToken: *adminToken,
+		ID: *id, Addr: addr, MTCPAddr: mopts.advertised(mln), MaxBatches: *maxBatches, RebalanceThreshold: *rebalance, AllowRawSQL: *rawSQL, ClientTokens: tokens, AdminToken: *adminToken,
 		Templates: catalog,
 		Limits:    frontend.Limits{MaxBodyBytes: *maxBody, MaxTransactions: *maxTxns, MaxStatements: *maxStmts, MaxBatchValues: *maxValues},
 		Executor: txn.Config{
