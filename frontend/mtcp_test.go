@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -394,5 +395,58 @@ func TestDrainMovesRunningBatchesOverMTCP(t *testing.T) {
 	}
 	if got := mc.fes[0].metric(t, "hafe_mtcp_migrations_total", "role", "origin", "trigger", "redirect", "result", "ok"); got != 1 {
 		t.Errorf("%v redirected migrations counted by the drained front-end, want 1", got)
+	}
+}
+
+// TestPipelinedRequestsSurviveAMove: two batches sent back to back in one
+// write (HTTP/1.1 pipelining) are both answered, in order, although the
+// connection moves during the first: the second request, already read
+// into the front-end's buffer when the first answer began, travels in the
+// connection's state.
+func TestPipelinedRequestsSurviveAMove(t *testing.T) {
+	for _, eager := range []bool{false, true} {
+		t.Run(fmt.Sprintf("eager=%v", eager), func(t *testing.T) {
+			url := newDB(t)
+			db := newChecker(t, url)
+			mc := startMTCPCluster(t, url, 3, eager, nil)
+			c, err := (&mtcp.Dialer{Servers: mc.addrs}).DialMTCP(context.Background(), mc.addrs[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			var reqs strings.Builder
+			for _, tag := range []string{"p1", "p2"} {
+				body := effectBatch(tag, 40)
+				fmt.Fprintf(&reqs, "POST /v1/batches HTTP/1.1\r\nHost: hafe\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+			}
+			if _, err := io.WriteString(c, reqs.String()); err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(c)
+			for i, tag := range []string{"p1", "p2"} {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("response %d: %v", i+1, err)
+				}
+				// Away from its front-end during each answer: the second
+				// request's bytes are then in the state's unparsed input.
+				lines := readBatch(t, resp, func(k int) {
+					if k != 5 {
+						return
+					}
+					cur := slices.Index(mc.addrs, c.Server())
+					if eager {
+						mc.crash(cur)
+					} else if err := c.Migrate(context.Background(), mc.addrs[(cur+1)%3]); err != nil {
+						t.Fatal(err)
+					}
+				})
+				resp.Body.Close()
+				checkExactlyOnce(t, db, tag, 40, lines)
+			}
+			if got := db.count("SELECT count(*) FROM hafe.batches"); got != 2 {
+				t.Errorf("%d batches for two requests", got)
+			}
+		})
 	}
 }
