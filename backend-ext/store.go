@@ -290,3 +290,27 @@ func ListOutcomesPage(ctx context.Context, db DB, batchID string, after, limit, 
 	}
 	return os, len(os) == found, nil
 }
+
+// Progress is how far a batch's recorded outcomes go.
+type Progress struct {
+	Recorded int // outcomes recorded
+	// Last is the outcome of the highest slot recorded (Seq 0: none), and
+	// LastXID the transaction id that recorded it.
+	Last    Outcome
+	LastXID string
+}
+
+// ReadProgress reads how far a batch's recorded outcomes go.
+func ReadProgress(ctx context.Context, db DB, batchID string) (Progress, error) {
+	var p Progress
+	p.Last.BatchID = batchID
+	err := db.QueryRow(ctx, `SELECT count(*) OVER (), seq, status, owner, xid::text FROM hafe.outcomes
+		WHERE batch_id = $1 ORDER BY seq DESC LIMIT 1`, batchID).Scan(&p.Recorded, &p.Last.Seq, &p.Last.Status, &p.Last.Owner, &p.LastXID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return p, nil
+	}
+	if err != nil {
+		return p, fmt.Errorf("read progress of %s: %w", batchID, err)
+	}
+	return p, nil
+}

@@ -251,8 +251,38 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 		via = ViaMigration
 	}
 	e.cfg.Observer.TakeOver(via)
-	log.Info("batch taken over", "batch", b.ID, "previous_owner", b.Owner, "epoch", epoch, "migrated", req.Migrated)
+	if req.Migrated {
+		e.logMigratedTakeover(ctx, log, b, epoch, fenced)
+	} else {
+		log.Info("batch taken over", "batch", b.ID, "previous_owner", b.Owner, "epoch", epoch)
+	}
 	return &Lease{BatchID: b.ID, Epoch: epoch, Resumed: true, TakenOver: true, PreviousOwner: b.Owner, log: log}, nil
+}
+
+// logMigratedTakeover writes the one line a takeover after a migration
+// gets: where the batch stood and what became of the slot the previous
+// owner was at. The lease is claimed, so nothing moves under the read.
+func (e *Executor) logMigratedTakeover(ctx context.Context, log *slog.Logger, b backendext.Batch, epoch int64, fenced int) {
+	p, err := backendext.ReadProgress(ctx, e.pool, b.ID)
+	if err != nil {
+		log.Info("batch taken over after its connection moved", "batch", b.ID, "previous_owner", b.Owner, "epoch", epoch, "progress_err", err)
+		return
+	}
+	next := "not started or rolled back"
+	if fenced > 0 {
+		next = "in progress, terminated"
+	}
+	var found string
+	switch {
+	case p.Last.Seq == 0:
+		found = fmt.Sprintf("no slot recorded; slot 1: %s", next)
+	case p.Last.Seq >= b.NumTxns:
+		found = fmt.Sprintf("every slot recorded (slot %d %s by %s, xid %s)", p.Last.Seq, p.Last.Status, p.Last.Owner, p.LastXID)
+	default:
+		found = fmt.Sprintf("slot %d: %s before the move (xid %s, by %s); slot %d: %s", p.Last.Seq, p.Last.Status, p.LastXID, p.Last.Owner, p.Last.Seq+1, next)
+	}
+	log.Info("batch taken over after its connection moved: "+found, "batch", b.ID, "previous_owner", b.Owner, "epoch", epoch,
+		"recorded", p.Recorded, "fenced_sessions", fenced)
 }
 
 // Incarnation is this run's incarnation: heartbeat with it.
