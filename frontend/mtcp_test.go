@@ -61,9 +61,25 @@ type mtcpCluster struct {
 
 // startMTCPCluster runs n front-ends on the database at url, each serving
 // over MTCP too; eager ones save snapshots in the database.
-func startMTCPCluster(t *testing.T, url string, n int, eager bool, mod func(*Config)) *mtcpCluster {
+func startMTCPCluster(t testing.TB, url string, n int, eager bool, mod func(*Config)) *mtcpCluster {
+	return startMTCPClusterWith(t, url, n, mtcpOptions{eager: eager, peers: true}, mod)
+}
+
+// mtcpOptions: eager saves snapshots in the database; without peers the
+// front-ends have no cluster key, so every move takes the state from the
+// database; onMigration hears every front-end's migrations.
+type mtcpOptions struct {
+	eager, peers bool
+	onMigration  func(mtcp.MigrationStats)
+}
+
+func startMTCPClusterWith(t testing.TB, url string, n int, o mtcpOptions, mod func(*Config)) *mtcpCluster {
 	t.Helper()
+	eager := o.eager
 	key := []byte("test cluster key, 32 bytes long!")
+	if !o.peers {
+		key = nil
+	}
 	mc := &mtcpCluster{}
 	for range n {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -81,7 +97,12 @@ func startMTCPCluster(t *testing.T, url string, n int, eager bool, mod func(*Con
 		}
 		fe := startFrontend(t, url, cfg, true)
 		lcfg := mtcp.ListenConfig{Logger: testLogger(t, "mtcp-"+cfg.ID), Self: mc.addrs[i], Servers: mc.addrs, ClusterKey: key, PeerTimeout: 500 * time.Millisecond,
-			OnMigration: fe.ObserveMigration}
+			OnMigration: func(s mtcp.MigrationStats) {
+				fe.ObserveMigration(s)
+				if o.onMigration != nil {
+					o.onMigration(s)
+				}
+			}}
 		if eager {
 			pool, err := pgxpool.New(context.Background(), url)
 			if err != nil {
@@ -119,7 +140,7 @@ type mtcpClient struct {
 	migrations []mtcp.MigrationStats
 }
 
-func newMTCPClient(t *testing.T, addrs []string) *mtcpClient {
+func newMTCPClient(t testing.TB, addrs []string) *mtcpClient {
 	mc := &mtcpClient{}
 	d := &mtcp.Dialer{Logger: testLogger(nil, "client"), Servers: addrs, OnMigration: func(s mtcp.MigrationStats) {
 		mc.mu.Lock()
@@ -278,7 +299,7 @@ func TestBatchOverMTCPSurvivesItsFrontEnd(t *testing.T) {
 }
 
 // testLogger logs to the test output when HAFE_TEST_LOG is set.
-func testLogger(t *testing.T, name string) *slog.Logger {
+func testLogger(t testing.TB, name string) *slog.Logger {
 	if os.Getenv("HAFE_TEST_LOG") == "" {
 		return nil
 	}
