@@ -191,7 +191,7 @@ func (t *Template) CheckArgs(args map[string]any) error {
 		}
 	}
 	for a := range args {
-		if !argPattern.MatchString("@"+a) || !contains(t.Args, a) {
+		if !contains(t.Args, a) { // t.Args are the names the template uses
 			unknown = append(unknown, a)
 		}
 	}
