@@ -21,10 +21,39 @@ type memberJSON struct {
 	Alive               bool    `json:"alive"`
 	HeartbeatAt         string  `json:"heartbeat_at"`
 	HeartbeatAgeSeconds float64 `json:"heartbeat_age_seconds"`
+	MTCPAddr            string  `json:"mtcp_addr,omitempty"`
+	MTCPConnections     int     `json:"mtcp_connections"`
+	// Committed and Aborted are the transactions the member executed
+	// since it started, as of its last heartbeat.
+	Committed int64 `json:"committed"`
+	Aborted   int64 `json:"aborted"`
 }
 
 func toMemberJSON(m backendext.Member) memberJSON {
-	return memberJSON{m.ID, m.HTTPAddr, m.Load, m.Draining, m.Alive, m.HeartbeatAt.UTC().Format(timeFormat), m.HeartbeatAge.Seconds()}
+	return memberJSON{m.ID, m.HTTPAddr, m.Load, m.Draining, m.Alive, m.HeartbeatAt.UTC().Format(timeFormat), m.HeartbeatAge.Seconds(),
+		m.MTCPAddr, m.MTCPConns, m.Committed, m.Aborted}
+}
+
+// migrationJSON is an MTCP migration in admin answers, with the phases
+// the front-end that took the connection measured.
+type migrationJSON struct {
+	ConnID          string `json:"conn_id"`
+	From            string `json:"from"`
+	To              string `json:"to"`
+	TakenBy         string `json:"taken_by"`
+	Mode            string `json:"mode"`
+	Trigger         string `json:"trigger"`
+	Error           string `json:"error,omitempty"`
+	PrepareMicros   int64  `json:"prepare_us"`
+	WaitMicros      int64  `json:"wait_us"`
+	ReinstateMicros int64  `json:"reinstate_us"`
+	StateBytes      int    `json:"state_bytes"`
+	At              string `json:"at"`
+}
+
+func toMigrationJSON(m backendext.Migration) migrationJSON {
+	return migrationJSON{m.ConnID, m.From, m.To, m.TakenBy, m.Mode, m.Trigger, m.Err,
+		m.Prepare.Microseconds(), m.Wait.Microseconds(), m.Reinstate.Microseconds(), m.StateBytes, m.At.UTC().Format(timeFormat)}
 }
 
 // takeoverJSON is a claim of a batch by a new owner in admin answers.
@@ -120,6 +149,15 @@ func (s *Server) overview(w http.ResponseWriter, r *http.Request) {
 	for _, t := range ts {
 		takeovers = append(takeovers, toTakeoverJSON(t))
 	}
+	mgs, err := backendext.ListRecentMigrations(r.Context(), s.ctl, overviewLimit)
+	if err != nil {
+		s.refuse(w, refuse(503, "database_unavailable", "%v", err))
+		return
+	}
+	migrations := []migrationJSON{}
+	for _, m := range mgs {
+		migrations = append(migrations, toMigrationJSON(m))
+	}
 	writeJSON(w, 200, map[string]any{
 		"self":                   s.cfg.ID,
 		"at":                     time.Now().UTC().Format(timeFormat),
@@ -127,6 +165,7 @@ func (s *Server) overview(w http.ResponseWriter, r *http.Request) {
 		"members":                members,
 		"batches":                batches,
 		"takeovers":              takeovers,
+		"migrations":             migrations,
 		"counters":               s.counters(),
 	})
 }

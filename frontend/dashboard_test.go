@@ -2,6 +2,7 @@ package frontend
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -246,4 +247,56 @@ func TestDashboardShowsABatchRunningAndItsTakeoverAfterAFrontEndDies(t *testing.
 		t.Fatalf("fe-2's fence counters %q", got)
 	}
 	br.screenshot("after-takeover")
+}
+
+// The dashboard's migrations panel and the cluster's throughput, in
+// Chromium: a batch streams over MTCP from fe-0 while its connection moves
+// to fe-1 and back; the panel lists both moves with their phases, the
+// members show their MTCP connections and what they executed. Screenshot
+// migrations.png.
+func TestDashboardShowsMigrations(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a browser")
+	}
+	br := newBrowser(t)
+	url := newDB(t)
+	db := newChecker(t, url)
+	mc := startMTCPCluster(t, url, 2, true, func(c *Config) { c.AdminToken = adminToken })
+	cl := newMTCPClient(t, mc.addrs)
+	req, _ := http.NewRequest("POST", "http://"+mc.addrs[0]+"/v1/batches", strings.NewReader(effectBatch("m", 40)))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := cl.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	lines := readBatch(t, resp, func(k int) {
+		if k == 10 || k == 20 {
+			cl.mu.Lock()
+			c := cl.conn
+			cl.mu.Unlock()
+			to := mc.addrs[k/10%2]
+			if err := c.Migrate(context.Background(), to); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	checkExactlyOnce(t, db, "m", 40, lines)
+
+	br.do("open the dashboard on fe-1",
+		chromedp.Navigate(mc.fes[1].url+"/dashboard/?every=0.5"),
+		chromedp.SendKeys(chromedp.CSS("#token"), adminToken),
+		chromedp.Click(chromedp.CSS("#go")))
+	br.waitFor("the move to fe-1", `#migrations tr[data-from="fe-0"][data-to="fe-1"][data-trigger="client"]`)
+	br.waitFor("the move back to fe-0", `#migrations tr[data-from="fe-1"][data-to="fe-0"][data-trigger="client"]`)
+	if got := br.text(`#migrations tr[data-to="fe-1"] td:nth-child(6)`); got != "peer" {
+		t.Fatalf("state from %q, want peer (a lazy move from a live front-end)", got)
+	}
+	// What each executed reaches the table with its next heartbeat.
+	run(br, "executed counts", chromedp.Poll[bool](`(() => {
+		let n = 0;
+		for (const td of document.querySelectorAll("#members tbody td:nth-child(6)")) n += Number(td.textContent);
+		return n === 40;
+	})()`))
+	br.screenshot("migrations")
 }

@@ -29,6 +29,13 @@ func (s *Server) Run(ctx context.Context) error {
 			return nil
 		case <-hb.C:
 			s.heartbeat(ctx)
+		case m := <-s.migrations:
+			// For the dashboard: written here, off the migration's path.
+			wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			if err := backendext.RecordMigration(wctx, s.ctl, m); err != nil && ctx.Err() == nil {
+				s.log.Warn("record migration", "err", err)
+			}
+			cancel()
 		case <-gc.C:
 			s.collect(ctx)
 			gc.Reset(s.gcDelay())
@@ -50,8 +57,10 @@ func (s *Server) heartbeat(ctx context.Context) {
 		}
 		return
 	}
+	c := s.counters()
 	err = backendext.Heartbeat(ctx, s.ctl, backendext.Member{
 		ID: s.cfg.ID, Incarnation: s.exec.Incarnation(), HTTPAddr: s.cfg.Addr, MTCPAddr: s.cfg.MTCPAddr, Load: float64(s.batches.running()), Draining: s.batches.isDraining(),
+		Committed: int64(c.Committed), Aborted: int64(c.Aborted), MTCPConns: s.mtcpConns(),
 	})
 	if err != nil {
 		if ctx.Err() == nil {

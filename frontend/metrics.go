@@ -165,6 +165,17 @@ func (s *Server) ObserveMigration(st mtcp.MigrationStats) {
 		s.metrics.mtcpPhases.WithLabelValues("reinstate").Observe(st.Reinstate.Seconds())
 		attrs = append(attrs, "prepare_us", st.PrepareRequest.Microseconds(), "wait_us", st.WaitReply.Microseconds(), "reinstate_us", st.Reinstate.Microseconds())
 	}
+	if st.Role == mtcp.RoleNewServer {
+		m := backendext.Migration{ConnID: st.ConnID.String(), From: st.From, To: st.To, TakenBy: s.cfg.ID, Mode: mode, Trigger: trigger,
+			Prepare: st.PrepareRequest, Wait: st.WaitReply, Reinstate: st.Reinstate, StateBytes: st.StateBytes}
+		if st.Err != nil {
+			m.Err = st.Err.Error()
+		}
+		select {
+		case s.migrations <- m:
+		default:
+		}
+	}
 	if st.Err != nil {
 		s.log.Warn("mtcp migration failed", append(attrs, "err", st.Err)...)
 		return

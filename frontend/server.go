@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	backendext "hafe.dev/hafe/backend-ext"
 	"hafe.dev/hafe/mtcp"
 	hafesql "hafe.dev/hafe/sql"
 	"hafe.dev/hafe/txn"
@@ -131,10 +132,13 @@ type Server struct {
 	metrics *metrics
 	router  chi.Router
 
-	batches     inflight
-	numbers     numberArgs
-	mtcp        atomic.Pointer[mtcp.Listener] // set by ServeMTCP
-	busy        busyConns                     // MTCP connections streaming a batch
+	batches inflight
+	numbers numberArgs
+	mtcp    atomic.Pointer[mtcp.Listener] // set by ServeMTCP
+	busy    busyConns                     // MTCP connections streaming a batch
+	// migrations this front-end took, for Run to record in the database
+	// (dropped when it falls behind).
+	migrations  chan backendext.Migration
 	drainOnce   sync.Once
 	drained     chan struct{} // see Drain
 	mtcpMu      sync.Mutex
@@ -165,7 +169,7 @@ func New(pool *pgxpool.Pool, cfg Config, log *slog.Logger) (*Server, error) {
 	if ctl == nil {
 		ctl = pool
 	}
-	s := &Server{cfg: cfg, pool: pool, ctl: ctl, rootLog: log, log: log.With("component", "frontend"), metrics: newMetrics(), numbers: numberArgs{pool: pool}}
+	s := &Server{cfg: cfg, pool: pool, ctl: ctl, migrations: make(chan backendext.Migration, 256), rootLog: log, log: log.With("component", "frontend"), metrics: newMetrics(), numbers: numberArgs{pool: pool}}
 	cfg.Executor.Observer = s.metrics
 	s.exec = txn.NewExecutor(pool, cfg.Executor, log.With("component", "txn"))
 	s.metrics.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -6,7 +6,7 @@
 const params = new URLSearchParams(location.search);
 const every = Math.max(0.5, Number(params.get("every")) || 2) * 1000; // ms between refreshes
 const windowMs = 5 * 60 * 1000; // what the chart shows
-const samples = []; // {t, committed, aborted}
+const samples = []; // {t, per: {member id: {committed, aborted}}}
 let wake = null; // ends the current wait early (a new token)
 
 const $ = (id) => document.getElementById(id);
@@ -48,6 +48,8 @@ function drawMembers(o) {
       cell(m.http_addr || "–"),
       cell(state, "state-" + state),
       cell(String(m.load), "num"),
+      cell(m.mtcp_addr ? String(m.mtcp_connections) : "–", "num"),
+      cell(String(m.committed + m.aborted), "num"),
       cell(age(m.heartbeat_age_seconds), "num"),
     ], {id: m.id, state});
   }), "no-members");
@@ -99,17 +101,48 @@ function drawTakeovers(o) {
   $("fence-counters").textContent = Object.keys(f).sort().map((k) => `${k} ${f[k]}`).join(", ") || "none";
 }
 
+// delta is what the members executed between two samples: each member's
+// growth, none for one that restarted (its counters start again) or is new.
+function delta(a, b) {
+  let tx = 0, ab = 0;
+  for (const [id, m] of Object.entries(b.per)) {
+    const p = a.per[id];
+    if (!p || m.committed < p.committed || m.aborted < p.aborted) continue;
+    tx += (m.committed + m.aborted) - (p.committed + p.aborted);
+    ab += m.aborted - p.aborted;
+  }
+  return {tx, ab};
+}
+
 function rates() {
   const out = [];
   for (let i = 1; i < samples.length; i++) {
     const a = samples[i - 1], b = samples[i];
     const dt = (b.t - a.t) / 1000;
-    const tx = (b.committed + b.aborted) - (a.committed + a.aborted);
-    const ab = b.aborted - a.aborted;
-    if (dt <= 0 || tx < 0 || ab < 0) continue; // the front-end restarted
-    out.push({t: b.t, tx: tx / dt, ab: ab / dt});
+    if (dt <= 0) continue;
+    const d = delta(a, b);
+    out.push({t: b.t, tx: d.tx / dt, ab: d.ab / dt});
   }
   return out;
+}
+
+function drawMigrations(o) {
+  const name = {};
+  for (const m of o.members) if (m.mtcp_addr) name[m.mtcp_addr] = m.id;
+  const who = (addr) => name[addr] || addr || "–";
+  const why = {redirect: "asked to move", origin_down: "front-end down", client: "client moved"};
+  fill("migrations", (o.migrations || []).map((m) => row([
+    cell(time(m.at)),
+    cell(m.conn_id.slice(0, 8)),
+    cell(who(m.from)),
+    cell(who(m.to)),
+    cell(why[m.trigger] || m.trigger),
+    cell(m.mode === "eager" ? "database" : "peer"),
+    cell(String(m.prepare_us), "num"),
+    cell(String(m.wait_us), "num"),
+    cell(String(m.reinstate_us), "num"),
+    cell(m.error ? "failed: " + m.error : "ok", m.error ? "state-gone" : "state-alive"),
+  ], {conn: m.conn_id, from: who(m.from), to: who(m.to), trigger: m.trigger})), "no-migrations");
 }
 
 const svgNS = "http://www.w3.org/2000/svg";
@@ -144,9 +177,13 @@ function drawChart() {
   const last = rs[rs.length - 1];
   $("rate-tx").textContent = last ? last.tx.toFixed(1) : "–";
   $("rate-ab").textContent = last ? last.ab.toFixed(1) : "–";
-  const s0 = samples[0], s1 = samples[samples.length - 1];
-  const total = s1 && s0 ? (s1.committed + s1.aborted) - (s0.committed + s0.aborted) : 0;
-  $("abort-ratio").textContent = total > 0 ? (100 * (s1.aborted - s0.aborted) / total).toFixed(1) + " %" : "–";
+  let total = 0, aborted = 0;
+  for (let i = 1; i < samples.length; i++) {
+    const d = delta(samples[i - 1], samples[i]);
+    total += d.tx;
+    aborted += d.ab;
+  }
+  $("abort-ratio").textContent = total > 0 ? (100 * aborted / total).toFixed(1) + " %" : "–";
 }
 
 async function refresh(token) {
@@ -154,12 +191,15 @@ async function refresh(token) {
   const body = await r.json();
   if (!r.ok) throw new Error(body.error ? body.error.message : r.statusText);
   const t = Date.now();
-  samples.push({t, committed: body.counters.committed, aborted: body.counters.aborted});
+  const per = {};
+  for (const m of body.members) per[m.id] = {committed: m.committed, aborted: m.aborted};
+  samples.push({t, per});
   while (samples.length > 2 && t - samples[0].t > windowMs) samples.shift();
   $("self").textContent = body.self;
   drawMembers(body);
   drawBatches(body);
   drawTakeovers(body);
+  drawMigrations(body);
   drawChart();
   return body;
 }
