@@ -149,6 +149,10 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 			level = slog.LevelInfo // the client's retry resumes it
 		}
 		log.Log(r.Context(), level, "batch interrupted", "reported", sum.Committed+sum.Aborted, "client_left", clientLeft, "err", err)
+		if !clientLeft && mx != nil && mx.handOff(log) {
+			// Another front-end answers the rest, in the same response.
+			return
+		}
 		if !clientLeft {
 			// The client gets the reason; the summary line is missing, so
 			// it knows to retry with the same key.

@@ -54,9 +54,14 @@ func (s *Server) heartbeat(ctx context.Context) {
 	if err != nil {
 		if ctx.Err() == nil {
 			s.log.Warn("database probe", "err", err)
+			s.probeFailures++
+			if s.probeFailures == handOffAfterProbes {
+				s.handOffBusy("this front-end cannot reach the database")
+			}
 		}
 		return
 	}
+	s.probeFailures = 0
 	c := s.counters()
 	err = backendext.Heartbeat(ctx, s.ctl, backendext.Member{
 		ID: s.cfg.ID, Incarnation: s.exec.Incarnation(), HTTPAddr: s.cfg.Addr, MTCPAddr: s.cfg.MTCPAddr, Load: float64(s.batches.running()), Draining: s.batches.isDraining(),
@@ -78,6 +83,30 @@ func (s *Server) heartbeat(ctx context.Context) {
 	s.members.set(ms)
 	s.publishServers(ms)
 	s.rebalance(ms)
+}
+
+// handOffAfterProbes is how many database probes in a row (one per
+// heartbeat) must fail before a front-end moves its MTCP connections with
+// running batches to its peers, which may still reach the database.
+const handOffAfterProbes = 3
+
+// handOffBusy redirects the MTCP connections that stream a batch to the
+// other front-ends, spread over them; their batches go on there.
+func (s *Server) handOffBusy(why string) {
+	var peers []string
+	for _, a := range s.MTCPServers() {
+		if a != s.cfg.MTCPAddr {
+			peers = append(peers, a)
+		}
+	}
+	busy := s.busy.list()
+	if len(peers) == 0 || len(busy) == 0 {
+		return
+	}
+	s.log.Warn("moving MTCP connections with running batches to the other front-ends: "+why, "connections", len(busy), "front_ends", len(peers))
+	for i, c := range busy {
+		c.Redirect(peers[i%len(peers)])
+	}
 }
 
 // publishServers gives the MTCP listener the live, not draining members'

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -71,6 +72,8 @@ func startMTCPCluster(t testing.TB, url string, n int, eager bool, mod func(*Con
 type mtcpOptions struct {
 	eager, peers bool
 	onMigration  func(mtcp.MigrationStats)
+	// dbURL, when set, is front-end i's database URL (default url).
+	dbURL func(i int) string
 }
 
 func startMTCPClusterWith(t testing.TB, url string, n int, o mtcpOptions, mod func(*Config)) *mtcpCluster {
@@ -95,7 +98,11 @@ func startMTCPClusterWith(t testing.TB, url string, n int, o mtcpOptions, mod fu
 		if mod != nil {
 			mod(&cfg)
 		}
-		fe := startFrontend(t, url, cfg, true)
+		feURL := url
+		if o.dbURL != nil {
+			feURL = o.dbURL(i)
+		}
+		fe := startFrontend(t, feURL, cfg, true)
 		lcfg := mtcp.ListenConfig{Logger: testLogger(t, "mtcp-"+cfg.ID), Self: mc.addrs[i], Servers: mc.addrs, ClusterKey: key, PeerTimeout: 500 * time.Millisecond,
 			OnMigration: func(s mtcp.MigrationStats) {
 				fe.ObserveMigration(s)
@@ -469,5 +476,104 @@ func TestPipelinedRequestsSurviveAMove(t *testing.T) {
 				t.Errorf("%d batches for two requests", got)
 			}
 		})
+	}
+}
+
+// dbProxy is a TCP proxy in front of PostgreSQL that can cut a front-end
+// off from the database: cut closes every proxied connection and refuses
+// new ones.
+type dbProxy struct {
+	ln    net.Listener
+	to    string
+	mu    sync.Mutex
+	conns []net.Conn
+	down  bool
+}
+
+func newDBProxy(t testing.TB, to string) *dbProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &dbProxy{ln: ln, to: to}
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			down := p.down
+			p.mu.Unlock()
+			if down {
+				c.Close()
+				continue
+			}
+			s, err := net.Dial("tcp", to)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			go func() { io.Copy(s, c); s.Close() }()
+			go func() { io.Copy(c, s); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *dbProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// TestFrontEndCutOffFromTheDatabaseHandsItsBatchesOn: a front-end that
+// loses PostgreSQL while its MTCP client's path is fine moves the
+// connection to a front-end that still reaches the database (after three
+// failed probes), where the batch goes on in the same response: an MTCP
+// client has no Idempotency-Key to retry with.
+func TestFrontEndCutOffFromTheDatabaseHandsItsBatchesOn(t *testing.T) {
+	url := newDB(t)
+	db := newChecker(t, url)
+	host := "127.0.0.1:" + strconv.Itoa(server.Port())
+	proxy := newDBProxy(t, host)
+	mc := startMTCPClusterWith(t, url, 2, mtcpOptions{eager: true, peers: true, dbURL: func(i int) string {
+		if i == 0 {
+			return strings.Replace(url, host, proxy.ln.Addr().String(), 1)
+		}
+		return url
+	}}, func(c *Config) { c.Executor.SettleTimeout = time.Minute })
+	// The client's triggers as they come: its path stays fine, so only
+	// the front-end can decide to move it.
+	d := &mtcp.Dialer{Servers: mc.addrs}
+	cl := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+	t.Cleanup(cl.CloseIdleConnections)
+	txns := make([]string, 30)
+	for i := range txns {
+		txns[i] = rawTxn(fmt.Sprintf("INSERT INTO effects (note) VALUES ('x-%d')", i+1), "SELECT pg_sleep(0.05)")
+	}
+	req, _ := http.NewRequest("POST", "http://"+mc.addrs[0]+"/v1/batches", strings.NewReader(batchBody(txns...)))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := cl.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	lines := readBatch(t, resp, func(k int) {
+		if k == 5 {
+			proxy.cut()
+		}
+	})
+	checkExactlyOnce(t, db, "x", 30, lines)
+	if got := mc.fes[1].metric(t, "hafe_batch_takeovers_total", "via", "migration"); got != 1 {
+		t.Errorf("%v takeovers via migration on the front-end with the database, want 1", got)
 	}
 }

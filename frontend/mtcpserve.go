@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strconv"
@@ -118,6 +119,35 @@ func mtcpExchangeFrom(ctx context.Context) *mtcpExchange {
 	return x
 }
 
+// handOff asks the client to move the connection to another front-end,
+// which takes the batch over and answers the rest of the request: a batch
+// this one could not finish (it lost its database) goes on elsewhere, as
+// an MTCP client has no Idempotency-Key to retry with. It reports whether
+// the connection moved.
+func (x *mtcpExchange) handOff(log *slog.Logger) bool {
+	for _, to := range x.s.MTCPServers() {
+		if to == x.s.cfg.MTCPAddr {
+			continue
+		}
+		if err := x.conn.Redirect(to); err != nil {
+			return false
+		}
+		t := time.NewTimer(handOffWait)
+		select {
+		case <-x.conn.Done():
+			t.Stop()
+			log.Info("handed the batch's connection to another front-end", "to", to)
+			return true
+		case <-t.C:
+		}
+	}
+	return false
+}
+
+// handOffWait is how long handOff waits for a client to follow a redirect
+// before it tries the next front-end.
+const handOffWait = 5 * time.Second
+
 // batchKey names the batch of the current request when the client sent no
 // Idempotency-Key: the same on every front-end the connection visits.
 func (x *mtcpExchange) batchKey() string {
@@ -189,6 +219,15 @@ func (s *Server) serveMTCPRequest(c *mtcp.Conn, st *connState, req *http.Request
 	w := &mtcpResponse{x: x, header: http.Header{}}
 	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), mtcpExchangeKey{}, x))
 	defer cancel()
+	// A connection that moved away (or ended) takes its request along:
+	// whatever runs for it here stops at once, not at its next write.
+	go func() {
+		select {
+		case <-c.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	req = req.WithContext(ctx)
 	req.RemoteAddr = c.RemoteAddr().String()
 	s.router.ServeHTTP(w, req)

@@ -136,6 +136,9 @@ type Server struct {
 	numbers numberArgs
 	mtcp    atomic.Pointer[mtcp.Listener] // set by ServeMTCP
 	busy    busyConns                     // MTCP connections streaming a batch
+	// probeFailures counts failed database probes in a row (heartbeat
+	// goroutine only).
+	probeFailures int
 	// migrations this front-end took, for Run to record in the database
 	// (dropped when it falls behind).
 	migrations  chan backendext.Migration

@@ -153,6 +153,10 @@ func newConn(id ConnID, secret []byte, log *slog.Logger, lim Limits) *Conn {
 // ID returns the connection's id.
 func (c *Conn) ID() ConnID { return c.id }
 
+// Done is closed when the connection ends at this end: it moved to
+// another server, was closed, or failed.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
 // applyLocked carries out the effects of the events fed to the machine
 // since the last call.
 func (c *Conn) applyLocked() {
