@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hafe.dev/hafe/api"
 	"io"
 	"net/http"
 	neturl "net/url"
@@ -32,38 +33,17 @@ func NewAdmin(url, token string, hc *http.Client) (*Admin, error) {
 	return &Admin{url: u, token: token, http: hc}, nil
 }
 
-// Batch is a batch as GET /admin/batches describes it.
-type Batch struct {
-	ID             string `json:"batch_id"`
-	State          string `json:"state"` // running, done or abandoned
-	IdempotencyKey string `json:"idempotency_key"`
-	Client         string `json:"client"`
-	Owner          string `json:"owner"`
-	OwnerAlive     bool   `json:"owner_alive"`
-	Epoch          int64  `json:"epoch"`
-	Transactions   int    `json:"transactions"`
-	SlotsDone      int    `json:"slots_done"`
-	Committed      int    `json:"committed"`
-	Aborted        int    `json:"aborted"`
-	CreatedAt      string `json:"created_at"`
-	UpdatedAt      string `json:"updated_at"`
-}
-
-// Takeover is one claim of a batch's lease by another owner.
-type Takeover struct {
-	Epoch          int64  `json:"epoch"`
-	PreviousOwner  string `json:"previous_owner"` // "" when the batch had been released
-	Owner          string `json:"owner"`
-	FencedSessions int    `json:"fenced_sessions"`
-	At             string `json:"at"`
-}
-
-// BatchDetail is GET /admin/batches/{id}'s answer.
-type BatchDetail struct {
-	Batch
-	Takeovers []Takeover        `json:"takeovers"`
-	Outcomes  []json.RawMessage `json:"outcomes"`
-}
+// The admin answers' types are the API's.
+type (
+	// Batch is a batch as GET /admin/batches describes it.
+	Batch = api.BatchInfo
+	// Takeover is one claim of a batch's lease by another owner.
+	Takeover = api.Takeover
+	// BatchDetail is GET /admin/batches/{id}'s answer.
+	BatchDetail = api.BatchDetail
+	// DrainStatus is a front-end's answer to a drain.
+	DrainStatus = api.DrainStatus
+)
 
 // BatchFilter selects batches; zero fields select all.
 type BatchFilter struct {
@@ -110,15 +90,6 @@ func (a *Admin) Batch(ctx context.Context, id string) (BatchDetail, error) {
 	var v BatchDetail
 	err := a.get(ctx, "/admin/batches/"+neturl.PathEscape(id), &v)
 	return v, err
-}
-
-// DrainStatus is a front-end's answer to a drain.
-type DrainStatus struct {
-	// Status is "drained" (no batch runs there, no MTCP connection is
-	// left) or "draining".
-	Status          string `json:"status"`
-	BatchesInFlight int    `json:"batches_in_flight"`
-	MTCPConnections int    `json:"mtcp_connections"`
 }
 
 // Drain tells the front-end to take no new batches and to move its MTCP

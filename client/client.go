@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"hafe.dev/hafe/api"
 	"hafe.dev/hafe/mtcp"
 )
 
@@ -366,7 +367,7 @@ func (s *submission) attempt(ctx context.Context, n int, url string) error {
 	}
 	hreq.Header.Set("Content-Type", "application/json")
 	hreq.Header.Set("Accept", "application/x-ndjson")
-	hreq.Header.Set("Idempotency-Key", s.key)
+	hreq.Header.Set(api.HeaderIdempotencyKey, s.key)
 	hreq.Header.Set("User-Agent", "hafe-client")
 	if cfg.Token != "" {
 		hreq.Header.Set("Authorization", "Bearer "+cfg.Token)
@@ -390,12 +391,12 @@ func (s *submission) attempt(ctx context.Context, n int, url string) error {
 	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt != "application/x-ndjson" {
 		return &ProtocolError{URL: url, Reason: fmt.Sprintf("200 with content type %q, not application/x-ndjson", resp.Header.Get("Content-Type"))}
 	}
-	fe := resp.Header.Get("Hafe-Front-End")
+	fe := resp.Header.Get(api.HeaderFrontEnd)
 	if fe == "" {
 		fe = url
 	}
-	resumed := resp.Header.Get("Hafe-Resumed") == "true"
-	if err := s.t.startAttempt(url, resp.Header.Get("Hafe-Batch-Id")); err != nil {
+	resumed := resp.Header.Get(api.HeaderResumed) == "true"
+	if err := s.t.startAttempt(url, resp.Header.Get(api.HeaderBatchID)); err != nil {
 		return err
 	}
 	if resumed {

@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"time"
 
+	"hafe.dev/hafe/api"
+
 	backendext "hafe.dev/hafe/backend-ext"
 )
 
@@ -41,10 +43,10 @@ func (s *Server) drain(w http.ResponseWriter, r *http.Request) {
 	case <-t.C:
 	case <-r.Context().Done():
 	}
-	body := map[string]any{"status": "draining", "batches_in_flight": s.batches.running(), "mtcp_connections": s.mtcpConns()}
+	body := api.DrainStatus{Status: "draining", BatchesInFlight: s.batches.running(), MTCPConnections: s.mtcpConns()}
 	select {
 	case <-done:
-		body["status"] = "drained"
+		body.Status = "drained"
 		writeJSON(w, 200, body)
 	default:
 		writeJSON(w, 202, body)

@@ -3,6 +3,7 @@ package frontend
 import (
 	"encoding/json"
 	"errors"
+	"hafe.dev/hafe/api"
 	"net/http"
 	"strconv"
 	"strings"
@@ -20,21 +21,7 @@ const maxBatchList = 1000
 const timeFormat = "2006-01-02T15:04:05.000Z"
 
 // batchJSON is a batch in admin answers.
-type batchJSON struct {
-	ID             string `json:"batch_id"`
-	State          string `json:"state"`
-	IdempotencyKey string `json:"idempotency_key,omitempty"`
-	Client         string `json:"client,omitempty"`
-	Owner          string `json:"owner"`
-	OwnerAlive     bool   `json:"owner_alive"`
-	Epoch          int64  `json:"epoch"`
-	Transactions   int    `json:"transactions"`
-	SlotsDone      int    `json:"slots_done"`
-	Committed      int    `json:"committed"`
-	Aborted        int    `json:"aborted"`
-	CreatedAt      string `json:"created_at"`
-	UpdatedAt      string `json:"updated_at"`
-}
+type batchJSON = api.BatchInfo
 
 // splitScopedKey undoes postBatch's "<scope>:<key>": scope is "open" or
 // "token:NAME", NAME without a colon. client is "open" or the token's NAME.

@@ -1,6 +1,7 @@
 package frontend
 
 import (
+	"hafe.dev/hafe/api"
 	"net/http"
 	"time"
 
@@ -13,61 +14,30 @@ const overviewLimit = 20
 
 // memberJSON is a front-end in admin answers. HeartbeatAgeSeconds is by
 // the database's clock, so a browser's skewed clock does not age members.
-type memberJSON struct {
-	ID                  string  `json:"id"`
-	HTTPAddr            string  `json:"http_addr"`
-	Load                float64 `json:"load"`
-	Draining            bool    `json:"draining"`
-	Alive               bool    `json:"alive"`
-	HeartbeatAt         string  `json:"heartbeat_at"`
-	HeartbeatAgeSeconds float64 `json:"heartbeat_age_seconds"`
-	MTCPAddr            string  `json:"mtcp_addr,omitempty"`
-	MTCPConnections     int     `json:"mtcp_connections"`
-	// Committed and Aborted are the transactions the member executed
-	// since it started, as of its last heartbeat.
-	Committed int64 `json:"committed"`
-	Aborted   int64 `json:"aborted"`
-}
+type memberJSON = api.Member
 
 func toMemberJSON(m backendext.Member) memberJSON {
-	return memberJSON{m.ID, m.HTTPAddr, m.Load, m.Draining, m.Alive, m.HeartbeatAt.UTC().Format(timeFormat), m.HeartbeatAge.Seconds(),
-		m.MTCPAddr, m.MTCPConns, m.Committed, m.Aborted}
+	return memberJSON{ID: m.ID, HTTPAddr: m.HTTPAddr, Load: m.Load, Draining: m.Draining, Alive: m.Alive,
+		HeartbeatAt: m.HeartbeatAt.UTC().Format(timeFormat), HeartbeatAgeSeconds: m.HeartbeatAge.Seconds(),
+		MTCPAddr: m.MTCPAddr, MTCPConnections: m.MTCPConns, Committed: m.Committed, Aborted: m.Aborted}
 }
 
 // migrationJSON is an MTCP migration in admin answers, with the phases
 // the front-end that took the connection measured.
-type migrationJSON struct {
-	ConnID          string `json:"conn_id"`
-	From            string `json:"from"`
-	To              string `json:"to"`
-	TakenBy         string `json:"taken_by"`
-	Mode            string `json:"mode"`
-	Trigger         string `json:"trigger"`
-	Error           string `json:"error,omitempty"`
-	PrepareMicros   int64  `json:"prepare_us"`
-	WaitMicros      int64  `json:"wait_us"`
-	ReinstateMicros int64  `json:"reinstate_us"`
-	StateBytes      int    `json:"state_bytes"`
-	At              string `json:"at"`
-}
+type migrationJSON = api.Migration
 
 func toMigrationJSON(m backendext.Migration) migrationJSON {
-	return migrationJSON{m.ConnID, m.From, m.To, m.TakenBy, m.Mode, m.Trigger, m.Err,
-		m.Prepare.Microseconds(), m.Wait.Microseconds(), m.Reinstate.Microseconds(), m.StateBytes, m.At.UTC().Format(timeFormat)}
+	return migrationJSON{ConnID: m.ConnID, From: m.From, To: m.To, TakenBy: m.TakenBy, Mode: m.Mode, Trigger: m.Trigger, Error: m.Err,
+		PrepareMicros: m.Prepare.Microseconds(), WaitMicros: m.Wait.Microseconds(), ReinstateMicros: m.Reinstate.Microseconds(),
+		StateBytes: m.StateBytes, At: m.At.UTC().Format(timeFormat)}
 }
 
 // takeoverJSON is a claim of a batch by a new owner in admin answers.
-type takeoverJSON struct {
-	BatchID        string `json:"batch_id,omitempty"`
-	Epoch          int64  `json:"epoch"`
-	PreviousOwner  string `json:"previous_owner"`
-	Owner          string `json:"owner"`
-	FencedSessions int    `json:"fenced_sessions"`
-	At             string `json:"at"`
-}
+type takeoverJSON = api.Takeover
 
 func toTakeoverJSON(t backendext.Takeover) takeoverJSON {
-	return takeoverJSON{t.BatchID, t.Epoch, t.PreviousOwner, t.Owner, t.FencedSessions, t.At.UTC().Format(timeFormat)}
+	return takeoverJSON{BatchID: t.BatchID, Epoch: t.Epoch, PreviousOwner: t.PreviousOwner, Owner: t.Owner,
+		FencedSessions: t.FencedSessions, At: t.At.UTC().Format(timeFormat)}
 }
 
 // countersJSON are this front-end's own counters (the same as /metrics),

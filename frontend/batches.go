@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"hafe.dev/hafe/api"
 	"hafe.dev/hafe/txn"
 )
 
@@ -46,12 +47,12 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, refuse(415, "unsupported_media_type", "send the batch with Content-Type: application/json, not %q", ct))
 		return
 	}
-	keys := r.Header.Values("Idempotency-Key")
+	keys := r.Header.Values(api.HeaderIdempotencyKey)
 	if len(keys) > 1 {
 		s.refuse(w, refuse(400, "bad_idempotency_key", "send one Idempotency-Key header, not %d", len(keys)))
 		return
 	}
-	key := r.Header.Get("Idempotency-Key")
+	key := r.Header.Get(api.HeaderIdempotencyKey)
 	if err := checkKey(key); err != nil {
 		s.refuse(w, err)
 		return
@@ -117,10 +118,10 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "application/x-ndjson")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Cache-Control", "no-store")
-	h.Set("Hafe-Batch-Id", lease.BatchID)
-	h.Set("Hafe-Front-End", s.cfg.ID)
+	h.Set(api.HeaderBatchID, lease.BatchID)
+	h.Set(api.HeaderFrontEnd, s.cfg.ID)
 	if lease.Resumed {
-		h.Set("Hafe-Resumed", "true")
+		h.Set(api.HeaderResumed, "true")
 	}
 	w.WriteHeader(http.StatusOK)
 	// Each write gets WriteTimeout: a client that stops reading loses the
@@ -171,7 +172,7 @@ func (s *Server) refuse(w http.ResponseWriter, e *requestError) {
 }
 
 func errorLine(code, message string) []byte {
-	b, _ := jsonMarshal(map[string]any{"error": map[string]string{"code": code, "message": message}})
+	b, _ := jsonMarshal(api.Refusal{Error: api.RefusalError{Code: code, Message: message}})
 	return b
 }
 

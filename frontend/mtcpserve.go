@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"hafe.dev/hafe/api"
 	"hafe.dev/hafe/mtcp"
 )
 
@@ -278,7 +279,7 @@ func amendState(c *mtcp.Conn, st *connState) error {
 func plainReply(status int, code, message string, close bool) []byte {
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
-	body, _ := json.Marshal(map[string]any{"error": map[string]string{"code": code, "message": message}})
+	body, _ := json.Marshal(api.Refusal{Error: api.RefusalError{Code: code, Message: message}})
 	return renderReply(status, h, append(body, '\n'), close)
 }
 

@@ -14,28 +14,18 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"hafe.dev/hafe/api"
 	hafesql "hafe.dev/hafe/sql"
 	"hafe.dev/hafe/txn"
 	"hafe.dev/hafe/txn/rawsql"
 )
 
-// batchRequest is the body of POST /v1/batches.
-type batchRequest struct {
-	Transactions []txnRequest `json:"transactions"`
-	Isolation    string       `json:"isolation,omitempty"`
-}
-
-// txnRequest is one transaction: a template call or raw SQL, not both.
-type txnRequest struct {
-	Template string         `json:"template,omitempty"`
-	Args     map[string]any `json:"args,omitempty"`
-	SQL      []sqlStatement `json:"sql,omitempty"`
-}
-
-type sqlStatement struct {
-	Query string `json:"query"`
-	Args  []any  `json:"args,omitempty"`
-}
+// The body of POST /v1/batches, as the API declares it.
+type (
+	batchRequest = api.Batch
+	txnRequest   = api.Transaction
+	sqlStatement = api.Statement
+)
 
 // Limits bound what one request may ask for.
 type Limits struct {

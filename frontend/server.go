@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"hafe.dev/hafe/api"
 	backendext "hafe.dev/hafe/backend-ext"
 	"hafe.dev/hafe/mtcp"
 	hafesql "hafe.dev/hafe/sql"
@@ -332,5 +333,5 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // writeError sends a refusal as {"error":{"code":…,"message":…}}.
 func writeError(w http.ResponseWriter, e *requestError) {
-	writeJSON(w, e.status, map[string]any{"error": map[string]string{"code": e.code, "message": e.message}})
+	writeJSON(w, e.status, api.Refusal{Error: api.RefusalError{Code: e.code, Message: e.message}})
 }

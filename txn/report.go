@@ -8,50 +8,23 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
+
+	"hafe.dev/hafe/api"
 )
 
 // Outcome statuses.
 const (
-	StatusCommitted = "committed"
-	StatusAborted   = "aborted"
+	StatusCommitted = api.StatusCommitted
+	StatusAborted   = api.StatusAborted
 )
 
-// Result is what one statement returned.
-type Result struct {
-	Command      string `json:"command"`
-	RowsAffected int64  `json:"rows_affected"`
-	// Columns and Rows are present only for statements that return rows.
-	Columns []string `json:"columns,omitempty"`
-	Rows    *[][]any `json:"rows,omitempty"`
-}
-
-// SlotError says why a slot aborted. Code is the SQLSTATE for database
-// errors, or one of hafe's own words (e.g. "result_too_large").
-type SlotError struct {
-	Code      string `json:"code"`
-	Message   string `json:"message"`
-	Statement int    `json:"statement,omitempty"` // 1-based; 0 when not one statement's fault
-	Detail    string `json:"detail,omitempty"`
-}
-
-func (e *SlotError) Error() string { return fmt.Sprintf("%s: %s", e.Code, e.Message) }
-
-// Report is one slot's line in a batch response.
-type Report struct {
-	Seq     int        `json:"seq"`
-	Status  string     `json:"status"`
-	Results []Result   `json:"results,omitempty"`
-	Error   *SlotError `json:"error,omitempty"`
-}
-
-// Summary is the batch response's last line.
-type Summary struct {
-	Done         bool   `json:"done"`
-	BatchID      string `json:"batch_id"`
-	Transactions int    `json:"transactions"`
-	Committed    int    `json:"committed"`
-	Aborted      int    `json:"aborted"`
-}
+// The response lines' types are the API's.
+type (
+	Result    = api.Result
+	SlotError = api.SlotError
+	Report    = api.Report
+	Summary   = api.Summary
+)
 
 func renderReport(r Report) []byte {
 	b, err := json.Marshal(r)
@@ -59,12 +32,6 @@ func renderReport(r Report) []byte {
 		// Values are converted to JSON-safe types first; this is a bug.
 		panic(fmt.Sprintf("render report: %v", err))
 	}
-	return b
-}
-
-// Line renders the summary line.
-func (s Summary) Line() []byte {
-	b, _ := json.Marshal(s)
 	return b
 }
 

@@ -60,7 +60,7 @@ func TestBatchShowTable(t *testing.T) {
 		in   client.BatchDetail
 		want string
 	}{
-		{"with takeovers", client.BatchDetail{Batch: base, Takeovers: []client.Takeover{
+		{"with takeovers", client.BatchDetail{BatchInfo: base, Takeovers: []client.Takeover{
 			{Epoch: 2, PreviousOwner: "fe1", Owner: "fe2", FencedSessions: 1, At: "2026-10-27T11:55:00.000Z"},
 			{Epoch: 3, Owner: "fe3", At: "2026-10-27T11:58:00.000Z"},
 		}}, "" +
@@ -76,7 +76,7 @@ func TestBatchShowTable(t *testing.T) {
 			"  EPOCH  AT                        FROM          TO   FENCED SESSIONS\n" +
 			"  2      2026-10-27T11:55:00.000Z  fe1           fe2  1\n" +
 			"  3      2026-10-27T11:58:00.000Z  - (released)  fe3  0\n"},
-		{"owner gone, no takeovers", client.BatchDetail{Batch: gone}, "" +
+		{"owner gone, no takeovers", client.BatchDetail{BatchInfo: gone}, "" +
 			"batch       b1\n" +
 			"state       abandoned\n" +
 			"key         -\n" +

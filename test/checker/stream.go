@@ -3,6 +3,7 @@ package checker
 import (
 	"bytes"
 	"encoding/json"
+	"hafe.dev/hafe/api"
 )
 
 // lineKind classifies one line of a response stream.
@@ -26,13 +27,7 @@ type line struct {
 }
 
 // summary is the done line's content.
-type summary struct {
-	Done         bool   `json:"done"`
-	BatchID      string `json:"batch_id"`
-	Transactions int    `json:"transactions"`
-	Committed    int    `json:"committed"`
-	Aborted      int    `json:"aborted"`
-}
+type summary = api.Summary
 
 // parsedStream is one captured response body.
 type parsedStream struct {
