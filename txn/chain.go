@@ -192,7 +192,9 @@ func sentStatements(t Transaction) ([]string, [][]any, error) {
 	return sent, args, nil
 }
 
-// readCommit reads the answers to a pipelined outcome insert and COMMIT.
+// readCommit reads the answers to a pipelined outcome insert and COMMIT:
+// the one check that a slot committed, for the chain and for a slot run
+// on its own (commitOutcome).
 func (e *Executor) readCommit(ctx context.Context, br pgx.BatchResults, o backendext.Outcome) error {
 	if err := backendext.OutcomeInserted(br.Exec()); err != nil {
 		var pre pgx.ErrPreprocessingBatch
@@ -208,6 +210,7 @@ func (e *Executor) readCommit(ctx context.Context, br pgx.BatchResults, o backen
 		return e.classify(ctx, err, 0, true)
 	}
 	if tag.String() != "COMMIT" {
+		// The server answers COMMIT of a failed transaction with ROLLBACK.
 		return &attemptError{fault: faultLost, err: fmt.Errorf("commit of slot %d answered %q", o.Seq, tag.String())}
 	}
 	return nil

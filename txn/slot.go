@@ -234,18 +234,7 @@ func (e *Executor) commitOutcome(ctx context.Context, conn *pgx.Conn, o backende
 				return e.classify(ctx, err, 0, false)
 			}
 		}
-		if err := backendext.OutcomeInserted(br.Exec()); err != nil {
-			return e.classify(ctx, err, 0, false)
-		}
-		tag, err := br.Exec()
-		if err != nil {
-			return e.classify(ctx, err, 0, true)
-		}
-		if tag.String() != "COMMIT" {
-			// The server answers COMMIT of a failed transaction with ROLLBACK.
-			return &attemptError{fault: faultLost, err: fmt.Errorf("commit of slot %d answered %q", o.Seq, tag.String())}
-		}
-		return nil
+		return e.readCommit(ctx, br, o)
 	}()
 	if cerr := br.Close(); err == nil && cerr != nil {
 		err = e.classify(ctx, cerr, 0, true)
