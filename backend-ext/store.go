@@ -314,3 +314,25 @@ func ReadProgress(ctx context.Context, db DB, batchID string) (Progress, error) 
 	}
 	return p, nil
 }
+
+// OutcomeSize is a recorded outcome's seq, status and report length.
+type OutcomeSize struct {
+	Seq    int
+	Status string
+	Bytes  int
+}
+
+// ListOutcomeSizes reads the seq, status and report length of a batch's
+// recorded outcomes, in seq order, without the reports: what a front-end
+// needs to tell how many report lines a client already holds.
+func ListOutcomeSizes(ctx context.Context, db DB, batchID string) ([]OutcomeSize, error) {
+	rows, err := db.Query(ctx, `SELECT seq, status, octet_length(report) FROM hafe.outcomes WHERE batch_id = $1 ORDER BY seq`, batchID)
+	if err != nil {
+		return nil, fmt.Errorf("list outcome sizes of %s: %w", batchID, err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (OutcomeSize, error) {
+		var o OutcomeSize
+		err := r.Scan(&o.Seq, &o.Status, &o.Bytes)
+		return o, err
+	})
+}

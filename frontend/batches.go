@@ -124,6 +124,9 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		h.Set(api.HeaderResumed, "true")
 	}
 	w.WriteHeader(http.StatusOK)
+	if mx != nil && mx.migrated {
+		lease.Reported = mx.heldReports(r.Context())
+	}
 	// Each write gets WriteTimeout: a client that stops reading loses the
 	// connection, and the executor releases its batch. The deadline is
 	// lifted at the end, for the next request on the connection.

@@ -289,6 +289,18 @@ func TestBatchOverMTCPSurvivesItsFrontEnd(t *testing.T) {
 			if viaMigration != 1 || taken < 1 || !eager && handed < 1 {
 				t.Errorf("metrics: %v takeovers via migration, %v connections taken, %v handed over", viaMigration, taken, handed)
 			}
+			// The front-end that took the connection skipped the lines it
+			// came with (all the client had, lazily all the origin wrote)
+			// instead of reading them from the database to write them again.
+			var replayed float64
+			for _, fe := range mc.fes {
+				for _, result := range []string{"committed", "aborted"} {
+					replayed += fe.metric(t, "hafe_transactions_total", "result", result, "source", "replayed")
+				}
+			}
+			if !eager && replayed >= 10 {
+				t.Errorf("%v lines replayed after the move; the client had 10 and the origin sent them", replayed)
+			}
 			for _, m := range cl.migrations {
 				t.Logf("migration %s → %s: %v, %v", m.From, m.To, m.Mode, m.Err)
 			}

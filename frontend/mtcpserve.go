@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"hafe.dev/hafe/api"
+	backendext "hafe.dev/hafe/backend-ext"
 	"hafe.dev/hafe/mtcp"
+	"hafe.dev/hafe/txn"
 )
 
 // Serving over MTCP. A client's MTCP connection can move to another
@@ -355,7 +357,13 @@ func (w *mtcpResponse) startStream() error {
 		if d.ID != x.batchID {
 			return fmt.Errorf("mtcp: the connection's request became batch %s, but now opens batch %s", d.ID, x.batchID)
 		}
-		_, err := x.conn.Write(d.Head)
+		// What the connection holds of the head need not be written
+		// again (it would be dropped).
+		k := min(x.conn.OutputHeld(), len(d.Head))
+		if err := x.conn.SkipOutput(k); err != nil {
+			return err
+		}
+		_, err := x.conn.Write(d.Head[k:])
 		return err
 	}
 	var head bytes.Buffer
@@ -395,6 +403,45 @@ func (w *mtcpResponse) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// heldReports finds how many of the batch's report lines the connection
+// already holds past the head (after a move: what the client has, and in
+// lazy mode what the previous front-end wrote), skips them and says so,
+// so that Run starts after them instead of reading them from the database
+// to write them again only to be dropped. Any failure just means reading
+// them.
+func (x *mtcpExchange) heldReports(ctx context.Context) txn.Reported {
+	held := x.conn.OutputHeld()
+	if x.decided == nil || held == 0 {
+		return txn.Reported{}
+	}
+	sizes, err := backendext.ListOutcomeSizes(ctx, x.s.pool, x.batchID)
+	if err != nil {
+		return txn.Reported{}
+	}
+	var r txn.Reported
+	skip := 0
+	for _, o := range sizes {
+		n := chunkLen(o.Bytes + 1) // the line and its newline
+		if o.Seq != r.Slots+1 || skip+n > held {
+			break
+		}
+		skip += n
+		r.Slots++
+		if o.Status == txn.StatusCommitted {
+			r.Committed++
+		} else {
+			r.Aborted++
+		}
+	}
+	if x.conn.SkipOutput(skip) != nil {
+		return txn.Reported{}
+	}
+	return r
+}
+
+// chunkLen is the length of a chunk of n bytes as Write frames it.
+func chunkLen(n int) int { return len(strconv.FormatInt(int64(n), 16)) + 2 + n + 2 }
 
 // FlushError and Flush: chunks are written as they come.
 func (w *mtcpResponse) FlushError() error { return w.err }

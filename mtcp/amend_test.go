@@ -120,3 +120,68 @@ func TestDeadlineSetAfterStop(t *testing.T) {
 		t.Fatal("set after stop hangs")
 	}
 }
+
+// serveNumbers writes 200 fixed-length numbered lines; after a migration
+// it skips the lines the connection already holds instead of writing them
+// again to be dropped.
+func serveNumbers(c *Conn, skipped chan<- int) {
+	const lineLen = 11 // "line 00000\n"
+	first := 0
+	if _, ok := c.ImportState(); ok {
+		held := c.OutputHeld()
+		first = held / lineLen
+		skipped <- first
+		if c.SkipOutput(first*lineLen) != nil || c.SkipOutput(held) == nil && held > first*lineLen {
+			return // skipping past what is held must fail
+		}
+	} else if c.ExportState([]byte("numbers")) != nil {
+		return
+	}
+	for i := first; i < 200; i++ {
+		if _, err := fmt.Fprintf(c, "line %05d\n", i); err != nil {
+			return
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
+// TestSkipOutputAfterMigration: a server that skips the output the
+// connection holds after a move (lazily: all the origin wrote; eagerly:
+// what the client received) gives the client the same stream.
+func TestSkipOutputAfterMigration(t *testing.T) {
+	for _, eager := range []bool{false, true} {
+		t.Run(fmt.Sprintf("eager=%v", eager), func(t *testing.T) {
+			checkLeaks(t)
+			var store SnapshotStore
+			if eager {
+				store = NewMemStore()
+			}
+			tc := newCluster(t, 2, store, nil)
+			skipped := make(chan int, 4)
+			tc.serve(func(c *Conn) { serveNumbers(c, skipped) })
+			c, err := testDialer(tc).DialMTCP(context.Background(), tc.addrs[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			br := bufio.NewReader(c)
+			for i := range 200 {
+				if i == 60 {
+					if eager {
+						tc.lns[0].crash()
+					}
+					if err := c.Migrate(context.Background(), tc.addrs[1]); err != nil {
+						t.Fatal(err)
+					}
+				}
+				line, err := br.ReadString('\n')
+				if err != nil || line != fmt.Sprintf("line %05d\n", i) {
+					t.Fatalf("line %d reads %q, %v", i, line, err)
+				}
+			}
+			if n := <-skipped; n < 60 {
+				t.Errorf("the new server skipped %d lines; the client had 60", n)
+			}
+		})
+	}
+}

@@ -223,3 +223,31 @@ func (c *Conn) ImportState() (state []byte, ok bool) {
 	defer c.mu.Unlock()
 	return append([]byte(nil), c.sv.imported...), c.sv.hasImported
 }
+
+// OutputHeld is how many bytes past the application's write offset the
+// connection already holds: after a migration, output of the previous
+// server that the client has, or that came with the state. The
+// application, which regenerates output from the snapshot, would write
+// these bytes again only to have them dropped; SkipOutput skips them
+// instead, for an application that knows how long its output there is.
+func (c *Conn) OutputHeld() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int(c.out.end() - c.out.app)
+}
+
+// SkipOutput moves the application's write offset n bytes on, over output
+// the connection already holds (at most OutputHeld): the application
+// declares that what it would write there is what is held.
+func (c *Conn) SkipOutput(n int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state.terminal() {
+		return c.opErr("skip", c.stateErrLocked())
+	}
+	if n < 0 || uint64(n) > c.out.end()-c.out.app {
+		return fmt.Errorf("mtcp: skip %d bytes of output, but only %d are held", n, c.out.end()-c.out.app)
+	}
+	c.out.app += uint64(n)
+	return nil
+}

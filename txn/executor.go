@@ -163,8 +163,19 @@ type Lease struct {
 	// epoch on; PreviousOwner is who held it ("" for nobody).
 	TakenOver     bool
 	PreviousOwner string
+	// Reported, when set before Run, says the client already holds the
+	// report lines of slots 1..Reported.Slots (its MTCP connection moved
+	// here with them): Run reports from the next slot on, and counts
+	// those in its summary.
+	Reported Reported
 
 	log *slog.Logger
+}
+
+// Reported is what a client already holds of a batch's report lines:
+// slots 1..Slots, of which Committed committed and Aborted aborted.
+type Reported struct {
+	Slots, Committed, Aborted int
 }
 
 // Open creates the batch, or finds it by idempotency key and takes it over.
@@ -391,7 +402,7 @@ func (e *Executor) markStopped(id string) {
 // emit fails, Run stops and releases the batch. emit is not called after
 // Run returns.
 func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []byte) error) (sum Summary, err error) {
-	sum = Summary{BatchID: l.BatchID, Transactions: len(b.Transactions)}
+	sum = Summary{BatchID: l.BatchID, Transactions: len(b.Transactions), Committed: l.Reported.Committed, Aborted: l.Reported.Aborted}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	out := startReporter(emit, cancel)
@@ -414,8 +425,8 @@ func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []
 	}}
 	defer c.close(ctx)
 	rec := &recorded{e: e, l: l}
-	for i, t := range b.Transactions {
-		seq := i + 1
+	for i, t := range b.Transactions[min(l.Reported.Slots, len(b.Transactions)):] {
+		seq := l.Reported.Slots + i + 1
 		o, ok, err := rec.at(ctx, seq, c)
 		if err != nil {
 			return sum, err
