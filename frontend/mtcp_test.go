@@ -589,3 +589,36 @@ func TestFrontEndCutOffFromTheDatabaseHandsItsBatchesOn(t *testing.T) {
 		t.Errorf("%v takeovers via migration on the front-end with the database, want 1", got)
 	}
 }
+
+// TestMTCPRefusesMalformedAndHugeRequests: bytes that are not HTTP/1.1,
+// and headers past 1 MiB, get a JSON refusal and the connection closes;
+// the front-end holds no more than the limit.
+func TestMTCPRefusesMalformedAndHugeRequests(t *testing.T) {
+	url := newDB(t)
+	mc := startMTCPCluster(t, url, 1, false, nil)
+	for _, tt := range []struct {
+		name, req string
+		status    int
+		code      string
+	}{
+		{"garbage", "HELLO\r\n\r\n", 400, "bad_request"},
+		{"huge header", "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 2<<20) + "\r\n\r\n", 431, "headers_too_large"},
+	} {
+		c, err := (&mtcp.Dialer{Servers: mc.addrs}).DialMTCP(context.Background(), mc.addrs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		go io.WriteString(c, tt.req)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		var r refusal
+		json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		if resp.StatusCode != tt.status || r.Error.Code != tt.code || !resp.Close {
+			t.Errorf("%s: %d %q (close %v), want %d %s and close", tt.name, resp.StatusCode, r.Error.Code, resp.Close, tt.status, tt.code)
+		}
+		c.Close()
+	}
+}

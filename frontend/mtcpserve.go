@@ -169,7 +169,7 @@ func (s *Server) serveMTCPConn(c *mtcp.Conn) {
 		}
 		imported = true
 	}
-	in := &prefixReader{pending: st.Left, r: c}
+	in := &prefixReader{pending: st.Left, r: c, limit: -1}
 	br := bufio.NewReader(in)
 	for {
 		if !imported {
@@ -186,14 +186,21 @@ func (s *Server) serveMTCPConn(c *mtcp.Conn) {
 			return
 		}
 		c.SetReadDeadline(time.Now().Add(s.cfg.ReadHeaderTimeout))
+		in.limit = maxHeaderBytes
 		req, err := http.ReadRequest(br)
+		in.limit = -1
 		c.SetReadDeadline(time.Time{})
 		if err != nil {
 			if errors.Is(err, mtcp.ErrMigrated) {
 				return
 			}
 			st.Close = true
-			s.answer(c, &st, plainReply(400, "bad_request", "cannot read the request: "+err.Error(), true))
+			e := refuse(400, "bad_request", "cannot read the request as HTTP/1.1: %v", err)
+			if errors.Is(err, errHeaderTooLarge) {
+				e = refuse(431, "headers_too_large", "the request's headers take more than %d bytes", maxHeaderBytes)
+			}
+			s.metrics.refused.WithLabelValues(e.code).Inc()
+			s.answer(c, &st, plainReply(e, true))
 			return
 		}
 		if req.Header.Get("Expect") == "100-continue" {
@@ -278,12 +285,18 @@ func amendState(c *mtcp.Conn, st *connState) error {
 }
 
 // plainReply is a refusal rendered as a whole reply.
-func plainReply(status int, code, message string, close bool) []byte {
+func plainReply(e *requestError, close bool) []byte {
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
-	body, _ := json.Marshal(api.Refusal{Error: api.RefusalError{Code: code, Message: message}})
-	return renderReply(status, h, append(body, '\n'), close)
+	body, _ := json.Marshal(api.Refusal{Error: api.RefusalError{Code: e.code, Message: e.message}})
+	return renderReply(e.status, h, append(body, '\n'), close)
 }
+
+// maxHeaderBytes bounds a request's line and headers over MTCP, as
+// net/http's server bounds them (http.DefaultMaxHeaderBytes).
+const maxHeaderBytes = http.DefaultMaxHeaderBytes
+
+var errHeaderTooLarge = errors.New("request headers too large")
 
 // renderReply renders a whole HTTP/1.1 response with its headers sorted
 // and no Date: the same bytes on any front-end.
@@ -450,19 +463,33 @@ func (w *mtcpResponse) Flush()            {}
 func (w *mtcpResponse) SetReadDeadline(t time.Time) error  { return w.x.conn.SetReadDeadline(t) }
 func (w *mtcpResponse) SetWriteDeadline(t time.Time) error { return w.x.conn.SetWriteDeadline(t) }
 
-// prefixReader reads pending first, then r.
+// prefixReader reads pending first, then r; while limit is not negative it
+// reads at most limit more bytes, then fails with errHeaderTooLarge.
 type prefixReader struct {
 	pending []byte
 	r       io.Reader
+	limit   int64
 }
 
 func (p *prefixReader) Read(b []byte) (int, error) {
-	if len(p.pending) > 0 {
-		n := copy(b, p.pending)
-		p.pending = p.pending[n:]
-		return n, nil
+	if p.limit == 0 {
+		return 0, errHeaderTooLarge
 	}
-	return p.r.Read(b)
+	if p.limit > 0 && int64(len(b)) > p.limit {
+		b = b[:p.limit]
+	}
+	var n int
+	var err error
+	if len(p.pending) > 0 {
+		n = copy(b, p.pending)
+		p.pending = p.pending[n:]
+	} else {
+		n, err = p.r.Read(b)
+	}
+	if p.limit > 0 {
+		p.limit -= int64(n)
+	}
+	return n, err
 }
 
 // rest is what is still pending.
