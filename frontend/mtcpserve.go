@@ -152,9 +152,11 @@ func (x *mtcpExchange) handOff(log *slog.Logger) bool {
 const handOffWait = 5 * time.Second
 
 // batchKey names the batch of the current request when the client sent no
-// Idempotency-Key: the same on every front-end the connection visits.
+// Idempotency-Key: the same on every front-end the connection visits. It
+// starts with a space, which no Idempotency-Key may hold, so no client's
+// key names it.
 func (x *mtcpExchange) batchKey() string {
-	return "mtcp:" + x.conn.ID().String() + ":" + strconv.FormatInt(x.st.Served, 10)
+	return " mtcp:" + x.conn.ID().String() + ":" + strconv.FormatInt(x.st.Served, 10)
 }
 
 func (s *Server) serveMTCPConn(c *mtcp.Conn) {
