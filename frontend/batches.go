@@ -80,6 +80,12 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	log := s.requestLog(r, "frontend")
 	mx := mtcpExchangeFrom(r.Context())
+	// A connection that moved here takes its batch over at once, without
+	// waiting for the old owner's heartbeat to age: when its state says
+	// the request became that batch, or when the batch's key is the
+	// connection's own. A client's key alone proves nothing: another
+	// connection may be running that batch.
+	forced := mx != nil && mx.migrated && (mx.decided != nil || key == "")
 	if key != "" {
 		log = log.With("key", key)
 		key = r.Context().Value(clientKey{}).(string) + ":" + key
@@ -89,7 +95,7 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		key = r.Context().Value(clientKey{}).(string) + ":" + mx.batchKey()
 	}
 	lease, err := s.exec.Open(r.Context(), txn.OpenRequest{IdempotencyKey: key, RequestHash: req.hash, NumTxns: len(req.batch.Transactions),
-		Log: s.requestLog(r, "txn"), Migrated: mx != nil && mx.migrated})
+		Log: s.requestLog(r, "txn"), Migrated: forced})
 	var busy *txn.BusyError
 	switch {
 	case errors.Is(err, txn.ErrKeyReused):
