@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -341,27 +342,29 @@ func pickHostPort() (int, error) {
 	return 0, fmt.Errorf("no free host port in %d-%d", pinnedPortMin, pinnedPortMin+pinnedPortCount-1)
 }
 
-// publishOn publishes the container port ("8080/tcp") on 127.0.0.1:hostPort.
-// One binding, also because Docker otherwise allocates separate host ports for
-// IPv4 and IPv6; and a test database with a known password is not offered to
-// the whole network.
-func publishOn(port string, hostPort int) testcontainers.CustomizeRequestOption {
+// publishOn publishes each container port ("8080/tcp") on 127.0.0.1 at
+// the host port of the same index. One binding per port, also because
+// Docker otherwise allocates separate host ports for IPv4 and IPv6; and a
+// test database with a known password is not offered to the whole network.
+func publishOn(ports []string, hostPorts []int) testcontainers.CustomizeRequestOption {
 	return testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
 		if hc.PortBindings == nil {
 			hc.PortBindings = network.PortMap{}
 		}
-		hc.PortBindings[network.MustParsePort(port)] = []network.PortBinding{{
-			HostIP:   netip.AddrFrom4([4]byte{127, 0, 0, 1}),
-			HostPort: strconv.Itoa(hostPort),
-		}}
+		for i, port := range ports {
+			hc.PortBindings[network.MustParsePort(port)] = []network.PortBinding{{
+				HostIP:   netip.AddrFrom4([4]byte{127, 0, 0, 1}),
+				HostPort: strconv.Itoa(hostPorts[i]),
+			}}
+		}
 	})
 }
 
-// runPinned calls run with an option publishing port on a pinned host port
-// (or none, where ports are not pinned), again with another port when the
-// first one was taken meanwhile. A container left by a failed attempt is
+// runPinned calls run with an option publishing each of ports on a pinned
+// host port (or none, where ports are not pinned), again with other ports
+// when one was taken meanwhile. A container left by a failed attempt is
 // removed; the last attempt's container is returned with its error.
-func runPinned[C testcontainers.Container](port string, run func(publish testcontainers.ContainerCustomizer) (C, error)) (C, error) {
+func runPinned[C testcontainers.Container](ports []string, run func(publish testcontainers.ContainerCustomizer) (C, error)) (C, error) {
 	if !pinPorts() {
 		return run(testcontainers.CustomizeRequestOption(func(*testcontainers.GenericContainerRequest) error { return nil }))
 	}
@@ -370,11 +373,17 @@ func runPinned[C testcontainers.Container](port string, run func(publish testcon
 		err error
 	)
 	for attempt := 1; ; attempt++ {
-		hp, perr := pickHostPort()
-		if perr != nil {
-			return ctr, perr
+		hps := make([]int, 0, len(ports))
+		for len(hps) < len(ports) {
+			hp, perr := pickHostPort()
+			if perr != nil {
+				return ctr, perr
+			}
+			if !slices.Contains(hps, hp) {
+				hps = append(hps, hp)
+			}
 		}
-		ctr, err = run(publishOn(port, hp))
+		ctr, err = run(publishOn(ports, hps))
 		if err == nil || attempt == pinAttempts || !portTaken(err) {
 			return ctr, err
 		}

@@ -4,7 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +22,38 @@ import (
 
 // HafePort is the port hafe listens on inside its container.
 const HafePort = "8080/tcp"
+
+// MTCPPort is the port a front-end started with HafeConfig.MTCP serves
+// Migratory TCP on inside its container.
+const MTCPPort = "7000/tcp"
+
+// mtcpKeyPath is where the cluster key file goes in the container (the
+// image is FROM scratch: /tmp is its one writable directory).
+const mtcpKeyPath = "/tmp/hafe-cluster.key"
+
+// MTCPConfig turns on a front-end's Migratory TCP listener: the harness adds
+// --mtcp-listen :7000 --mtcp-advertise ALIAS:7000 --cluster-key-file and
+// --mtcp-mode to its Args, copies the key file in and publishes the port.
+//
+// The address a front-end advertises is ALIAS:7000, its name on the test
+// network: the other front-ends reach it there directly (peer channel,
+// state handover), and it is what every front-end puts in the server list
+// its MTCP clients receive. The test process is not on that network, so a
+// client there must map those names to the published host ports with
+// Hafe.DialMTCP as its mtcp.Dialer.DialPath (see MTCPDialPath). The other
+// way round — advertising the published host port — would leave the
+// front-ends unable to reach each other, since 127.0.0.1 inside a container
+// is the container itself.
+type MTCPConfig struct {
+	// Mode is --mtcp-mode: "eager" (default) or "lazy".
+	Mode string
+	// Key is the cluster key; default DefaultClusterKey. Every front-end of
+	// one cluster needs the same.
+	Key []byte
+}
+
+// DefaultClusterKey is MTCPConfig.Key's default.
+var DefaultClusterKey = []byte("hafe test cluster key: 32+ bytes of it")
 
 // HafeConfig describes one hafe container; zero fields take the defaults.
 type HafeConfig struct {
@@ -32,6 +70,8 @@ type HafeConfig struct {
 	StartupTimeout time.Duration
 	// Image overrides HafeImage().
 	Image string
+	// MTCP, when set, serves Migratory TCP too (see MTCPConfig).
+	MTCP *MTCPConfig
 }
 
 // ServeArgs is the command line of a front-end on the test network:
@@ -50,6 +90,13 @@ type Hafe struct {
 	URL string
 	// NetworkURL reaches it from other containers, e.g. http://fe1:8080.
 	NetworkURL string
+	// MTCPAddr is the MTCP address it advertises (with HafeConfig.MTCP),
+	// e.g. fe1:7000: the other front-ends reach it there, and clients get
+	// it in their server lists. The test process reaches it through
+	// DialMTCP.
+	MTCPAddr string
+
+	mtcpHost atomic.Pointer[string] // the published MTCP port, 127.0.0.1:PORT
 }
 
 // StartHafe starts a hafe container from HAFE_IMAGE (rebuilt first if the
@@ -116,9 +163,30 @@ func startHafe(t testing.TB, nw *Network, cfg HafeConfig) (*Hafe, error) {
 	} else {
 		ready = wait.ForHTTP(cfg.ReadyPath).WithPort(HafePort).WithPollInterval(100 * time.Millisecond)
 	}
+	ports := []string{HafePort}
+	args := cfg.Args
+	var files []testcontainers.ContainerFile
+	if m := cfg.MTCP; m != nil {
+		mode, key := m.Mode, m.Key
+		if mode == "" {
+			mode = "eager"
+		}
+		if key == nil {
+			key = DefaultClusterKey
+		}
+		keyFile := filepath.Join(t.TempDir(), "cluster.key")
+		if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+			return nil, err
+		}
+		files = append(files, testcontainers.ContainerFile{HostFilePath: keyFile, ContainerFilePath: mtcpKeyPath, FileMode: 0o644})
+		ports = append(ports, MTCPPort)
+		args = append(slices.Clone(args), "--mtcp-listen", ":7000", "--mtcp-advertise", cfg.Alias+":7000",
+			"--cluster-key-file", mtcpKeyPath, "--mtcp-mode", mode)
+	}
 	opts := []testcontainers.ContainerCustomizer{
-		testcontainers.WithExposedPorts(HafePort),
-		testcontainers.WithCmd(cfg.Args...),
+		testcontainers.WithExposedPorts(ports...),
+		testcontainers.WithCmd(args...),
+		testcontainers.WithFiles(files...),
 		testcontainers.WithEnv(cfg.Env),
 		testcontainers.WithLabels(map[string]string{"dev.hafe.test": t.Name()}),
 		testcontainers.WithLogger(tclog.TestLogger(t)),
@@ -132,10 +200,13 @@ func startHafe(t testing.TB, nw *Network, cfg HafeConfig) (*Hafe, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.StartupTimeout+time.Minute)
 	defer cancel()
 	start := time.Now()
-	ctr, err := runPinned(HafePort, func(publish testcontainers.ContainerCustomizer) (*testcontainers.DockerContainer, error) {
+	ctr, err := runPinned(ports, func(publish testcontainers.ContainerCustomizer) (*testcontainers.DockerContainer, error) {
 		return testcontainers.Run(ctx, cfg.Image, append(opts, publish)...)
 	})
 	h := &Hafe{Config: cfg, NetworkURL: "http://" + cfg.Alias + ":8080"}
+	if cfg.MTCP != nil {
+		h.MTCPAddr = cfg.Alias + ":7000"
+	}
 	if !isNilContainer(ctr) {
 		h.Container = &Container{Alias: cfg.Alias, tc: ctr, net: nw, portsChanged: h.refreshURL}
 		terminateOnCleanup(t, h.Container)
@@ -146,7 +217,11 @@ func startHafe(t testing.TB, nw *Network, cfg HafeConfig) (*Hafe, error) {
 	if err := h.refreshURL(ctx); err != nil {
 		return nil, err
 	}
-	t.Logf("hafe %s up in %s: %s (in network: %s)", cfg.Alias, time.Since(start).Round(time.Millisecond), h.URL, h.NetworkURL)
+	mtcpInfo := ""
+	if h.MTCPAddr != "" {
+		mtcpInfo = fmt.Sprintf("; mtcp %s (%s), at %s from here", h.MTCPAddr, cfg.MTCP.Mode, h.MTCPHostAddr())
+	}
+	t.Logf("hafe %s up in %s: %s (in network: %s)%s", cfg.Alias, time.Since(start).Round(time.Millisecond), h.URL, h.NetworkURL, mtcpInfo)
 	return h, nil
 }
 
@@ -156,7 +231,48 @@ func (h *Hafe) refreshURL(ctx context.Context) error {
 		return err
 	}
 	h.URL = loopback(u)
+	if h.MTCPAddr != "" {
+		u, err := h.tc.PortEndpoint(ctx, MTCPPort, "tcp")
+		if err != nil {
+			return err
+		}
+		hp := strings.TrimPrefix(loopback(u), "tcp://")
+		h.mtcpHost.Store(&hp)
+	}
 	return nil
+}
+
+// MTCPHostAddr is where the test process reaches the front-end's MTCP
+// listener: its published port, e.g. 127.0.0.1:23456 ("" without MTCP).
+// Start and Rejoin update it if the port changed (it does not where ports
+// are pinned).
+func (h *Hafe) MTCPHostAddr() string {
+	if p := h.mtcpHost.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// MTCPDialPath is an mtcp.Dialer.DialPath for a client in the test
+// process: it dials the published port of the front-end among fes whose
+// advertised address (MTCPAddr, which the front-ends put in the client's
+// server list) is addr, looked up at each dial so that a restarted
+// front-end is found where it is now. Any other address is an error, so a
+// client never silently reaches something else.
+func MTCPDialPath(fes ...*Hafe) func(ctx context.Context, addr string) (net.Conn, error) {
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		for _, h := range fes {
+			if h.MTCPAddr == addr {
+				hp := h.MTCPHostAddr()
+				if hp == "" {
+					return nil, fmt.Errorf("front-end %s has no published MTCP port", h.Alias)
+				}
+				d := net.Dialer{KeepAlive: -1} // MTCP pings on its own
+				return d.DialContext(ctx, "tcp", hp)
+			}
+		}
+		return nil, fmt.Errorf("no test front-end advertises %s", addr)
+	}
 }
 
 // RunHafe runs a one-shot hafe command (e.g. "db", "install", "--db",

@@ -103,7 +103,7 @@ func StartPostgres(t testing.TB, nw *Network, cfg PostgresConfig) *Postgres {
 		wait.ForListeningPort("5432/tcp")))
 
 	start := time.Now()
-	pg, err := runPinned("5432/tcp", func(publish testcontainers.ContainerCustomizer) (*tcpostgres.PostgresContainer, error) {
+	pg, err := runPinned([]string{"5432/tcp"}, func(publish testcontainers.ContainerCustomizer) (*tcpostgres.PostgresContainer, error) {
 		return tcpostgres.Run(ctx, cfg.Image, append(opts, publish)...)
 	})
 	p := &Postgres{Config: cfg, pg: pg}
