@@ -109,6 +109,19 @@ const clientPassword = "hafe-client-test"
 // frontEndFlags and extra.
 func startFailoverCluster(t *testing.T, frontEnds int, slow slowPoint, extra ...string) *failoverCluster {
 	t.Helper()
+	nw, pg := startFailoverDB(t, slow)
+	fes := harness.StartHafes(t, nw, frontEnds, func(i int) harness.HafeConfig {
+		id := fmt.Sprintf("fe%d", i+1)
+		flags := append(slices.Clone(frontEndFlags), "--raw-sql-db", pg.NetworkURLFor("hafe_client", clientPassword))
+		return harness.HafeConfig{Alias: id, Args: harness.ServeArgs(pg.NetworkURL, id, append(flags, extra...)...)}
+	})
+	return &failoverCluster{pg: pg, fes: fes, body: failoverBatch(failoverSlots, slow, "")}
+}
+
+// startFailoverDB starts PostgreSQL on a new network with hafe, the demo
+// schema and the workload's tables installed.
+func startFailoverDB(t *testing.T, slow slowPoint) (*harness.Network, *harness.Postgres) {
+	t.Helper()
 	harness.RequireDocker(t)
 	nw := harness.NewNetwork(t)
 	pg := harness.StartPostgres(t, nw, harness.PostgresConfig{})
@@ -128,12 +141,7 @@ func startFailoverCluster(t *testing.T, frontEnds int, slow slowPoint, extra ...
 			t.Fatalf("schema: %v", err)
 		}
 	}
-	fes := harness.StartHafes(t, nw, frontEnds, func(i int) harness.HafeConfig {
-		id := fmt.Sprintf("fe%d", i+1)
-		flags := append(slices.Clone(frontEndFlags), "--raw-sql-db", pg.NetworkURLFor("hafe_client", clientPassword))
-		return harness.HafeConfig{Alias: id, Args: harness.ServeArgs(pg.NetworkURL, id, append(flags, extra...)...)}
-	})
-	return &failoverCluster{pg: pg, fes: fes, body: failoverBatch(failoverSlots, slow, "")}
+	return nw, pg
 }
 
 // waitSlowSlot waits until a session of front-end id sleeps in the slow
@@ -265,6 +273,9 @@ func (c *failoverCluster) check(ctx context.Context, t *testing.T, batchID strin
 type checkedBatch struct {
 	id, tag string
 	streams [][]byte
+	// accounts are the accounts each slot moves money between; default
+	// failoverAccounts.
+	accounts func(seq int) (from, to int)
 }
 
 // checkBatches checks each batch as check does, and the money across all of
@@ -298,8 +309,12 @@ func (c *failoverCluster) checkBatches(ctx context.Context, t *testing.T, batche
 		if err != nil {
 			t.Fatal(err)
 		}
+		accounts := b.accounts
+		if accounts == nil {
+			accounts = failoverAccounts
+		}
 		for _, seq := range seqs {
-			from, to := failoverAccounts(int(seq))
+			from, to := accounts(int(seq))
 			want[from] -= failoverAmount
 			want[to] += failoverAmount
 		}
@@ -412,6 +427,12 @@ func failoverAccounts(seq int) (from, to int) {
 // failoverBatch is the request body of the failover workload; its runs rows
 // carry tag.
 func failoverBatch(n int, slow slowPoint, tag string) []byte {
+	return failoverBatchOn(n, slow, tag, failoverAccounts)
+}
+
+// failoverBatchOn is failoverBatch moving money between the accounts
+// accounts gives each slot.
+func failoverBatchOn(n int, slow slowPoint, tag string, accounts func(seq int) (from, to int)) []byte {
 	type stmt struct {
 		Query string `json:"query"`
 		Args  []any  `json:"args,omitempty"`
@@ -423,7 +444,7 @@ func failoverBatch(n int, slow slowPoint, tag string) []byte {
 		Transactions []tx `json:"transactions"`
 	}
 	for seq := 1; seq <= n; seq++ {
-		from, to := failoverAccounts(seq)
+		from, to := accounts(seq)
 		t := tx{SQL: []stmt{
 			{Query: `INSERT INTO runs (slot) VALUES ($1)`, Args: []any{seq}},
 			{Query: `UPDATE accounts SET balance = balance - $1 WHERE id = $2 RETURNING id, balance`, Args: []any{failoverAmount, from}},

@@ -1,0 +1,146 @@
+package test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"hafe.dev/hafe/test/harness"
+)
+
+// mtcpFault is one way to take the serving front-end away in the middle of
+// a batch, and, where it comes back, to bring it back.
+type mtcpFault struct {
+	name   string
+	slow   slowPoint
+	inject func(*harness.Hafe, context.Context) error
+	undo   func(*harness.Hafe, context.Context) error // nil: it stays away
+}
+
+// TestMTCPKilledFrontEnd: fe1 is SIGKILLed (docker kill) while its batch's
+// slow slot is in COMMIT. The client's connection breaks; it moves to
+// another front-end, which takes the connection's state from the database
+// (eager mode: fe1 cannot hand it over) and the batch over, and writes the
+// rest of the one response. The client never sends a second request.
+func TestMTCPKilledFrontEnd(t *testing.T) {
+	testMTCPFault(t, mtcpFault{name: "killed", slow: slowCommit, inject: (*harness.Hafe).Kill})
+}
+
+// TestMTCPIsolatedFrontEnd: fe1 is unplugged from every network (the test
+// network with PostgreSQL and its peers, and the one carrying the client's
+// path) while its slow slot is in a statement. The client's path closes;
+// the connection moves on and its state comes from the database, as fe1 is
+// unreachable. When fe1 is plugged back in it must change nothing (G4).
+//
+// The client stalls longer here (about 9s, against 2-4s for the others):
+// the next front-end takes the batch over at once, but fe1's open slot
+// transaction, cut off before it wrote its outcome, holds its account rows
+// until --idle-in-transaction-timeout (5s here; 30s by default) ends it: a
+// takeover fences only a session that blocks the claim on the batch row,
+// which a slot takes when it writes its outcome.
+func TestMTCPIsolatedFrontEnd(t *testing.T) {
+	testMTCPFault(t, mtcpFault{name: "isolated", slow: slowStatement, inject: (*harness.Hafe).Isolate, undo: (*harness.Hafe).Rejoin})
+}
+
+// TestMTCPPausedFrontEnd: fe1 is frozen (docker pause) while its slow slot
+// is in COMMIT: its connections stay open and nothing answers. The client
+// finds its path silent (no answer to its pings), moves, and the next
+// front-end, whose fetch from the frozen fe1 times out, takes the state from
+// the database. When fe1 thaws it must change nothing (G4).
+func TestMTCPPausedFrontEnd(t *testing.T) {
+	testMTCPFault(t, mtcpFault{name: "paused", slow: slowCommit, inject: (*harness.Hafe).Pause, undo: (*harness.Hafe).Unpause})
+}
+
+func testMTCPFault(t *testing.T, f mtcpFault) {
+	c := startMTCPCluster(t, 3, f.slow, "eager")
+	fe1 := c.fes[0]
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	refs := c.reference(ctx, t, c.body)
+
+	cl := newMTCPClient(t, "client", c.fes)
+	run := &mtcpRun{client: cl, body: c.body}
+	run.stream = cl.start(ctx, t, fe1, c.body)
+	if run.stream.frontEnd != "fe1" {
+		t.Fatalf("the batch started on %q, not fe1", run.stream.frontEnd)
+	}
+	if err := run.stream.waitLines(ctx, failoverFaultAfter); err != nil {
+		t.Fatalf("stream before fe1 was %s: %v", f.name, err)
+	}
+	c.waitSlowSlot(ctx, t, "fe1")
+	at := run.stream.lineCount()
+	if err := f.inject(fe1, ctx); err != nil {
+		t.Fatal(err)
+	}
+	faultAt := time.Now()
+	stall := waitNextLine(ctx, run.stream, at)
+	if err := run.stream.waitEnd(ctx, 90*time.Second); err != nil {
+		t.Fatalf("the stream did not end: %v (%d lines)", err, run.stream.lineCount())
+	}
+	t.Logf("fe1 %s after %d lines; the next line came %s later; the stream ended %s after the fault, on %s",
+		f.name, at, stall.Round(time.Millisecond), time.Since(faultAt).Round(time.Millisecond), cl.server())
+	moved := logMigrations(t, cl)
+	if len(moved) == 0 {
+		t.Errorf("the connection never migrated")
+	} else if last := moved[len(moved)-1]; last.To == fe1.MTCPAddr {
+		t.Errorf("the connection ended up on fe1 again")
+	} else if to := frontEndAt(c.fes, last.To); to == nil {
+		t.Errorf("the connection moved to %s, which is none of the front-ends", last.To)
+	} else if modes := migratedModes(ctx, to, cl.connID()); !slices.Equal(modes, []string{"eager"}) {
+		// fe1 could not hand the state over: it must come from the
+		// database.
+		t.Errorf("%s took the connection in with modes %v, want [eager]", to.Alias, modes)
+	}
+	run.ref = refs()[0]
+	c.checkRuns(ctx, t, run)
+	batchID := run.stream.batchID
+	t.Logf("slot %d: %s", failoverSlowSlot, c.slotOwner(ctx, t, batchID, failoverSlowSlot))
+	for _, fe := range c.fes[1:] {
+		for _, l := range logLines(ctx, fe, "taken over", "fenced", "connection migrated", "migration failed") {
+			t.Logf("%s: %s", fe.Alias, l)
+		}
+	}
+
+	if f.undo == nil {
+		return
+	}
+	// fe1 comes back and finds out it was fenced; the batch stays as it
+	// is.
+	before := c.rows(ctx, t, batchID)
+	if err := f.undo(fe1, ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.waitHeartbeat(ctx, t, "fe1", time.Now())
+	time.Sleep(2 * time.Second) // its stopped batch's next step, if any
+	if after := c.rows(ctx, t, batchID); !after.equal(before) {
+		t.Errorf("G4: the batch's rows changed after fe1 came back:\nbefore %s\nafter  %s", before, after)
+	}
+	for _, l := range logLines(ctx, fe1, "interrupted", "fenced", "migrated", "mtcp") {
+		t.Logf("fe1: %s", l)
+	}
+	c.dumpLogs(ctx, t)
+}
+
+// waitHeartbeat waits (at most 30s) until front-end id heartbeats after
+// since: it is back on the database.
+func (c *mtcpCluster) waitHeartbeat(ctx context.Context, t *testing.T, id string, since time.Time) {
+	t.Helper()
+	db := connect(ctx, t, c.pg)
+	defer db.Close(context.Background())
+	for range 300 {
+		var ok bool
+		if err := db.QueryRow(ctx, `SELECT coalesce(bool_or(heartbeat_at > $2), false) FROM hafe.members WHERE id = $1`, id, since).Scan(&ok); err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	t.Fatalf("%s never heartbeat again after %s", id, since.Format(time.RFC3339Nano))
+}
