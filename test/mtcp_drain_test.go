@@ -1,0 +1,131 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"hafe.dev/hafe/test/harness"
+)
+
+// mtcpLanes is how many clients the concurrent MTCP tests run, each on its
+// own accounts (laneAccounts).
+const mtcpLanes = 4
+
+// startLanes starts one client per lane, each POSTing its own batch of n
+// slots (runs tagged laneN) to fe over MTCP, and the reference runs of
+// the same batches.
+func (c *mtcpCluster) startLanes(ctx context.Context, t *testing.T, fe *harness.Hafe, n int, slow slowPoint) (runs []*mtcpRun, refs func() [][]byte) {
+	t.Helper()
+	var bodies [][]byte
+	for lane := range mtcpLanes {
+		tag := fmt.Sprintf("lane%d", lane+1)
+		acc := laneAccounts(lane, mtcpLanes)
+		body := failoverBatchOn(n, slow, tag, acc)
+		bodies = append(bodies, body)
+		runs = append(runs, &mtcpRun{client: newMTCPClient(t, tag, c.fes), tag: tag, body: body, accounts: acc})
+	}
+	refs = c.reference(ctx, t, bodies...)
+	for _, r := range runs {
+		r.stream = r.client.start(ctx, t, fe, r.body)
+	}
+	return runs, refs
+}
+
+// finishLanes waits for every lane's stream to end, then checks them all.
+func (c *mtcpCluster) finishLanes(ctx context.Context, t *testing.T, runs []*mtcpRun, refs func() [][]byte, wait time.Duration) {
+	t.Helper()
+	for _, r := range runs {
+		if err := r.stream.waitEnd(ctx, wait); err != nil {
+			t.Fatalf("%s: the stream did not end: %v (%d lines, on %s)", r.tag, err, r.stream.lineCount(), r.client.server())
+		}
+	}
+	for i, ref := range refs() {
+		runs[i].ref = ref
+	}
+	c.checkRuns(ctx, t, runs...)
+}
+
+// TestMTCPDrainUnderLoad: fe1 (lazy mode: connection state lives only in
+// the front-ends) runs four clients' batches when it gets SIGTERM. It
+// drains: it redirects every MTCP connection to another front-end and
+// hands each one's state over on the peer channel, the batches move with
+// them, and fe1 exits 0 once none is left. No client sends a second
+// request or loses its response.
+func TestMTCPDrainUnderLoad(t *testing.T) {
+	c := startMTCPCluster(t, 3, slowStatement, "lazy")
+	fe1 := c.fes[0]
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+
+	runs, refs := c.startLanes(ctx, t, fe1, failoverSlots, slowStatement)
+	for _, r := range runs {
+		if r.stream.frontEnd != "fe1" {
+			t.Fatalf("%s started on %q, not fe1", r.tag, r.stream.frontEnd)
+		}
+		if err := r.stream.waitLines(ctx, failoverFaultAfter); err != nil {
+			t.Fatalf("%s before SIGTERM: %v", r.tag, err)
+		}
+	}
+	c.waitSlowSlot(ctx, t, "fe1")
+	if err := fe1.Signal(ctx, "TERM"); err != nil {
+		t.Fatal(err)
+	}
+	termAt := time.Now()
+	exit := waitExit(ctx, t, fe1, 45*time.Second)
+	t.Logf("fe1 exited %d, %s after SIGTERM", exit, time.Since(termAt).Round(time.Millisecond))
+	if exit != 0 {
+		t.Errorf("fe1 exited %d after its drain, want 0", exit)
+	}
+	c.finishLanes(ctx, t, runs, refs, 90*time.Second)
+
+	for _, r := range runs {
+		moved := logMigrations(t, r.client)
+		if len(moved) != 1 || moved[0].From != fe1.MTCPAddr || moved[0].Trigger != "redirect" {
+			t.Errorf("%s: migrations %+v, want one redirect away from fe1", r.tag, moved)
+			continue
+		}
+		to := frontEndAt(c.fes, moved[0].To)
+		if to == nil {
+			t.Errorf("%s: moved to %s, none of the front-ends", r.tag, moved[0].To)
+			continue
+		}
+		// Lazy mode has no snapshots in the database: the state can only
+		// have come from fe1.
+		if modes := migratedModes(ctx, to, r.client.connID()); len(modes) != 1 || modes[0] != "lazy" {
+			t.Errorf("%s: %s took the connection in with modes %v, want [lazy]", r.tag, to.Alias, modes)
+		}
+	}
+	drained := logLines(ctx, fe1, "mtcp drain", "drain timeout", "front-end stopped")
+	for _, l := range drained {
+		t.Logf("fe1: %s", l)
+	}
+	if !strings.Contains(strings.Join(drained, "\n"), "every connection moved to another front-end") {
+		t.Errorf("fe1 did not report its MTCP connections drained")
+	}
+}
+
+// waitExit waits (at most d) until the container's process has exited and
+// returns its exit code.
+func waitExit(ctx context.Context, t *testing.T, h *harness.Hafe, d time.Duration) int {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		st, err := h.Testcontainer().State(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.Running {
+			return st.ExitCode
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	t.Fatalf("%s still running %s after SIGTERM", h.Alias, d)
+	return -1
+}
