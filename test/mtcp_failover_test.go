@@ -144,3 +144,61 @@ func (c *mtcpCluster) waitHeartbeat(ctx context.Context, t *testing.T, id string
 	}
 	t.Fatalf("%s never heartbeat again after %s", id, since.Format(time.RFC3339Nano))
 }
+
+// TestMTCPPostgresRestart: PostgreSQL is killed and restarts (crash
+// recovery) while the one front-end's batch sleeps in its slow slot's
+// COMMIT. Over MTCP the client has no Idempotency-Key to retry with
+// and sends no second request: the front-end must ride the restart out,
+// settle the slot from its outcome and finish the one response.
+func TestMTCPPostgresRestart(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		grace time.Duration
+		slow  slowPoint
+	}{
+		// Crash recovery with the slot's COMMIT in flight: the front-end
+		// cannot know whether it committed until it reads the outcome
+		// back. (The HTTP suite, TestFailoverPostgresRestart, has the
+		// other combinations; over MTCP each costs 25s.)
+		{"killed_in_commit", 0, slowCommit},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := startMTCPCluster(t, 1, tc.slow, "eager")
+			fe := c.fes[0]
+			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+			defer cancel()
+			// The reference database lives in the same server: its run
+			// goes first, so that the restart does not hit it.
+			ref := c.reference(ctx, t, c.body)()[0]
+			cl := newMTCPClient(t, "client", c.fes)
+			run := &mtcpRun{client: cl, body: c.body, ref: ref}
+			run.stream = cl.start(ctx, t, fe, c.body)
+			if err := run.stream.waitLines(ctx, failoverFaultAfter); err != nil {
+				t.Fatalf("stream before the restart: %v", err)
+			}
+			c.waitSlowSlot(ctx, t, "fe1")
+			at := run.stream.lineCount()
+			started := c.postmasterStart(ctx, t)
+			restartAt := time.Now()
+			if err := c.pg.Restart(ctx, tc.grace); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("postgres back after %s; the stream had %d lines when it went, %d now", time.Since(restartAt).Round(time.Millisecond),
+				at, run.stream.lineCount())
+			if again := c.postmasterStart(ctx, t); !again.After(started) {
+				t.Fatalf("postgres did not restart: started at %s, then at %s", started, again)
+			}
+			if err := run.stream.waitEnd(ctx, 90*time.Second); err != nil {
+				t.Fatalf("the stream did not end after the restart: %v", err)
+			}
+			t.Logf("the stream ended %s after the restart began, %d lines, last %q", time.Since(restartAt).Round(time.Millisecond),
+				run.stream.lineCount(), lastLine(run.stream.bytes()))
+			logMigrations(t, cl)
+			c.checkRuns(ctx, t, run)
+			t.Logf("slot %d: %s", failoverSlowSlot, c.slotOwner(ctx, t, run.stream.batchID, failoverSlowSlot))
+			for _, l := range logLines(ctx, fe, "lost the database", "interrupted", "settle", "mtcp") {
+				t.Logf("fe1: %s", l)
+			}
+		})
+	}
+}
