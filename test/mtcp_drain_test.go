@@ -129,3 +129,82 @@ func waitExit(ctx context.Context, t *testing.T, h *harness.Hafe, d time.Duratio
 	t.Fatalf("%s still running %s after SIGTERM", h.Alias, d)
 	return -1
 }
+
+// noSlow: no slot of the batch is slow.
+const noSlow slowPoint = -1
+
+// TestMTCPRollingRestart: four clients run long batches over MTCP, started
+// on fe1, fe2, fe3 and fe1, while every front-end in turn gets SIGTERM,
+// drains, exits 0 and is started again (eager mode, the default). Each
+// connection follows the redirects from front-end to front-end, some more
+// than once, and each client's one response finishes equal to its
+// reference run.
+func TestMTCPRollingRestart(t *testing.T) {
+	// Measured on 2 cores: 4-6 lines a second per client (with the
+	// reference runs going on too), the rolling restart taking 6-13s,
+	// so 35-55 lines: 160 slots leave a margin of 3.
+	const slots = 160
+	c := startMTCPCluster(t, 3, noSlow, "eager")
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+
+	var bodies [][]byte
+	var runs []*mtcpRun
+	for lane := range mtcpLanes {
+		tag := fmt.Sprintf("lane%d", lane+1)
+		acc := laneAccounts(lane, mtcpLanes)
+		body := failoverBatchOn(slots, noSlow, tag, acc)
+		bodies = append(bodies, body)
+		runs = append(runs, &mtcpRun{client: newMTCPClient(t, tag, c.fes), tag: tag, body: body, accounts: acc})
+	}
+	refs := c.reference(ctx, t, bodies...)
+	for i, r := range runs {
+		fe := c.fes[i%len(c.fes)]
+		r.stream = r.client.start(ctx, t, fe, r.body)
+		if r.stream.frontEnd != fe.Alias {
+			t.Fatalf("%s started on %q, not %s", r.tag, r.stream.frontEnd, fe.Alias)
+		}
+	}
+	for _, r := range runs {
+		if err := r.stream.waitLines(ctx, 10); err != nil {
+			t.Fatalf("%s before the restarts: %v", r.tag, err)
+		}
+	}
+
+	rollStart := time.Now()
+	for _, fe := range c.fes {
+		for _, r := range runs {
+			if hasDone(r.stream.bytes()) {
+				t.Fatalf("%s finished before %s's restart: the batches are too short for the test", r.tag, fe.Alias)
+			}
+		}
+		at := time.Now()
+		if err := fe.Signal(ctx, "TERM"); err != nil {
+			t.Fatal(err)
+		}
+		exit := waitExit(ctx, t, fe, 45*time.Second)
+		stopped := time.Since(at)
+		if exit != 0 {
+			t.Errorf("%s exited %d after its drain, want 0", fe.Alias, exit)
+		}
+		if err := fe.Start(ctx); err != nil {
+			t.Fatalf("start %s again: %v", fe.Alias, err)
+		}
+		for _, other := range c.fes {
+			c.waitServerList(ctx, t, other)
+		}
+		var lines []string
+		for _, r := range runs {
+			lines = append(lines, fmt.Sprintf("%s %d lines on %s", r.tag, r.stream.lineCount(), r.client.server()))
+		}
+		t.Logf("%s: drained and exited %d in %s, back and listed in %s; %s", fe.Alias, exit, stopped.Round(time.Millisecond),
+			(time.Since(at) - stopped).Round(time.Millisecond), strings.Join(lines, ", "))
+	}
+	t.Logf("rolling restart took %s", time.Since(rollStart).Round(time.Millisecond))
+	c.finishLanes(ctx, t, runs, refs, 90*time.Second)
+	for _, r := range runs {
+		if moved := logMigrations(t, r.client); len(moved) == 0 {
+			t.Errorf("%s never migrated", r.tag)
+		}
+	}
+}
