@@ -16,6 +16,7 @@ type mtcpFault struct {
 	slow   slowPoint
 	inject func(*harness.Hafe, context.Context) error
 	undo   func(*harness.Hafe, context.Context) error // nil: it stays away
+	extra  []string                                   // more hafe serve flags
 }
 
 // TestMTCPKilledFrontEnd: fe1 is SIGKILLed (docker kill) while its batch's
@@ -53,7 +54,7 @@ func TestMTCPPausedFrontEnd(t *testing.T) {
 }
 
 func testMTCPFault(t *testing.T, f mtcpFault) {
-	c := startMTCPCluster(t, 3, f.slow, "eager")
+	c := startMTCPCluster(t, 3, f.slow, "eager", f.extra...)
 	fe1 := c.fes[0]
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
