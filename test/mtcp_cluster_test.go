@@ -422,19 +422,52 @@ func laneAccounts(lane, lanes int) func(seq int) (from, to int) {
 	}
 }
 
-// migratedModes are the modes ("eager": from the database, "lazy": from
-// the origin) of the migrations of connection conn into fe, from fe's log.
-func migratedModes(ctx context.Context, fe *harness.Hafe, conn string) []string {
-	var modes []string
-	for _, l := range logLines(ctx, fe, `msg="connection migrated"`) {
-		if strings.Contains(l, "conn="+conn) && strings.Contains(l, "role=new-server") {
-			if _, rest, ok := strings.Cut(l, " mode="); ok {
-				mode, _, _ := strings.Cut(rest, " ")
-				modes = append(modes, mode)
-			}
+// migration is one row of hafe.migrations: a front-end that took an MTCP
+// connection in records it.
+type migration struct {
+	from, to, takenBy, mode, trigger, err string
+}
+
+func (m migration) String() string {
+	s := fmt.Sprintf("%s → %s (taken by %s, %s, %s)", m.from, m.to, m.takenBy, m.trigger, m.mode)
+	if m.err != "" {
+		s += ": " + m.err
+	}
+	return s
+}
+
+// migrationsOf waits (at most 10s: front-ends record them in the
+// background) until the database holds at least want migrations of
+// connection conn, and returns them all, oldest first. Where a new server
+// got the state from (mode) only it knows, not the client.
+func (c *mtcpCluster) migrationsOf(ctx context.Context, t *testing.T, conn string, want int) []migration {
+	t.Helper()
+	db := connect(ctx, t, c.pg)
+	defer db.Close(context.Background())
+	var ms []migration
+	for range 100 {
+		rows, err := db.Query(ctx, `SELECT from_addr, to_addr, taken_by, mode, trigger, coalesce(error, '')
+			FROM hafe.migrations WHERE conn_id = $1 ORDER BY id`, conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (migration, error) {
+			var m migration
+			return m, r.Scan(&m.from, &m.to, &m.takenBy, &m.mode, &m.trigger, &m.err)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ms) >= want {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return modes
+	return ms
 }
 
 // connID is the id of the client's (last) MTCP connection.
