@@ -16,6 +16,9 @@ type mtcpFault struct {
 	inject func(*harness.Hafe, context.Context) error
 	undo   func(*harness.Hafe, context.Context) error // nil: it stays away
 	extra  []string                                   // more hafe serve flags
+	// maxStall, when set, bounds the client's wait for its next line
+	// after the fault.
+	maxStall time.Duration
 }
 
 // TestMTCPKilledFrontEnd: fe1 is SIGKILLed (docker kill) while its batch's
@@ -80,6 +83,9 @@ func testMTCPFault(t *testing.T, f mtcpFault) {
 	}
 	t.Logf("fe1 %s after %d lines; the next line came %s later; the stream ended %s after the fault, on %s",
 		f.name, at, stall.Round(time.Millisecond), time.Since(faultAt).Round(time.Millisecond), cl.server())
+	if f.maxStall > 0 && stall > f.maxStall {
+		t.Errorf("the client waited %s for its next line after the fault, more than %s", stall.Round(time.Millisecond), f.maxStall)
+	}
 	moved := logMigrations(t, cl)
 	if len(moved) == 0 {
 		t.Errorf("the connection never migrated")
