@@ -23,6 +23,11 @@
 //	fes[0].Kill(ctx) // or Disconnect, Pause, Isolate; pg.Restart(ctx, 0)
 //	// retry with the same Idempotency-Key on fes[1].URL; check rows via pg.Connect(t).
 //
+// Front-ends serve Migratory TCP too with HafeConfig.MTCP (port 7000,
+// advertised as ALIAS:7000 on the test network); a client in the test
+// process reaches them through MTCPDialPath, which maps those addresses to
+// the published ports.
+//
 // Images are built locally, never pulled: the first use of an image in a test
 // process runs test/images/build-postgres.sh or build-hafe.sh (cheap when
 // nothing changed). Set HAFE_PG_IMAGE_BUILD=0 or HAFE_IMAGE_BUILD=0 to use an
