@@ -437,8 +437,9 @@ func (m migration) String() string {
 }
 
 // migrationsOf waits (at most 10s: front-ends record them in the
-// background) until the database holds at least want migrations of
-// connection conn, and returns them all, oldest first. Where a new server
+// background) until the database holds at least want successful
+// migrations of connection conn, and returns them all (failed attempts
+// too), oldest first. Where a new server
 // got the state from (mode) only it knows, not the client.
 func (c *mtcpCluster) migrationsOf(ctx context.Context, t *testing.T, conn string, want int) []migration {
 	t.Helper()
@@ -458,7 +459,7 @@ func (c *mtcpCluster) migrationsOf(ctx context.Context, t *testing.T, conn strin
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(ms) >= want {
+		if len(okMigrations(ms)) >= want {
 			break
 		}
 		select {
@@ -468,6 +469,17 @@ func (c *mtcpCluster) migrationsOf(ctx context.Context, t *testing.T, conn strin
 		}
 	}
 	return ms
+}
+
+// okMigrations are the successful ones of ms.
+func okMigrations(ms []migration) []migration {
+	var ok []migration
+	for _, m := range ms {
+		if m.err == "" {
+			ok = append(ok, m)
+		}
+	}
+	return ok
 }
 
 // connID is the id of the client's (last) MTCP connection.

@@ -82,23 +82,28 @@ func TestMTCPDrainUnderLoad(t *testing.T) {
 	c.finishLanes(ctx, t, runs, refs, 90*time.Second)
 
 	for _, r := range runs {
+		// The first successful move is the drain's redirect away from
+		// fe1 (a loaded machine may add a spurious one later).
 		moved := logMigrations(t, r.client)
-		if len(moved) != 1 || moved[0].From != fe1.MTCPAddr || moved[0].Trigger != "redirect" {
-			t.Errorf("%s: migrations %+v, want one redirect away from fe1", r.tag, moved)
+		if len(moved) == 0 || moved[0].From != fe1.MTCPAddr || moved[0].Trigger != "redirect" {
+			t.Errorf("%s: migrations %+v, want a redirect away from fe1 first", r.tag, moved)
 			continue
 		}
+		if len(moved) > 1 {
+			t.Logf("%s: %d migrations, %d after the drain's", r.tag, len(moved), len(moved)-1)
+		}
 		to := frontEndAt(c.fes, moved[0].To)
-		if to == nil {
-			t.Errorf("%s: moved to %s, none of the front-ends", r.tag, moved[0].To)
+		if to == nil || to == fe1 {
+			t.Errorf("%s: moved to %s, not one of the other front-ends", r.tag, moved[0].To)
 			continue
 		}
 		// Lazy mode has no snapshots in the database: the state can only
 		// have come from fe1. (The row's trigger is "client": the new
 		// front-end, which writes it, cannot tell a redirect from any
 		// other move; the client's own record above can.)
-		ms := c.migrationsOf(ctx, t, r.client.connID(), 1)
-		if len(ms) != 1 || ms[0].takenBy != to.Alias || ms[0].mode != "lazy" || ms[0].err != "" {
-			t.Errorf("%s: hafe.migrations has %v for the connection, want one taken by %s in lazy mode", r.tag, ms, to.Alias)
+		ms := okMigrations(c.migrationsOf(ctx, t, r.client.connID(), 1))
+		if len(ms) == 0 || ms[0].takenBy != to.Alias || ms[0].mode != "lazy" || ms[0].err != "" {
+			t.Errorf("%s: hafe.migrations has %v for the connection, want first one taken by %s in lazy mode", r.tag, ms, to.Alias)
 		}
 	}
 	drained := logLines(ctx, fe1, "mtcp drain", "drain timeout", "front-end stopped")

@@ -86,22 +86,29 @@ func testMTCPFault(t *testing.T, f mtcpFault) {
 	if f.maxStall > 0 && stall > f.maxStall {
 		t.Errorf("the client waited %s for its next line after the fault, more than %s", stall.Round(time.Millisecond), f.maxStall)
 	}
+	// The first successful move leaves fe1 (a loaded machine may add a
+	// spurious one later, between live front-ends: harmless, and lazy).
 	moved := logMigrations(t, cl)
 	if len(moved) == 0 {
 		t.Errorf("the connection never migrated")
-	} else if last := moved[len(moved)-1]; last.To == fe1.MTCPAddr {
-		t.Errorf("the connection ended up on fe1 again")
-	} else if to := frontEndAt(c.fes, last.To); to == nil {
-		t.Errorf("the connection moved to %s, which is none of the front-ends", last.To)
+	} else if first := moved[0]; first.From != fe1.MTCPAddr || first.To == fe1.MTCPAddr {
+		t.Errorf("the first migration went %s → %s, want away from fe1", first.From, first.To)
+	} else if to := frontEndAt(c.fes, first.To); to == nil {
+		t.Errorf("the connection moved to %s, which is none of the front-ends", first.To)
 	} else {
 		// fe1 could not hand the state over: it must have come from the
 		// database.
-		ms := c.migrationsOf(ctx, t, cl.connID(), 1)
-		if len(ms) != 1 || ms[0].takenBy != to.Alias || ms[0].mode != "eager" || ms[0].err != "" {
-			t.Errorf("hafe.migrations has %v for the connection, want one taken by %s in eager mode", ms, to.Alias)
-		} else {
-			t.Logf("hafe.migrations: %s", ms[0])
+		all := c.migrationsOf(ctx, t, cl.connID(), 1)
+		ms := okMigrations(all)
+		if len(ms) == 0 || ms[0].takenBy != to.Alias || ms[0].mode != "eager" || ms[0].err != "" {
+			t.Errorf("hafe.migrations has %v for the connection, want first one taken by %s in eager mode", ms, to.Alias)
 		}
+		for _, m := range all {
+			t.Logf("hafe.migrations: %s", m)
+		}
+	}
+	if last := cl.server(); last == fe1.MTCPAddr {
+		t.Errorf("the connection ended up on fe1 again")
 	}
 	run.ref = refs()[0]
 	c.checkRuns(ctx, t, run)
