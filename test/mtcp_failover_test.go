@@ -46,6 +46,19 @@ func TestMTCPIsolatedFrontEnd(t *testing.T) {
 	testMTCPFault(t, mtcpFault{name: "isolated", slow: slowStatement, inject: (*harness.Hafe).Isolate, undo: (*harness.Hafe).Rejoin})
 }
 
+// TestMTCPCutOffFrontEnd: fe1 is cut off the test network (PostgreSQL and
+// its peers) while its slow slot is in a statement, but its client's path
+// stays up, so the client, whose pings are answered, has no reason to
+// move. fe1 must notice it lost the database and redirect the connection
+// (an MTCP client has no Idempotency-Key to retry with); the next
+// front-end takes the state from the database, as fe1 is unreachable for
+// it too, and the batch over. When fe1 is back it must change nothing
+// (G4). (Before main's f2406e7 fe1 ended the stream with an interrupted
+// error line after --settle-timeout: 75s, the batch left running.)
+func TestMTCPCutOffFrontEnd(t *testing.T) {
+	testMTCPFault(t, mtcpFault{name: "cut off", slow: slowStatement, inject: (*harness.Hafe).Disconnect, undo: (*harness.Hafe).Reconnect})
+}
+
 // TestMTCPPausedFrontEnd: fe1 is frozen (docker pause) while its slow slot
 // is in COMMIT: its connections stay open and nothing answers. The client
 // finds its path silent (no answer to its pings), moves, and the next
