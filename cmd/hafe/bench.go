@@ -31,6 +31,11 @@ Benchmarks (each prints its measurements side by side from one run):
             effective throughput against the pre-slowdown rate
   mtcp      bulk throughput of an MTCP connection against raw TCP, and
             memory per idle server connection
+  failover  the stall a client's batch sees when its front-end process is
+            SIGKILLed: MTCP (eager) against plain HTTP retrying with the
+            Idempotency-Key, alternating, p50/p99 over --kills kills
+  drain     SIGTERM of a front-end holding --conns open MTCP connections
+            (--batches of them running batches): drain time, dropped count
 `
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -50,6 +55,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runBenchStream(ctx, args[1:], stdout, stderr)
 	case "mtcp":
 		return runBenchMTCP(ctx, args[1:], stdout, stderr)
+	case "failover":
+		return runBenchFailover(ctx, args[1:], stdout, stderr)
+	case "drain":
+		return runBenchDrain(ctx, args[1:], stdout, stderr)
 	case idleClientsCommand:
 		return runIdleClients(ctx, args[1:], stdout)
 	}
