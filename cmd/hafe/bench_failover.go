@@ -36,6 +36,7 @@ func runBenchFailover(ctx context.Context, args []string, stdout, stderr io.Writ
 		batchSize  = fs.Int("batch-size", 1000, "transfers per batch")
 		killAt     = fs.Int("kill-at", 100, "kill the serving front-end when this line arrives")
 		frontEnds  = fs.Int("front-ends", 3, "front-end processes")
+		keepLogs   = fs.Bool("keep-logs", false, "keep the front-ends' JSON logs (one line per migration, \"batch taken over\" lines) and print where")
 		heartbeat  = fs.Duration("heartbeat", 200*time.Millisecond, "every front-end's --heartbeat")
 		liveness   = fs.Duration("owner-liveness", time.Second, "every front-end's --owner-liveness: how long plain HTTP waits for a dead owner")
 		minBackoff = fs.Duration("min-backoff", 0, "the plain HTTP client's MinBackoff (0: the client's default, 100ms)")
@@ -46,7 +47,7 @@ func runBenchFailover(ctx context.Context, args []string, stdout, stderr io.Writ
 		return err
 	}
 	o := failbench.FailoverOptions{
-		Cluster:    failbench.ClusterOptions{DB: *db, FrontEnds: *frontEnds, Heartbeat: *heartbeat, OwnerLiveness: *liveness},
+		Cluster:    failbench.ClusterOptions{DB: *db, FrontEnds: *frontEnds, KeepLogs: *keepLogs, Heartbeat: *heartbeat, OwnerLiveness: *liveness},
 		Kills:      *kills,
 		BatchSize:  *batchSize,
 		KillAt:     *killAt,

@@ -41,6 +41,9 @@ type ClusterOptions struct {
 	Extra []string
 	// Log receives progress lines; nil: none.
 	Log io.Writer
+	// KeepLogs leaves the front-ends' logs behind (the directory is
+	// printed to Log).
+	KeepLogs bool
 }
 
 // cluster is a PostgreSQL and front-end processes over MTCP (eager) and
@@ -306,8 +309,10 @@ func (c *cluster) stop() {
 	if c.pg != nil {
 		c.pg.Stop()
 	}
-	if c.dir != "" {
+	if c.dir != "" && !c.o.KeepLogs {
 		os.RemoveAll(c.dir)
+	} else if c.dir != "" {
+		fmt.Fprintf(c.logw, "front-end logs kept in %s\n", c.dir)
 	}
 }
 
@@ -350,6 +355,18 @@ func (l logLine) str(k string) string {
 func (l logLine) micros(k string) time.Duration {
 	f, _ := l.Attr[k].(float64)
 	return time.Duration(f) * time.Microsecond
+}
+
+// duration reads a slog duration: nanoseconds in JSON.
+func (l logLine) duration(k string) time.Duration {
+	switch v := l.Attr[k].(type) {
+	case float64:
+		return time.Duration(v)
+	case string:
+		d, _ := time.ParseDuration(v)
+		return d
+	}
+	return 0
 }
 
 func tail(path string, n int) string {

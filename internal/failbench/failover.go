@@ -141,7 +141,7 @@ func RunFailover(ctx context.Context, o FailoverOptions, progress io.Writer) (*F
 		}
 		res.Kills = append(res.Kills, *k)
 		if progress != nil {
-			fmt.Fprintf(progress, "kill %3d  %-36s %s  stall %7.1fms\n", i+1, side, k.Victim, ms(k.Stall))
+			fmt.Fprintf(progress, "kill %3d  %-36s %s  stall %7.1fms  %s\n", i+1, side, k.Victim, ms(k.Stall), k.detail())
 		}
 		if err := c.restart(ctx, c.byID(k.Victim)); err != nil {
 			return res, err
@@ -276,6 +276,22 @@ func runOne(ctx context.Context, c *cluster, o FailoverOptions, side string, fir
 		}
 	}
 	return k, nil
+}
+
+// detail is where the stall went, for the progress line.
+func (k *Kill) detail() string {
+	if k.Side == SideHTTP {
+		return fmt.Sprintf("takeover %.1fms, retries %d (%d busy)", ms(k.Takeover), k.Retries, k.Busy)
+	}
+	s := fmt.Sprintf("migrated %.1fms, takeover %.1fms, attempts %d", ms(k.MigratedAt), ms(k.Takeover), len(k.Migrations))
+	if n := len(k.Migrations); n > 0 {
+		m := k.Migrations[n-1]
+		s += fmt.Sprintf(" (initiate %.1f wait %.1f ms)", ms(m.Initiate), ms(m.Wait))
+	}
+	if p := k.ServerPhases; p != nil {
+		s += fmt.Sprintf(", server %s wait %.1fms", p.Mode, ms(p.WaitReply))
+	}
+	return s
 }
 
 func quantile(ds []time.Duration, q float64) time.Duration {
