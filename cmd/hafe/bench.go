@@ -74,7 +74,12 @@ func runBenchBatches(ctx context.Context, args []string, stdout, stderr io.Write
 			"records nothing, alternating in rounds, and prints hafe/plain ratios.\n"+
 			"Without --db it starts a throwaway PostgreSQL from the local server\n"+
 			"binaries. With --db it installs hafe and the demo bank's accounts table\n"+
-			"there and resets its balances: use a scratch database.", stderr)
+			"there and resets its balances: use a scratch database.\n"+
+			"With --mtcp the same workload also goes over MTCP (HTTP/1.1 on Migratory\n"+
+			"TCP, as hafe serve --mtcp-listen) to two more front-ends on the same pool:\n"+
+			"eager (two snapshot writes per batch in the database: one at the request\n"+
+			"boundary, one amend when the answer is decided) and lazy (state in memory),\n"+
+			"and prints each against hafe over plain HTTP.", stderr)
 	var (
 		db          = fs.String("db", "", "PostgreSQL URL of a scratch database (default: a throwaway server)")
 		clients     = fs.Int("clients", 8, "concurrent clients")
@@ -86,6 +91,7 @@ func runBenchBatches(ctx context.Context, args []string, stdout, stderr io.Write
 		keys        = fs.Bool("keys", true, "send an Idempotency-Key with every batch to hafe")
 		interactive = fs.Bool("interactive", false, "also measure a plain handler that sends one statement per round trip")
 		seed        = fs.Uint64("seed", 1, "seed of the generated batches")
+		overMTCP    = fs.Bool("mtcp", false, "also send the batches over MTCP to front-ends of their own, eager and lazy, and print their throughput against hafe over plain HTTP (target 0.9x)")
 	)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -96,6 +102,7 @@ func runBenchBatches(ctx context.Context, args []string, stdout, stderr io.Write
 	return compare.Run(ctx, compare.Options{
 		DB: *db, Clients: *clients, BatchSize: *batchSize, Accounts: *accounts, Duration: *duration,
 		Rounds: *rounds, PoolSize: *poolSize, Keys: *keys, Interactive: *interactive, Seed: *seed,
+		MTCP: *overMTCP,
 	}, stdout, stderr)
 }
 

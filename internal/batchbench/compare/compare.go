@@ -6,6 +6,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -15,6 +18,7 @@ import (
 	"hafe.dev/hafe/frontend"
 	"hafe.dev/hafe/internal/batchbench"
 	"hafe.dev/hafe/internal/pgtemp"
+	"hafe.dev/hafe/mtcp"
 	hafesql "hafe.dev/hafe/sql"
 )
 
@@ -30,6 +34,11 @@ type Options struct {
 	Keys        bool
 	Interactive bool
 	Seed        uint64
+	// MTCP adds hafe front-ends served over MTCP, eager (a snapshot saved
+	// in the database at every request boundary and amended once per
+	// batch) and lazy (state kept in memory), each its own front-end on
+	// the same pool as the HTTP one.
+	MTCP bool
 }
 
 // Run runs the same workload through a hafe front-end and through the
@@ -80,9 +89,10 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 	defer func() { stopMember(); <-memberDone }()
 
 	type side struct {
-		name string
-		url  string
-		runs []batchbench.Result
+		name   string
+		url    string
+		client *http.Client // nil: the shared one
+		runs   []batchbench.Result
 	}
 	var sides []*side
 	hafeURL, stopHafe, err := batchbench.Serve(fe.Handler())
@@ -98,6 +108,23 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 	}
 	defer stopPlain()
 	sides = append(sides, &side{name: "plain", url: plainURL})
+	if o.MTCP {
+		for _, eager := range []bool{true, false} {
+			name, id := "hafe-mtcp-lazy", "bench-mtcp-lazy"
+			if eager {
+				name, id = "hafe-mtcp-eager", "bench-mtcp-eager"
+			}
+			addr, stop, err := serveMTCP(ctx, url, hafePool, id, eager)
+			if err != nil {
+				return err
+			}
+			defer stop()
+			d := &mtcp.Dialer{Servers: []string{addr}}
+			hc := batchbench.NewClient(o.Clients)
+			hc.Transport.(*http.Transport).DialContext = d.DialContext
+			sides = append(sides, &side{name: name, url: "http://" + addr, client: hc})
+		}
+	}
 	if o.Interactive {
 		u, stop, err := batchbench.Serve(batchbench.NewPlain(plainPool, catalog, batchbench.Interactive))
 		if err != nil {
@@ -116,8 +143,12 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 			return batchbench.Result{}, err
 		}
 		sw := w
-		sw.Keys = o.Keys && s.name == "hafe"
-		return batchbench.Run(ctx, client, s.url, sw, batches, d)
+		sw.Keys = o.Keys && strings.HasPrefix(s.name, "hafe")
+		hc := client
+		if s.client != nil {
+			hc = s.client
+		}
+		return batchbench.Run(ctx, hc, s.url, sw, batches, d)
 	}
 	// Warm up: connections, prepared statements, the Go runtime.
 	for _, s := range sides {
@@ -126,7 +157,9 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 		}
 	}
 	for round := range o.Rounds {
-		order := append([]*side(nil), sides...)
+		// Each round starts with another side, and every other one runs
+		// backwards, so that no side always follows the same one.
+		order := append(append([]*side(nil), sides[round%len(sides):]...), sides[:round%len(sides)]...)
 		if round%2 == 1 {
 			for i, j := 0, len(order)-1; i < j; i, j = i+1, j-1 {
 				order[i], order[j] = order[j], order[i]
@@ -154,7 +187,64 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 		verdict = "is below"
 	}
 	fmt.Fprintf(stdout, "\nhafe/plain throughput %.2fx %s the target of 0.85x\n", ratio, verdict)
+	for _, s := range table[2:] {
+		if !strings.HasPrefix(s.Name, "hafe-mtcp") {
+			continue
+		}
+		r := s.Result.TxPerSec() / table[0].Result.TxPerSec()
+		verdict := "meets"
+		if r < 0.9 {
+			verdict = "is below"
+		}
+		fmt.Fprintf(stdout, "%s/hafe (plain HTTP) throughput %.2fx %s the target of 0.9x\n", s.Name, r, verdict)
+	}
 	return nil
+}
+
+// serveMTCP runs a front-end of its own on pool, served over MTCP on a
+// loopback port, as hafe serve --mtcp-listen does (eager mode saves the
+// snapshots through a small pool of its own).
+func serveMTCP(ctx context.Context, url string, pool *pgxpool.Pool, id string, eager bool) (addr string, stop func(), err error) {
+	fe, err := frontend.New(pool, frontend.Config{ID: id}, nil)
+	if err != nil {
+		return "", nil, err
+	}
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	addr = raw.Addr().String()
+	cfg := mtcp.ListenConfig{Self: addr, ClusterKey: []byte("bench batches cluster key, 32 b!")}
+	closeStore := func() {}
+	if eager {
+		scfg, err := pgxpool.ParseConfig(url)
+		if err != nil {
+			raw.Close()
+			return "", nil, err
+		}
+		scfg.MaxConns = 4
+		backendext.ConfigurePool(scfg, id, "", time.Minute)
+		sp, err := pgxpool.NewWithConfig(ctx, scfg)
+		if err != nil {
+			raw.Close()
+			return "", nil, err
+		}
+		cfg.Store = backendext.NewSnapshotStore(sp, id)
+		closeStore = sp.Close
+	}
+	ln := mtcp.NewListener(raw, cfg)
+	memberCtx, stopMember := context.WithCancel(ctx)
+	memberDone := make(chan struct{})
+	go func() { fe.Run(memberCtx); close(memberDone) }()
+	served := make(chan struct{})
+	go func() { fe.ServeMTCP(ln); close(served) }()
+	return addr, func() {
+		ln.Close()
+		<-served
+		stopMember()
+		<-memberDone
+		closeStore()
+	}, nil
 }
 
 // prepareDB installs hafe and the demo bank.
