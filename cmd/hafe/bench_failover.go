@@ -42,6 +42,7 @@ func runBenchFailover(ctx context.Context, args []string, stdout, stderr io.Writ
 		minBackoff = fs.Duration("min-backoff", 0, "the plain HTTP client's MinBackoff (0: the client's default, 100ms)")
 		maxBackoff = fs.Duration("max-backoff", 0, "the plain HTTP client's MaxBackoff, which caps Retry-After (0: the client's default, 5s)")
 		quiet      = fs.Bool("quiet", false, "no line per kill on standard error")
+		cold       = fs.Bool("cold", false, "do not warm a restarted front-end up with a small batch over MTCP and HTTP (a front-end in service has open database connections; a cold one opens them during the takeover)")
 	)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -52,7 +53,7 @@ func runBenchFailover(ctx context.Context, args []string, stdout, stderr io.Writ
 		BatchSize:  *batchSize,
 		KillAt:     *killAt,
 		MinBackoff: *minBackoff, MaxBackoff: *maxBackoff,
-		Seed: 1,
+		Seed: 1, Cold: *cold,
 	}
 	if err := o.Check(); err != nil {
 		return usageError{cmd: "bench failover", err: err}

@@ -30,6 +30,11 @@ type FailoverOptions struct {
 	// defaults when zero).
 	MinBackoff, MaxBackoff time.Duration
 	Seed                   uint64
+	// Cold: do not warm a restarted front-end up. By default it gets one
+	// small batch over each of MTCP and HTTP once ready, as a front-end
+	// in service has open database connections (its pool, its snapshot
+	// store's); a cold one opens them during the takeover.
+	Cold bool
 }
 
 // Side names.
@@ -143,8 +148,18 @@ func RunFailover(ctx context.Context, o FailoverOptions, progress io.Writer) (*F
 		if progress != nil {
 			fmt.Fprintf(progress, "kill %3d  %-36s %s  stall %7.1fms  %s\n", i+1, side, k.Victim, ms(k.Stall), k.detail())
 		}
-		if err := c.restart(ctx, c.byID(k.Victim)); err != nil {
+		victim := c.byID(k.Victim)
+		if err := c.restart(ctx, victim); err != nil {
 			return res, err
+		}
+		if !o.Cold {
+			warm := o
+			warm.BatchSize = 20
+			for _, side := range []string{SideMTCP, SideHTTP} {
+				if _, err := runOne(ctx, c, warm, side, slices.Index(c.fes, victim), -1, 0); err != nil {
+					return res, fmt.Errorf("warm-up of %s over %s: %w", victim.id, side, err)
+				}
+			}
 		}
 	}
 	return res, nil
@@ -341,6 +356,11 @@ func (r *FailoverResult) Report(w io.Writer) {
 	if xb == 0 {
 		xb = 5 * time.Second
 	}
+	warm := "each restarted front-end is warmed up by a small batch over MTCP and HTTP"
+	if o.Cold {
+		warm = "restarted front-ends are not warmed up (--cold): their database connections open during takeovers"
+	}
+	fmt.Fprintf(w, "%s;\n", warm)
 	fmt.Fprintf(w, "batches of %d transfers; SIGKILL of the serving front-end at line %d; %d kills per side, alternating;\n"+
 		"plain HTTP client: retry with the same Idempotency-Key on the next front-end, backoff %v..%v (Retry-After honoured)\n\n",
 		o.BatchSize, o.KillAt, len(r.side(SideMTCP)), mb, xb)
