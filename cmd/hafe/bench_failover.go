@@ -41,6 +41,7 @@ func runBenchFailover(ctx context.Context, args []string, stdout, stderr io.Writ
 		liveness   = fs.Duration("owner-liveness", time.Second, "every front-end's --owner-liveness: how long plain HTTP waits for a dead owner")
 		minBackoff = fs.Duration("min-backoff", 0, "the plain HTTP client's MinBackoff (0: the client's default, 100ms)")
 		maxBackoff = fs.Duration("max-backoff", 0, "the plain HTTP client's MaxBackoff, which caps Retry-After (0: the client's default, 5s)")
+		keepAlive  = fs.Duration("mtcp-keepalive", 0, "the MTCP client's Triggers.KeepAlive (0: its default, 1s); its trigger loop ticks at half of it")
 		quiet      = fs.Bool("quiet", false, "no line per kill on standard error")
 		cold       = fs.Bool("cold", false, "do not warm a restarted front-end up with a small batch over MTCP and HTTP (a front-end in service has open database connections; a cold one opens them during the takeover)")
 	)
@@ -53,7 +54,7 @@ func runBenchFailover(ctx context.Context, args []string, stdout, stderr io.Writ
 		BatchSize:  *batchSize,
 		KillAt:     *killAt,
 		MinBackoff: *minBackoff, MaxBackoff: *maxBackoff,
-		Seed: 1, Cold: *cold,
+		Seed: 1, Cold: *cold, KeepAlive: *keepAlive,
 	}
 	if err := o.Check(); err != nil {
 		return usageError{cmd: "bench failover", err: err}

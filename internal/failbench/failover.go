@@ -35,6 +35,9 @@ type FailoverOptions struct {
 	// in service has open database connections (its pool, its snapshot
 	// store's); a cold one opens them during the takeover.
 	Cold bool
+	// KeepAlive is the MTCP client's Triggers.KeepAlive (0: its default);
+	// its trigger loop ticks at half of it.
+	KeepAlive time.Duration
 }
 
 // Side names.
@@ -184,7 +187,7 @@ func runOne(ctx context.Context, c *cluster, o FailoverOptions, side string, fir
 	cfg := client.Config{MaxAttempts: 50, MinBackoff: o.MinBackoff, MaxBackoff: o.MaxBackoff}
 	if side == SideMTCP {
 		cfg.FrontEnds = c.mtcpAddrs(first)
-		cfg.MTCP = &mtcp.Dialer{OnMigration: func(s mtcp.MigrationStats) {
+		cfg.MTCP = &mtcp.Dialer{Triggers: mtcp.Triggers{KeepAlive: o.KeepAlive}, OnMigration: func(s mtcp.MigrationStats) {
 			mu.Lock()
 			defer mu.Unlock()
 			k.Migrations = append(k.Migrations, s)
@@ -365,7 +368,7 @@ func (r *FailoverResult) Report(w io.Writer) {
 		"plain HTTP client: retry with the same Idempotency-Key on the next front-end, backoff %v..%v (Retry-After honoured)\n\n",
 		o.BatchSize, o.KillAt, len(r.side(SideMTCP)), mb, xb)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "stall: kill → next new line\tp50\tp99\tmax\tmean\tline gap p50\ttakeover p50\t")
+	fmt.Fprintln(tw, "stall: kill → next new line\tp50\tp99\tmax\tmean\tline gap p50\tkill → takeover p50\tp99\t")
 	stalls := map[string][]time.Duration{}
 	for _, name := range []string{SideMTCP, SideHTTP} {
 		var st, gap, tk []time.Duration
@@ -377,11 +380,20 @@ func (r *FailoverResult) Report(w io.Writer) {
 			}
 		}
 		stalls[name] = st
-		fmt.Fprintf(tw, "%s\t%.1fms\t%.1fms\t%.1fms\t%.1fms\t%.2fms\t%.1fms\t\n", name, ms(quantile(st, 0.5)), ms(quantile(st, 0.99)),
-			ms(quantile(st, 1)), ms(mean(st)), ms(quantile(gap, 0.5)), ms(quantile(tk, 0.5)))
+		fmt.Fprintf(tw, "%s\t%.1fms\t%.1fms\t%.1fms\t%.1fms\t%.2fms\t%.1fms\t%.1fms\t\n", name, ms(quantile(st, 0.5)), ms(quantile(st, 0.99)),
+			ms(quantile(st, 1)), ms(mean(st)), ms(quantile(gap, 0.5)), ms(quantile(tk, 0.5)), ms(quantile(tk, 0.99)))
 	}
 	tw.Flush()
 	m, h := stalls[SideMTCP], stalls[SideHTTP]
+	var over []string
+	for _, k := range r.side(SideMTCP) {
+		if k.Stall > Target {
+			over = append(over, fmt.Sprintf("%.0fms (taken over at %.0fms)", ms(k.Stall), ms(k.Takeover)))
+		}
+	}
+	if len(over) > 0 {
+		fmt.Fprintf(w, "MTCP stalls over %v: %d of %d: %s\n", Target, len(over), len(m), strings.Join(over, ", "))
+	}
 	fmt.Fprintf(w, "MTCP/HTTP stall: p50 %s, p99 %s\n", batchbench.Ratio(float64(quantile(m, 0.5)), float64(quantile(h, 0.5))),
 		batchbench.Ratio(float64(quantile(m, 0.99)), float64(quantile(h, 0.99))))
 
