@@ -480,3 +480,42 @@ func TestDrainPastADeadServer(t *testing.T) {
 		echoCheck(t, c)
 	}
 }
+
+// TestDrainAfterLeavingTheServerList: a front-end leaves its peers' server
+// lists as it starts to drain (it is no longer offered to clients), yet the
+// connections it redirects arrive there naming it as their origin. The
+// peers must still fetch from it, or (without a store) the moves fail.
+func TestDrainAfterLeavingTheServerList(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 2, nil, nil)
+	wg := tc.runXformServers(0.2)
+	defer wg.Wait()
+	defer func() {
+		for _, l := range tc.lns {
+			_ = l.Close()
+		}
+	}()
+	runClients(t, tc, 3, testDialer(tc), func(conns []*Conn) {
+		tc.lns[1].SetServers(tc.addrs[1:])
+		if !tc.lns[1].isPeer(tc.addrs[0]) {
+			t.Error("a server dropped from the list this moment is no peer")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := tc.lns[0].Drain(ctx); err != nil {
+			t.Error(err)
+		}
+		if n := tc.lns[0].NumConns(); n != 0 {
+			t.Errorf("%d connections left after Drain", n)
+		}
+	})
+	if tc.lns[1].isPeer("127.0.0.1:1") {
+		t.Error("an address never listed is a peer")
+	}
+	tc.lns[1].mu.Lock()
+	tc.lns[1].former[tc.addrs[0]] = time.Now().Add(-formerPeerRetention)
+	tc.lns[1].mu.Unlock()
+	if tc.lns[1].isPeer(tc.addrs[0]) {
+		t.Error("a server dropped from the list long ago is still a peer")
+	}
+}

@@ -26,8 +26,8 @@ type ListenConfig struct {
 	Self string
 	// Servers is the list of server addresses sent to clients, and the
 	// only servers this one opens peer channels to: it fetches state from
-	// an origin only if the origin is listed. Update it later with
-	// SetServers.
+	// an origin only if the origin is listed (or was, within 30s).
+	// Update it later with SetServers.
 	Servers []string
 	// ClusterKey authenticates the peer channel between servers (HMAC
 	// challenge both ways). Empty disables lazy transfer.
@@ -123,8 +123,13 @@ type Listener struct {
 	pushWake    chan struct{}
 	raw         map[net.Conn]struct{} // transport conns not owned by a Conn
 	servers     []string
-	draining    bool
-	closing     bool
+	// former holds addresses dropped from servers lately, with when. They
+	// stay peers for formerPeerRetention: a front-end leaves the list as
+	// it starts to drain, and the connections it redirects then arrive
+	// elsewhere naming it as their origin, to be fetched from.
+	former   map[string]time.Time
+	draining bool
+	closing  bool
 }
 
 // Listen listens on a TCP address.
@@ -334,8 +339,16 @@ func (l *Listener) serverList() []string {
 func (l *Listener) isPeer(addr string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return addr == l.cfg.Self || slices.Contains(l.servers, addr)
+	if addr == l.cfg.Self || slices.Contains(l.servers, addr) {
+		return true
+	}
+	t, ok := l.former[addr]
+	return ok && time.Since(t) < formerPeerRetention
 }
+
+// formerPeerRetention is how long a server dropped from the server list
+// stays a peer: long enough for a drain to hand its connections over.
+const formerPeerRetention = 30 * time.Second
 
 func (l *Listener) newServerConn(id ConnID, secret []byte) *Conn {
 	c := newConn(id, secret, l.log, l.cfg.Limits)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"hafe.dev/hafe/mtcp/internal/wire"
@@ -32,9 +33,26 @@ func (c *Conn) stateErrOrLost() error {
 	return io.ErrClosedPipe
 }
 
-// SetServers replaces the server list and sends it to every client.
+// SetServers replaces the server list and sends it to every client. A
+// server dropped from it stays a peer (state is fetched from it) for 30s,
+// so that the connections a draining server redirects can still be
+// fetched from it once it is no longer offered to clients.
 func (l *Listener) SetServers(addrs []string) {
 	l.mu.Lock()
+	now := time.Now()
+	for _, a := range l.servers {
+		if !slices.Contains(addrs, a) {
+			if l.former == nil {
+				l.former = map[string]time.Time{}
+			}
+			l.former[a] = now
+		}
+	}
+	for a, t := range l.former {
+		if slices.Contains(addrs, a) || now.Sub(t) >= formerPeerRetention {
+			delete(l.former, a)
+		}
+	}
 	l.servers = append([]string(nil), addrs...)
 	conns := l.connList()
 	l.mu.Unlock()
