@@ -567,6 +567,7 @@ type clientProto struct {
 	seeds           []string
 	received        uint64 // bytes received on the current server
 	redirect        string
+	redirectFrom    string // cur when redirect arrived
 	ignoreRedirects bool
 }
 
@@ -616,7 +617,7 @@ func (cl *clientProto) frame(m *machine, current bool, t wire.Type, payload []by
 			return err
 		}
 		if !cl.ignoreRedirects && r.Addr != "" {
-			cl.redirect = r.Addr
+			cl.redirect, cl.redirectFrom = r.Addr, cl.cur
 			cl.servers = mergeServers(cl.servers, []string{r.Addr})
 			m.fx.poke = true
 		}

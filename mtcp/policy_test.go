@@ -519,3 +519,66 @@ func TestDrainAfterLeavingTheServerList(t *testing.T) {
 		t.Error("a server dropped from the list long ago is still a peer")
 	}
 }
+
+// TestRedirectToHereOrFromAFormerServerIsIgnored: a REDIRECT to the server
+// the connection is on, or one that a server it has left sent before the
+// move, causes no migration (a drain re-sends its REDIRECTs every second).
+func TestRedirectToHereOrFromAFormerServerIsIgnored(t *testing.T) {
+	checkLeaks(t)
+	tc := newCluster(t, 3, nil, nil)
+	wg := tc.runXformServers(0.2)
+	defer wg.Wait()
+	defer func() {
+		for _, l := range tc.lns {
+			_ = l.Close()
+		}
+	}()
+	var mu sync.Mutex
+	var moves []string
+	d := testDialer(tc)
+	d.OnMigration = func(s MigrationStats) {
+		mu.Lock()
+		defer mu.Unlock()
+		if s.Err == nil {
+			moves = append(moves, s.To)
+		}
+	}
+	c, err := d.DialMTCP(context.Background(), tc.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	serverConn := func(l *Listener) *Conn {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if cs := l.connList(); len(cs) == 1 {
+			return cs[0]
+		}
+		return nil
+	}
+	var sc *Conn
+	for deadline := time.Now().Add(5 * time.Second); sc == nil && time.Now().Before(deadline); {
+		sc = serverConn(tc.lns[0])
+		time.Sleep(5 * time.Millisecond)
+	}
+	if sc == nil {
+		t.Fatal("no connection on server 0")
+	}
+	_ = sc.Redirect(tc.addrs[0])
+	// Two REDIRECTs before the client acts on the first: it moves once.
+	c.mu.Lock()
+	c.cl.redirect, c.cl.redirectFrom = tc.addrs[1], c.cl.cur
+	c.mu.Unlock()
+	_ = sc.Redirect(tc.addrs[2])
+	c.cl.poke()
+	deadline := time.Now().Add(5 * time.Second)
+	for serverConn(tc.lns[0]) != nil && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // a second move would be done by now
+	mu.Lock()
+	defer mu.Unlock()
+	if len(moves) != 1 {
+		t.Errorf("moves %v, want exactly one", moves)
+	}
+}

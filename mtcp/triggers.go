@@ -72,6 +72,13 @@ func (cl *clientSide) act(c *Conn) {
 		return
 	}
 	redirect, want := cl.redirect, cl.want
+	if redirect == cl.cur || cl.redirectFrom != cl.cur {
+		// Here already, or the server that asked is ours no more: a
+		// draining server re-sends its REDIRECT every second to the
+		// connections still on it, and one that is moving meanwhile
+		// would move a second time.
+		redirect = ""
+	}
 	cl.redirect, cl.want = "", ""
 	target := ""
 	if cl.standby != nil {
