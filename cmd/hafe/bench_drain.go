@@ -16,12 +16,14 @@ func runBenchDrain(ctx context.Context, args []string, stdout, stderr io.Writer)
 			"PostgreSQL (throwaway, unless --db) and --front-ends real hafe serve\n"+
 			"processes (this binary, MTCP eager), opens --conns MTCP connections to the\n"+
 			"first one (each answers one GET /healthz), starts a batch of --batch-size\n"+
-			"transfers on --batches of them and, once every batch streams, sends that\n"+
+			"transfers on --batches of them and, once 20 of them stream (the others\n"+
+			"wait for one of the front-end's 20 database connections), sends that\n"+
 			"front-end SIGTERM. Its listener redirects every connection to the others.\n"+
 			"Prints the front-end's own drain time (its \"mtcp drained\" log line), the\n"+
 			"time until the client saw the last connection move and until the process\n"+
 			"exited, and the dropped count: batches that did not complete with every\n"+
 			"line plus connections that no longer answer a request afterwards.\n"+
+			"The drain time judged is the later of the server's and the client's.\n"+
 			"Target: at most 2s and none dropped.", stderr)
 	var (
 		db        = fs.String("db", "", "PostgreSQL URL of a scratch database (default: a throwaway server)")
@@ -30,13 +32,17 @@ func runBenchDrain(ctx context.Context, args []string, stdout, stderr io.Writer)
 		batchSize = fs.Int("batch-size", 300, "transfers per batch")
 		frontEnds = fs.Int("front-ends", 3, "front-end processes")
 		keepLogs  = fs.Bool("keep-logs", false, "keep the front-ends' JSON logs and print where")
+		mode      = fs.String("mtcp-mode", "eager", "the front-ends' --mtcp-mode: eager (each connection's new server saves its snapshot in the database) or lazy")
 		timeout   = fs.Duration("drain-timeout", 30*time.Second, "the front-ends' --drain-timeout")
 	)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	if *mode != "eager" && *mode != "lazy" {
+		return usageError{cmd: "bench drain", err: fmt.Errorf("--mtcp-mode %q: want eager or lazy", *mode)}
+	}
 	o := failbench.DrainOptions{
-		Cluster: failbench.ClusterOptions{DB: *db, FrontEnds: *frontEnds, KeepLogs: *keepLogs, DrainTimeout: *timeout},
+		Cluster: failbench.ClusterOptions{DB: *db, FrontEnds: *frontEnds, KeepLogs: *keepLogs, DrainTimeout: *timeout, Lazy: *mode == "lazy"},
 		Conns:   *conns, Batches: *batches, BatchSize: *batchSize,
 	}
 	if err := o.Check(); err != nil {

@@ -24,6 +24,7 @@ func TestBenchFailoverAndDrainCheckTheirFlags(t *testing.T) {
 		{[]string{"drain", "--conns", "10", "--batches", "11"}, "--batches"},
 		{[]string{"drain", "--batch-size", "0"}, "--batch-size"},
 		{[]string{"drain", "--front-ends", "1"}, "--front-ends"},
+		{[]string{"drain", "--mtcp-mode", "sometimes"}, "--mtcp-mode"},
 	} {
 		err := runBench(context.Background(), c.args, &bytes.Buffer{}, &bytes.Buffer{})
 		var ue usageError

@@ -41,6 +41,8 @@ type ClusterOptions struct {
 	Extra []string
 	// Log receives progress lines; nil: none.
 	Log io.Writer
+	// Lazy runs the front-ends with --mtcp-mode lazy (default eager).
+	Lazy bool
 	// KeepLogs leaves the front-ends' logs behind (the directory is
 	// printed to Log).
 	KeepLogs bool
@@ -151,7 +153,7 @@ func prepareDB(ctx context.Context, url string) error {
 func (c *cluster) start(fe *frontEnd) error {
 	args := []string{"serve", "--db", c.db, "--listen", fe.httpAddr, "--id", fe.id, "--allow-superuser",
 		"--heartbeat", c.o.Heartbeat.String(), "--owner-liveness", c.o.OwnerLiveness.String(),
-		"--mtcp-listen", fe.mtcpAddr, "--cluster-key-file", c.key, "--mtcp-mode", "eager",
+		"--mtcp-listen", fe.mtcpAddr, "--cluster-key-file", c.key, "--mtcp-mode", c.mode(),
 		"--log-format", "json"}
 	if c.o.DrainTimeout > 0 {
 		args = append(args, "--drain-timeout", c.o.DrainTimeout.String())
@@ -314,6 +316,13 @@ func (c *cluster) stop() {
 	} else if c.dir != "" {
 		fmt.Fprintf(c.logw, "front-end logs kept in %s\n", c.dir)
 	}
+}
+
+func (c *cluster) mode() string {
+	if c.o.Lazy {
+		return "lazy"
+	}
+	return "eager"
 }
 
 // logLine is one JSON log line of a front-end.
