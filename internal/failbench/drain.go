@@ -223,7 +223,7 @@ func RunDrain(ctx context.Context, o DrainOptions, progress io.Writer) (*DrainRe
 				berrs[i] = fmt.Errorf("status %d: %s", resp.StatusCode, b)
 				return
 			}
-			lines, fin := 0, false
+			lines, fin, other := 0, false, ""
 			sc := bufio.NewScanner(resp.Body)
 			for sc.Scan() {
 				if !headed {
@@ -234,12 +234,14 @@ func RunDrain(ctx context.Context, o DrainOptions, progress io.Writer) (*DrainRe
 					lines++
 				case bytes.HasPrefix(l, []byte(`{"done":true`)):
 					fin = true
+				default:
+					other = string(l)
 				}
 			}
 			if err := sc.Err(); err != nil {
 				berrs[i] = err
 			} else if !fin || lines != o.BatchSize {
-				berrs[i] = fmt.Errorf("%d of %d lines, done %v", lines, o.BatchSize, fin)
+				berrs[i] = fmt.Errorf("%d of %d lines, done %v %.300s", lines, o.BatchSize, fin, other)
 			}
 			mu.Lock()
 			done[i] = true
