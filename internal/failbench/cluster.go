@@ -22,6 +22,7 @@ import (
 
 	backendext "hafe.dev/hafe/backend-ext"
 	"hafe.dev/hafe/internal/pgtemp"
+	"hafe.dev/hafe/mtcp"
 	hafesql "hafe.dev/hafe/sql"
 )
 
@@ -130,6 +131,9 @@ func startCluster(ctx context.Context, o ClusterOptions) (_ *cluster, err error)
 			return nil, err
 		}
 	}
+	if err := c.waitMesh(ctx); err != nil {
+		return nil, err
+	}
 	fmt.Fprintf(c.logw, "%d front-ends ready (logs in %s)\n", len(c.fes), c.dir)
 	return c, nil
 }
@@ -236,7 +240,39 @@ func (c *cluster) restart(ctx context.Context, fe *frontEnd) error {
 	if err := c.start(fe); err != nil {
 		return err
 	}
-	return c.waitReady(ctx, fe)
+	if err := c.waitReady(ctx, fe); err != nil {
+		return err
+	}
+	return c.waitMesh(ctx)
+}
+
+// waitMesh waits until every front-end gives its MTCP clients the whole
+// server list: until then a drain has nowhere to send connections, and a
+// client learns of no other front-end to move to.
+func (c *cluster) waitMesh(ctx context.Context) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for _, fe := range c.fes {
+		for {
+			d := &mtcp.Dialer{HandshakeTimeout: time.Second}
+			conn, err := d.DialMTCP(ctx, fe.mtcpAddr)
+			n := 0
+			if err == nil {
+				n = len(conn.Servers())
+				conn.Close()
+			}
+			if n >= len(c.fes) {
+				break
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("front-end %s lists %d MTCP servers of %d after 30s (%v)", fe.id, n, len(c.fes), err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return nil
 }
 
 func (c *cluster) waitReady(ctx context.Context, fe *frontEnd) error {
