@@ -93,6 +93,9 @@ func listenMTCP(ctx context.Context, o *mtcpOptions, poolCfg *pgxpool.Config, id
 	if o.eager {
 		scfg := poolCfg.Copy()
 		scfg.MaxConns = 4
+		// One connection open from the start: a front-end's first takeover
+		// should not wait for a dial (3-5 ms measured by hafe bench failover).
+		scfg.MinConns = 1
 		pool, err := pgxpool.NewWithConfig(ctx, scfg)
 		if err != nil {
 			return nil, nil, fmt.Errorf("database: %w", err)
