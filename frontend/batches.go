@@ -114,6 +114,9 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 	if lease.Resumed {
 		s.metrics.resumed.Inc()
 	}
+	if forced {
+		s.watchPreviousOwner(lease)
+	}
 	log = log.With("batch", lease.BatchID, "transactions", len(req.batch.Transactions))
 	log.Info("batch started", "resumed", lease.Resumed, "taken_over", lease.TakenOver)
 

@@ -299,7 +299,7 @@ func startFrontendOn(t testing.TB, pool *pgxpool.Pool, cfg Config) *frontendUnde
 		cfg.Executor.RawSQL = rawSQLForRun(t, pool, cfg.ID, cfg.Executor.Incarnation, 4)
 		cfg.Executor.RawSQL.Timeout = timeout
 	}
-	s, err := New(pool, cfg, nil)
+	s, err := New(pool, cfg, testLogger(t, cfg.ID))
 	if err != nil {
 		t.Fatal(err)
 	}

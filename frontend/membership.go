@@ -45,14 +45,16 @@ func (s *Server) Run(ctx context.Context) error {
 
 // heartbeat probes the database, refreshes this member's row and reads
 // everyone's, for the metrics and the dashboard.
-func (s *Server) heartbeat(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.HeartbeatInterval*2)
+func (s *Server) heartbeat(run context.Context) {
+	ctx, cancel := context.WithTimeout(run, s.cfg.HeartbeatInterval*2)
 	defer cancel()
 	start := time.Now()
 	err := s.ctl.Ping(ctx)
 	s.metrics.probedDatabase(time.Since(start), err)
 	if err != nil {
-		if ctx.Err() == nil {
+		// A probe that timed out failed too (the database is silent);
+		// one cut short because the front-end stops did not.
+		if run.Err() == nil {
 			s.log.Warn("database probe", "err", err)
 			s.probeFailures++
 			if s.probeFailures == handOffAfterProbes {
@@ -68,14 +70,14 @@ func (s *Server) heartbeat(ctx context.Context) {
 		Committed: int64(c.Committed), Aborted: int64(c.Aborted), MTCPConns: s.mtcpConns(),
 	})
 	if err != nil {
-		if ctx.Err() == nil {
+		if run.Err() == nil {
 			s.log.Warn("heartbeat", "err", err)
 		}
 		return
 	}
 	ms, err := backendext.ListMembers(ctx, s.ctl, s.cfg.Executor.OwnerLiveness)
 	if err != nil {
-		if ctx.Err() == nil {
+		if run.Err() == nil {
 			s.log.Warn("read members", "err", err)
 		}
 		return
@@ -83,6 +85,7 @@ func (s *Server) heartbeat(ctx context.Context) {
 	s.members.set(ms)
 	s.publishServers(ms)
 	s.rebalance(ms)
+	s.fenceOrphans(ctx, ms)
 }
 
 // handOffAfterProbes is how many database probes in a row (one per

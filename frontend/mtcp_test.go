@@ -495,11 +495,12 @@ func TestPipelinedRequestsSurviveAMove(t *testing.T) {
 // off from the database: cut closes every proxied connection and refuses
 // new ones.
 type dbProxy struct {
-	ln    net.Listener
-	to    string
-	mu    sync.Mutex
-	conns []net.Conn
-	down  bool
+	ln     net.Listener
+	to     string
+	mu     sync.Mutex
+	conns  []net.Conn
+	down   bool
+	frozen chan struct{} // while set, nothing is forwarded; closed by cut
 }
 
 func newDBProxy(t testing.TB, to string) *dbProxy {
@@ -530,16 +531,54 @@ func newDBProxy(t testing.TB, to string) *dbProxy {
 			p.mu.Lock()
 			p.conns = append(p.conns, c, s)
 			p.mu.Unlock()
-			go func() { io.Copy(s, c); s.Close() }()
-			go func() { io.Copy(c, s); c.Close() }()
+			go p.pipe(s, c)
+			go p.pipe(c, s)
 		}
 	}()
 	return p
 }
 
+// pipe forwards src to dst, holding the bytes while the proxy is frozen.
+func (p *dbProxy) pipe(dst, src net.Conn) {
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			frozen := p.frozen
+			p.mu.Unlock()
+			if frozen != nil {
+				<-frozen
+				return
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// freeze stops forwarding without closing anything: the front-end and
+// PostgreSQL each see a peer that went silent, as across a cut cable.
+func (p *dbProxy) freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.frozen == nil {
+		p.frozen = make(chan struct{})
+	}
+}
+
 func (p *dbProxy) cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.frozen != nil {
+		close(p.frozen)
+		p.frozen = nil
+	}
 	p.down = true
 	for _, c := range p.conns {
 		c.Close()
@@ -620,5 +659,61 @@ func TestMTCPRefusesMalformedAndHugeRequests(t *testing.T) {
 			t.Errorf("%s: %d %q (close %v), want %d %s and close", tt.name, resp.StatusCode, r.Error.Code, resp.Close, tt.status, tt.code)
 		}
 		c.Close()
+	}
+}
+
+// TestTakeoverFencesAnOwnerCutOffMidTransaction: a front-end cut off from
+// everything in the middle of a slot (its PostgreSQL session stays open,
+// idle in its transaction, holding row locks) hands its connection on;
+// the front-end that takes the batch over, whose slot needs those rows,
+// terminates the old run's sessions as soon as its heartbeat has aged,
+// not after idle_in_transaction_session_timeout: every slot commits.
+func TestTakeoverFencesAnOwnerCutOffMidTransaction(t *testing.T) {
+	url := newDB(t)
+	db := newChecker(t, url)
+	host := "127.0.0.1:" + strconv.Itoa(server.Port())
+	proxy := newDBProxy(t, host)
+	mc := startMTCPClusterWith(t, url, 2, mtcpOptions{eager: true, peers: true, dbURL: func(i int) string {
+		if i == 0 {
+			return strings.Replace(url, host, proxy.ln.Addr().String(), 1)
+		}
+		return url
+	}}, func(c *Config) {
+		c.Executor.OwnerLiveness = 2 * time.Second
+		c.Executor.RawSQL.Timeout = 15 * time.Second
+	})
+	t.Cleanup(proxy.cut) // before the front-ends stop: fe-0 need not wait out its calls
+	d := &mtcp.Dialer{Servers: mc.addrs}
+	cl := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+	t.Cleanup(cl.CloseIdleConnections)
+	const n = 12
+	txns := make([]string, n)
+	for i := range txns {
+		txns[i] = rawTxn("UPDATE accounts SET balance = balance + 0 WHERE id = 1",
+			fmt.Sprintf("INSERT INTO effects (note) VALUES ('o-%d')", i+1), "SELECT pg_sleep(0.3)")
+	}
+	req, _ := http.NewRequest("POST", "http://"+mc.addrs[0]+"/v1/batches", strings.NewReader(batchBody(txns...)))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := cl.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	lines := readBatch(t, resp, func(k int) {
+		if k == 3 {
+			// Once slot 4 is in its pg_sleep, holding account 1's row.
+			waitFor(t, "slot 4 to sleep on fe-0", func() bool {
+				return db.count(`SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'hafe/fe-0/%'
+					AND state = 'active' AND query LIKE '%pg_sleep%'`) == 1
+			})
+			proxy.freeze()
+		}
+	})
+	checkExactlyOnce(t, db, "o", n, lines)
+	if last := lines[len(lines)-1]; last.Committed != n {
+		t.Errorf("%d of %d committed: a slot waited for the cut-off owner's locks until it gave up", last.Committed, n)
+	}
+	if got := mc.fes[1].metric(t, "hafe_fence_terminations_total", "kind", "previous_run"); got < 1 {
+		t.Errorf("%v sessions of the cut-off run terminated, want its open transaction's", got)
 	}
 }

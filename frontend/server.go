@@ -137,6 +137,7 @@ type Server struct {
 	numbers numberArgs
 	mtcp    atomic.Pointer[mtcp.Listener] // set by ServeMTCP
 	busy    busyConns                     // MTCP connections streaming a batch
+	orphans orphanWatches                 // runs that lost a batch to a migration
 	// probeFailures counts failed database probes in a row (heartbeat
 	// goroutine only).
 	probeFailures int

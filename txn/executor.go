@@ -163,6 +163,12 @@ type Lease struct {
 	// epoch on; PreviousOwner is who held it ("" for nobody).
 	TakenOver     bool
 	PreviousOwner string
+	// PreviousIncarnation is the run of PreviousOwner the lease was taken
+	// from while that run's heartbeat was fresh (a migrated takeover), ""
+	// otherwise. Should the run turn out to be gone (cut off, not
+	// drained), a slot transaction it left open still holds its locks:
+	// the caller fences its sessions once its heartbeat has aged.
+	PreviousIncarnation string
 	// Reported, when set before Run, says the client already holds the
 	// report lines of slots 1..Reported.Slots (its MTCP connection moved
 	// here with them): Run reports from the next slot on, and counts
@@ -267,7 +273,11 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 	} else {
 		log.Info("batch taken over", "batch", b.ID, "previous_owner", b.Owner, "epoch", epoch)
 	}
-	return &Lease{BatchID: b.ID, Epoch: epoch, Resumed: true, TakenOver: true, PreviousOwner: b.Owner, log: log}, nil
+	l := &Lease{BatchID: b.ID, Epoch: epoch, Resumed: true, TakenOver: true, PreviousOwner: b.Owner, log: log}
+	if b.OwnerAlive && b.Owner != e.cfg.Owner {
+		l.PreviousIncarnation = b.OwnerIncarnation
+	}
+	return l, nil
 }
 
 // logMigratedTakeover writes the one line a takeover after a migration
