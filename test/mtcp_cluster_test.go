@@ -334,7 +334,7 @@ func (c *mtcpCluster) checkRuns(ctx context.Context, t *testing.T, runs ...*mtcp
 	for _, b := range batches {
 		// Over MTCP a batch without Idempotency-Key is keyed by the
 		// connection and the request's number on it: 0, the first.
-		if !strings.Contains(b.key, ":mtcp:") || !strings.HasSuffix(b.key, ":0") {
+		if !strings.Contains(b.key, ": mtcp:") || !strings.HasSuffix(b.key, ":0") {
 			t.Errorf("batch %s has key %q: not the first request of an MTCP connection", b.id, b.key)
 		}
 		if b.state != "done" {

@@ -233,3 +233,19 @@ func TestMTCPPostgresRestart(t *testing.T) {
 		})
 	}
 }
+
+// TestMTCPIsolatedFrontEndWithDefaultIdleTimeout: as
+// TestMTCPIsolatedFrontEnd (fe1 unplugged from every network while its
+// slow slot sleeps in a statement), with the front-ends'
+// --idle-in-transaction-timeout at its default, 30s. fe1's slot
+// transaction, cut off before it wrote its outcome, stays open at
+// PostgreSQL holding its account rows; fe2, which took the batch over
+// when the client moved, terminates it once fe1's heartbeat has aged
+// instead of waiting for the idle timeout. Before that fix the next line
+// came 28.7s after the cut and the slot, which commits in the fault-free
+// run, was reported aborted (raw_sql_timeout), so the batch's result
+// differed from the reference run's.
+func TestMTCPIsolatedFrontEndWithDefaultIdleTimeout(t *testing.T) {
+	testMTCPFault(t, mtcpFault{name: "isolated", slow: slowStatement, inject: (*harness.Hafe).Isolate, undo: (*harness.Hafe).Rejoin,
+		extra: []string{"--idle-in-transaction-timeout", "30s"}, maxStall: 10 * time.Second})
+}
