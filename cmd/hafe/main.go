@@ -31,7 +31,7 @@ func commands() []command {
 		{"submit", "send a batch file to a front-end and stream its results", runSubmit},
 		{"batches", "list and describe the cluster's batches (admin token)", runBatches},
 		{"drain", "move a front-end's connections and batches to the others before it stops (admin token)", runDrain},
-		{"demo", "start a throwaway cluster and show a batch surviving a front-end crash", runDemo},
+		{"demo", "start a throwaway cluster and show a batch surviving a front-end crash and a drain", runDemo},
 		{"bench", "measure hafe against baselines", runBench},
 		{"version", "print the version, VCS revision and Go version of this build", runVersion},
 	}
@@ -41,8 +41,10 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `hafe - a highly available front-end for PostgreSQL
 
 Clients send batches of transactions over HTTP; every transaction commits at
-most once, and a batch interrupted by a front-end crash resumes on another
-front-end when the client retries with the same Idempotency-Key.
+most once. Over Migratory TCP (hafe serve --mtcp-listen, hafe submit --mtcp)
+a client's connection moves to another front-end when its front-end dies or
+drains, and the batch goes on in the same response; over plain HTTP the
+client retries with the same Idempotency-Key and another front-end resumes.
 
 Usage:
   hafe <command> [flags]
