@@ -1,0 +1,328 @@
+// Package agent carries plain TCP connections over Migratory TCP: every
+// connection accepted on a local listener gets its own MTCP connection to
+// a front-end, and the bytes are relayed both ways unchanged. An HTTP
+// client that cannot link the client package (curl, Python, Java, a
+// shell script) talks plain HTTP/1.1 to the agent, and its connection
+// moves between front-ends in the middle of a batch as a Go client's
+// would.
+//
+// The invariant: each direction's bytes reach the other side in order,
+// each exactly once, and its end of stream (a half-close) follows its last
+// byte; an MTCP connection that is lost for good aborts the local
+// connection (RST), so the application never mistakes a cut stream for a
+// finished one.
+//
+// Back-pressure is end to end: the agent reads from one side only as fast
+// as the other side takes the bytes (an MTCP Write blocks while the send
+// buffer is full, a TCP Write while the kernel's is), and holds at most
+// one buffer per direction.
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"hafe.dev/hafe/mtcp"
+)
+
+// DefaultSendBuffer is the MTCP send buffer the agent gives its
+// connections (Config.Dialer.Limits.MaxSendBuffer when that is zero). A
+// front-end in eager mode acknowledges a request only once it has
+// answered it, so the agent must hold the whole request meanwhile: the
+// buffer bounds the largest request body an eager front-end can take
+// through the agent (hafe serve's --max-body-bytes is 8 MiB by default).
+// It is allocated as bytes arrive, not up front.
+const DefaultSendBuffer = 16 << 20
+
+// Config configures an Agent.
+type Config struct {
+	// Servers are the front-ends' MTCP addresses (HOST:PORT) to start
+	// from; once a connection is open, the agent follows the list the
+	// servers send.
+	Servers []string
+	// Dialer is the template for every MTCP connection: Triggers,
+	// Standby, PrepareMinRTT, Limits, TLS. Its Servers and OnMigration
+	// are the agent's.
+	Dialer mtcp.Dialer
+	// DialTimeout bounds opening an MTCP connection for an accepted one
+	// (default 10s); on failure the local connection is reset.
+	DialTimeout time.Duration
+	// Logger receives one line per migration and per failed connection.
+	Logger *slog.Logger
+	// Metrics, when set, counts connections and migrations (NewMetrics).
+	Metrics *Metrics
+}
+
+// Agent relays local connections over MTCP. Its methods are safe for
+// concurrent use.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+	m   *Metrics
+
+	seq  atomic.Uint64
+	mu   sync.Mutex
+	srv  []string // the servers known now
+	next int      // round robin over srv for new connections
+	open map[*relay]struct{}
+	wg   sync.WaitGroup
+}
+
+// New checks cfg and returns an agent.
+func New(cfg Config) (*Agent, error) {
+	if len(cfg.Servers) == 0 {
+		return nil, errors.New("agent: no MTCP servers to start from")
+	}
+	for _, s := range cfg.Servers {
+		if _, _, err := net.SplitHostPort(s); err != nil {
+			return nil, errors.New("agent: server " + s + ": want HOST:PORT")
+		}
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.Dialer.Limits.MaxSendBuffer == 0 {
+		cfg.Dialer.Limits.MaxSendBuffer = DefaultSendBuffer
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Dialer.Logger == nil {
+		cfg.Dialer.Logger = log.With("component", "mtcp")
+	}
+	return &Agent{cfg: cfg, log: log, m: cfg.Metrics, srv: append([]string(nil), cfg.Servers...), open: map[*relay]struct{}{}}, nil
+}
+
+// Servers returns the front-ends the agent knows now.
+func (a *Agent) Servers() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.srv...)
+}
+
+// Open returns the number of connections being relayed.
+func (a *Agent) Open() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.open)
+}
+
+// pick returns the server for a new connection and the list to fall back on.
+func (a *Agent) pick() (string, []string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.srv[a.next%len(a.srv)]
+	a.next++
+	return s, append([]string(nil), a.srv...)
+}
+
+// learn takes the servers' own list, as a connection last heard it.
+func (a *Agent) learn(list []string) {
+	if len(list) == 0 {
+		return
+	}
+	a.mu.Lock()
+	a.srv = append(a.srv[:0:0], list...)
+	a.mu.Unlock()
+}
+
+// Serve relays every connection accepted on ln until ln fails or is
+// closed; it returns that error (net.ErrClosed once closed). Connections
+// being relayed go on: Shutdown ends them.
+func (a *Agent) Serve(ln net.Listener) error {
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() { // e.g. out of file descriptors
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				a.log.Warn("accept failed; retrying", "err", err, "in", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.Relay(context.Background(), c)
+		}()
+	}
+}
+
+// Shutdown waits until the relayed connections have ended or ctx is done,
+// then aborts those left. Close the listeners first.
+func (a *Agent) Shutdown(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { a.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	a.mu.Lock()
+	for r := range a.open {
+		r.abort()
+	}
+	a.mu.Unlock()
+	<-done
+	return ctx.Err()
+}
+
+// Relay carries local over a new MTCP connection until both directions
+// have ended, then closes both. It returns once local is closed.
+func (a *Agent) Relay(ctx context.Context, local net.Conn) {
+	id := a.seq.Add(1)
+	log := a.log.With("conn", id, "client", local.RemoteAddr().String())
+	first, servers := a.pick()
+	d := a.cfg.Dialer
+	d.Servers = servers
+	d.OnMigration = func(s mtcp.MigrationStats) { a.observe(log, s) }
+	dctx, cancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
+	mc, err := d.DialMTCP(dctx, first)
+	cancel()
+	if err != nil {
+		log.Warn("no front-end took the connection; resetting it", "err", err)
+		a.m.connection("dial_failed")
+		abortConn(local)
+		return
+	}
+	a.learn(mc.Servers())
+	log.Debug("relaying", "mtcp_conn", mc.ID(), "server", mc.Server())
+	r := &relay{local: local, mc: mc}
+	a.mu.Lock()
+	a.open[r] = struct{}{}
+	a.mu.Unlock()
+	a.m.opened()
+	result := r.run(a.m)
+	a.mu.Lock()
+	delete(a.open, r)
+	a.mu.Unlock()
+	a.learn(mc.Servers())
+	a.m.closed(result)
+	log.Debug("relay ended", "result", result)
+}
+
+// observe logs and counts one migration.
+func (a *Agent) observe(log *slog.Logger, s mtcp.MigrationStats) {
+	a.m.migration(s)
+	args := []any{"mtcp_conn", s.ConnID.String(), "from", s.From, "to", s.To, "trigger", s.Trigger,
+		"initiate", s.Initiate, "wait", s.Wait, "complete", s.Complete, "total", s.Total(),
+		"standby", s.Standby, "pushed", s.Pushed}
+	if s.Err != nil {
+		log.Warn("migration failed", append(args, "err", s.Err)...)
+		return
+	}
+	log.Info("migrated", args...)
+}
+
+// relay is one local connection and its MTCP connection.
+type relay struct {
+	local   net.Conn
+	mc      *mtcp.Conn
+	aborted atomic.Bool
+}
+
+// abort ends both connections at once: the local one with a reset.
+func (r *relay) abort() {
+	if r.aborted.CompareAndSwap(false, true) {
+		abortConn(r.local)
+		_ = r.mc.Close()
+	}
+}
+
+// run relays until both directions end: "ok" when each ended with its
+// sender's end of stream, "aborted" otherwise.
+func (r *relay) run(m *Metrics) string {
+	// A direction that fails aborts both, which ends the other's wait.
+	done := make(chan struct{})
+	go func() {
+		if err := copyHalf(r.mc, r.local, m.bytes(up)); err != nil {
+			r.abort()
+		}
+		close(done)
+	}()
+	if err := copyHalf(r.local, r.mc, m.bytes(down)); err != nil {
+		r.abort()
+	}
+	<-done
+	if r.aborted.Load() {
+		return "aborted"
+	}
+	_ = r.local.Close()
+	_ = r.mc.Close()
+	return "ok"
+}
+
+// halfCloser is a connection whose sending side closes on its own.
+type halfCloser interface{ CloseWrite() error }
+
+// copyHalf copies src to dst until src's end of stream, then half-closes
+// dst; nil once it has. It holds a small buffer while src is idle and a
+// pooled large one only while bytes flow.
+func copyHalf(dst, src net.Conn, count func(int)) error {
+	var small [smallBuf]byte
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			bigPool.Put(big)
+		}
+	}()
+	for {
+		buf := small[:]
+		if big != nil {
+			buf = *big
+		}
+		n, err := src.Read(buf)
+		if n > 0 {
+			count(n)
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		switch {
+		case n == len(buf) && big == nil:
+			// More may be waiting: read the rest in large pieces.
+			big = bigPool.Get().(*[]byte)
+		case n < len(buf) && big != nil:
+			// Drained for now: go back to the small buffer before a read
+			// that may wait long.
+			bigPool.Put(big)
+			big = nil
+		}
+		if err == io.EOF {
+			if hc, ok := dst.(halfCloser); ok {
+				return hc.CloseWrite()
+			}
+			return dst.Close()
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+const (
+	smallBuf = 2 << 10
+	bigBuf   = 64 << 10 // mtcp's largest block
+)
+
+var bigPool = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}
+
+// abortConn closes c with a reset where it can, so its peer sees an error
+// rather than an end of stream.
+func abortConn(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Close()
+}
