@@ -30,6 +30,7 @@ func commands() []command {
 		{"db", "install or upgrade hafe's back-end objects in a database", runDB},
 		{"submit", "send a batch file to a front-end and stream its results", runSubmit},
 		{"batches", "list and describe the cluster's batches (admin token)", runBatches},
+		{"agent", "carry plain HTTP clients (curl, Python, ...) over MTCP to the front-ends", runAgent},
 		{"drain", "move a front-end's connections and batches to the others before it stops (admin token)", runDrain},
 		{"demo", "start a throwaway cluster and show a batch surviving a front-end crash and a drain", runDemo},
 		{"bench", "measure hafe against baselines", runBench},

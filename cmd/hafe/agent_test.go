@@ -1,0 +1,435 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	backendext "hafe.dev/hafe/backend-ext"
+	"hafe.dev/hafe/internal/pgtemp"
+)
+
+// agentCluster is n hafe serve processes serving over MTCP in eager mode
+// on one throwaway database, and a hafe agent process in front of them.
+type agentCluster struct {
+	url       string
+	ids       []string
+	procs     map[string]*exec.Cmd
+	mtcp      []string
+	agentAddr string
+	metrics   string
+	agentLog  *lockedBuffer
+	agent     *exec.Cmd
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// freeAddr is a loopback address nobody listens on right now.
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func startAgentCluster(t *testing.T, n int, agentArgs ...string) *agentCluster {
+	t.Helper()
+	requirePostgresBinaries(t)
+	bin := buildHafe(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pg, err := pgtemp.Start(ctx, pgtemp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Stop() })
+	url, err := pg.NewDatabase(ctx, "agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "CREATE ROLE hafe_client LOGIN PASSWORD 'client-secret'"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := backendext.Install(ctx, admin, backendext.InstallOptions{ForceSchema: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Exec(ctx, `CREATE TABLE effects (id serial PRIMARY KEY, note text NOT NULL);
+		GRANT SELECT, INSERT ON effects TO hafe_client; GRANT USAGE ON SEQUENCE effects_id_seq TO hafe_client`); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	key := filepath.Join(dir, "cluster.key")
+	if err := os.WriteFile(key, []byte("agent test cluster key, 32 bytes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ac := &agentCluster{url: url, procs: map[string]*exec.Cmd{}, agentLog: &lockedBuffer{}}
+	rawURL := strings.Replace(url, "postgres://postgres@", "postgres://hafe_client:client-secret@", 1)
+	var https []string
+	for i := range n {
+		id := fmt.Sprintf("fe-%d", i)
+		addr, maddr := freeAddr(t), freeAddr(t)
+		logf, err := os.Create(filepath.Join(dir, id+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "serve", "--db", url, "--listen", addr, "--id", id, "--allow-superuser",
+			"--allow-raw-sql", "--raw-sql-db", rawURL,
+			"--heartbeat", "200ms", "--owner-liveness", "1s", "--fence-grace", "1s", "--drain-timeout", "5s",
+			"--mtcp-listen", maddr, "--cluster-key-file", key)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+			logf.Close()
+			if t.Failed() {
+				b, _ := os.ReadFile(logf.Name())
+				t.Logf("%s's log:\n%s", id, lastLinesOf(string(b), 30))
+			}
+		})
+		ac.ids = append(ac.ids, id)
+		ac.procs[id] = cmd
+		ac.mtcp = append(ac.mtcp, maddr)
+		https = append(https, addr)
+	}
+	for _, addr := range https {
+		waitServeReady(t, "http://"+addr)
+	}
+	ac.agentAddr, ac.metrics = freeAddr(t), freeAddr(t)
+	args := append([]string{"agent", "--listen", ac.agentAddr, "--servers", ac.mtcp[0], "--metrics-listen", ac.metrics, "--path-timeout", "1s"}, agentArgs...)
+	ac.agent = exec.Command(bin, args...)
+	ac.agent.Stdout, ac.agent.Stderr = ac.agentLog, ac.agentLog
+	ac.agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := ac.agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ac.agent.Process.Kill()
+		ac.agent.Wait()
+		if t.Failed() {
+			t.Logf("agent's log:\n%s", ac.agentLog.String())
+		}
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", ac.metrics); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent never listened:\n%s", ac.agentLog.String())
+		}
+	}
+	return ac
+}
+
+func lastLinesOf(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// slowEffectBatch is n raw SQL transactions, each leaving one effect
+// named after its slot and taking 50 ms, so a test can act in the middle.
+func slowEffectBatch(tag string, n int) []byte {
+	txns := make([]string, n)
+	for i := range txns {
+		q1, _ := json.Marshal(fmt.Sprintf("INSERT INTO effects (note) VALUES ('%s-%d')", tag, i+1))
+		txns[i] = `{"sql":[{"query":` + string(q1) + `},{"query":"SELECT pg_sleep(0.05)"}]}`
+	}
+	return []byte(`{"transactions":[` + strings.Join(txns, ",") + `]}`)
+}
+
+// batchLine is one line of a batch's response: a slot's report or the
+// summary.
+type batchLine struct {
+	Seq       int    `json:"seq"`
+	Status    string `json:"status"`
+	Done      bool   `json:"done"`
+	Committed int    `json:"committed"`
+	Aborted   int    `json:"aborted"`
+}
+
+// streamed is a batch response as a client sees it.
+type streamed struct {
+	status   int
+	frontEnd string // Hafe-Front-End
+	body     *bufio.Reader
+	wait     func() error // the client's end: its exit status
+}
+
+// agentClient sends body to the batch API at addr (the agent) and
+// returns the response as it streams in.
+type agentClient func(t *testing.T, addr string, body []byte) streamed
+
+// curlClient is curl -N, as a shell script would run it.
+func curlClient(t *testing.T, addr string, body []byte) streamed {
+	path := filepath.Join(t.TempDir(), "batch.json")
+	os.WriteFile(path, body, 0o600)
+	cmd := exec.Command("curl", "-N", "-sS", "-i", "--noproxy", "*", "-H", "Content-Type: application/json",
+		"--data-binary", "@"+path, "http://"+addr+"/v1/batches")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(out)
+	s := streamed{body: br, wait: func() error {
+		if err := cmd.Wait(); err != nil {
+			return fmt.Errorf("curl: %v: %s", err, stderr.String())
+		}
+		return nil
+	}}
+	for {
+		l, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("curl's head: %v: %s", err, stderr.String())
+		}
+		l = strings.TrimRight(l, "\r\n")
+		if l == "" {
+			return s
+		}
+		if strings.HasPrefix(l, "HTTP/") {
+			f := strings.Fields(l)
+			s.status, _ = strconv.Atoi(f[1])
+		} else if k, v, ok := strings.Cut(l, ":"); ok && strings.EqualFold(k, "Hafe-Front-End") {
+			s.frontEnd = strings.TrimSpace(v)
+		}
+	}
+}
+
+const pythonClientScript = `import http.client, sys
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+body = open(path, 'rb').read()
+c = http.client.HTTPConnection(host, port, timeout=60)
+c.request('POST', '/v1/batches', body=body, headers={'Content-Type': 'application/json'})
+r = c.getresponse()
+sys.stdout.write('%d %s\n' % (r.status, r.getheader('Hafe-Front-End')))
+sys.stdout.flush()
+while True:
+    l = r.readline()
+    if not l:
+        break
+    sys.stdout.write(l.decode())
+    sys.stdout.flush()
+`
+
+// pythonClient is Python's http.client.
+func pythonClient(t *testing.T, addr string, body []byte) streamed {
+	dir := t.TempDir()
+	script, path := filepath.Join(dir, "client.py"), filepath.Join(dir, "batch.json")
+	os.WriteFile(script, []byte(pythonClientScript), 0o600)
+	os.WriteFile(path, body, 0o600)
+	host, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command("python3", script, host, port, path)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(out)
+	head, err := br.ReadString('\n')
+	if err != nil {
+		t.Fatalf("python: %v: %s", err, stderr.String())
+	}
+	var s streamed
+	fmt.Sscanf(head, "%d %s", &s.status, &s.frontEnd)
+	s.body = br
+	s.wait = func() error {
+		if err := cmd.Wait(); err != nil {
+			return fmt.Errorf("python: %v: %s", err, stderr.String())
+		}
+		return nil
+	}
+	return s
+}
+
+// goClient is Go's net/http with its defaults.
+func goClient(t *testing.T, addr string, body []byte) streamed {
+	resp, err := http.Post("http://"+addr+"/v1/batches", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return streamed{status: resp.StatusCode, frontEnd: resp.Header.Get("Hafe-Front-End"), body: bufio.NewReader(resp.Body),
+		wait: func() error { return resp.Body.Close() }}
+}
+
+// TestUnchangedClientsThroughTheAgentSurviveAKill: curl, Python's
+// http.client and Go's net/http send a batch through hafe agent; in the
+// middle the front-end serving it is killed (SIGKILL). The response goes
+// on from the other front-end on the same connection: every line once,
+// in order, the summary last, and the database shows each slot's effect
+// exactly once for each committed line and never twice.
+func TestUnchangedClientsThroughTheAgentSurviveAKill(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		needs  string
+		client agentClient
+	}{
+		{"curl", "curl", curlClient},
+		{"python", "python3", pythonClient},
+		{"go", "", goClient},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.needs != "" {
+				if _, err := exec.LookPath(tc.needs); err != nil {
+					t.Skipf("%s is not installed: this client's run needs it", tc.needs)
+				}
+			}
+			ac := startAgentCluster(t, 2)
+			const n, killAt = 40, 10
+			s := tc.client(t, ac.agentAddr, slowEffectBatch("e", n))
+			victim := ac.procs[s.frontEnd]
+			if s.status != 200 || victim == nil {
+				t.Fatalf("status %d from front-end %q", s.status, s.frontEnd)
+			}
+			var lines []batchLine
+			var killed, resumed time.Time
+			for {
+				raw, err := s.body.ReadBytes('\n')
+				if err == io.EOF && len(raw) == 0 {
+					break
+				}
+				if err != nil {
+					t.Fatalf("after %d lines: %v", len(lines), err)
+				}
+				var l batchLine
+				if err := json.Unmarshal(raw, &l); err != nil {
+					t.Fatalf("line %d %q: %v", len(lines)+1, raw, err)
+				}
+				lines = append(lines, l)
+				if len(lines) == killAt+1 {
+					resumed = time.Now()
+				}
+				if len(lines) == killAt {
+					killed = time.Now()
+					victim.Process.Kill()
+				}
+			}
+			if err := s.wait(); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s: next line %v after the kill of %s (a slot takes 50 ms)", tc.name, resumed.Sub(killed).Round(time.Millisecond), s.frontEnd)
+			checkEffectsOnce(t, ac.url, "e", n, lines)
+			log := ac.agentLog.String()
+			if !strings.Contains(log, "msg=migrated") || !strings.Contains(log, "trigger=path_failure") {
+				t.Errorf("the agent logged no migration:\n%s", log)
+			}
+			for _, l := range strings.Split(log, "\n") {
+				if strings.Contains(l, "msg=migrated") {
+					t.Log(l)
+				}
+			}
+			resp, err := http.Get("http://" + ac.metrics + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if !strings.Contains(string(m), `hafe_agent_migrations_total{result="ok",trigger="path_failure"} 1`) {
+				t.Errorf("metrics:\n%s", m)
+			}
+		})
+	}
+}
+
+// checkEffectsOnce checks a finished batch's lines against the database:
+// every slot reported once and in order, a summary that adds up, each
+// committed slot's effect there once, no effect twice.
+func checkEffectsOnce(t *testing.T, url, tag string, n int, lines []batchLine) {
+	t.Helper()
+	if len(lines) != n+1 {
+		t.Fatalf("%d lines, want %d and a summary", len(lines), n)
+	}
+	ctx := context.Background()
+	db, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(ctx)
+	count := func(q string, args ...any) int {
+		var k int
+		if err := db.QueryRow(ctx, q, args...).Scan(&k); err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	committed := 0
+	for i, l := range lines[:n] {
+		if l.Seq != i+1 {
+			t.Fatalf("line %d reports slot %d", i+1, l.Seq)
+		}
+		if l.Status == "committed" {
+			committed++
+			if got := count("SELECT count(*) FROM effects WHERE note = $1", fmt.Sprintf("%s-%d", tag, l.Seq)); got != 1 {
+				t.Errorf("slot %d reported committed; its effect is there %d times", l.Seq, got)
+			}
+		}
+	}
+	sum := lines[n]
+	if !sum.Done || sum.Committed != committed || sum.Committed+sum.Aborted != n {
+		t.Errorf("summary %+v, %d committed lines", sum, committed)
+	}
+	if committed != n {
+		t.Errorf("%d of %d slots committed", committed, n)
+	}
+	if dup := count("SELECT count(*) FROM (SELECT note FROM effects WHERE note LIKE $1 GROUP BY note HAVING count(*) > 1) x", tag+"-%"); dup != 0 {
+		t.Errorf("%d effects ran more than once", dup)
+	}
+	if got := count("SELECT count(*) FROM effects WHERE note LIKE $1", tag+"-%"); got != committed {
+		t.Errorf("%d effects in the database, %d reported committed", got, committed)
+	}
+	if got := count("SELECT count(*) FROM hafe.batches"); got != 1 {
+		t.Errorf("%d batches: the request ran more than once", got)
+	}
+}
