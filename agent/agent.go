@@ -267,10 +267,11 @@ func (r *relay) run(m *Metrics) string {
 type halfCloser interface{ CloseWrite() error }
 
 // copyHalf copies src to dst until src's end of stream, then half-closes
-// dst; nil once it has. It holds a small buffer while src is idle and a
-// pooled large one only while bytes flow.
+// dst; nil once it has. While src is idle it holds no buffer when it can
+// wait for src to become readable (a TCP connection), a small one
+// otherwise; a pooled large one only while bytes flow.
 func copyHalf(dst, src net.Conn, count func(int)) error {
-	var small [smallBuf]byte
+	var small []byte
 	var big *[]byte
 	defer func() {
 		if big != nil {
@@ -278,9 +279,17 @@ func copyHalf(dst, src net.Conn, count func(int)) error {
 		}
 	}()
 	for {
-		buf := small[:]
+		if big == nil && waitReadable(src) {
+			big = bigPool.Get().(*[]byte)
+		}
+		var buf []byte
 		if big != nil {
 			buf = *big
+		} else {
+			if small == nil {
+				small = make([]byte, smallBuf)
+			}
+			buf = small
 		}
 		n, err := src.Read(buf)
 		if n > 0 {
@@ -294,7 +303,7 @@ func copyHalf(dst, src net.Conn, count func(int)) error {
 			// More may be waiting: read the rest in large pieces.
 			big = bigPool.Get().(*[]byte)
 		case n < len(buf) && big != nil:
-			// Drained for now: go back to the small buffer before a read
+			// Drained for now: let go of the large buffer before a read
 			// that may wait long.
 			bigPool.Put(big)
 			big = nil
@@ -312,7 +321,7 @@ func copyHalf(dst, src net.Conn, count func(int)) error {
 }
 
 const (
-	smallBuf = 2 << 10
+	smallBuf = 512
 	bigBuf   = 64 << 10 // mtcp's largest block
 )
 
