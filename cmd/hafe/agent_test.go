@@ -433,3 +433,46 @@ func checkEffectsOnce(t *testing.T, url, tag string, n int, lines []batchLine) {
 		t.Errorf("%d batches: the request ran more than once", got)
 	}
 }
+
+// TestLargeBodiesThroughTheAgent: a 6 MiB batch (near hafe serve's
+// default --max-body-bytes) goes through the agent to an eager front-end,
+// which acknowledges it only once answered, so the agent holds it whole;
+// a 32 MiB body is refused with 413 promptly, not stuck in the agent.
+func TestLargeBodiesThroughTheAgent(t *testing.T) {
+	ac := startAgentCluster(t, 2)
+	stmts := make([]string, 100)
+	for i := range stmts {
+		q, _ := json.Marshal(fmt.Sprintf("SELECT %d AS n /* %s */", i, strings.Repeat("x", 63<<10)))
+		stmts[i] = `{"query":` + string(q) + `}`
+	}
+	big := []byte(`{"transactions":[{"sql":[` + strings.Join(stmts, ",") + `]}]}`)
+	start := time.Now()
+	resp, err := http.Post("http://"+ac.agentAddr+"/v1/batches", "application/json", bytes.NewReader(big))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || !bytes.Contains(body, []byte(`"committed":1`)) {
+		t.Fatalf("%d MiB batch: status %d, %v: %.300s", len(big)>>20, resp.StatusCode, err, body)
+	}
+	t.Logf("a %.1f MiB batch through the agent in %v", float64(len(big))/(1<<20), time.Since(start).Round(time.Millisecond))
+
+	huge := bytes.Repeat([]byte(" "), 32<<20)
+	copy(huge, `{"transactions":[]}`)
+	start = time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", "http://"+ac.agentAddr+"/v1/batches", bytes.NewReader(huge))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("32 MiB body: %v after %v", err, time.Since(start))
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("32 MiB body: status %d: %.300s", resp.StatusCode, body)
+	}
+	t.Logf("a 32 MiB body refused with 413 through the agent in %v", time.Since(start).Round(time.Millisecond))
+}
