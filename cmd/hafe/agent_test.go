@@ -23,6 +23,7 @@ import (
 
 	backendext "hafe.dev/hafe/backend-ext"
 	"hafe.dev/hafe/internal/pgtemp"
+	hafesql "hafe.dev/hafe/sql"
 )
 
 // agentCluster is n hafe serve processes serving over MTCP in eager mode
@@ -32,6 +33,7 @@ type agentCluster struct {
 	ids       []string
 	procs     map[string]*exec.Cmd
 	mtcp      []string
+	http      []string // the front-ends' plain HTTP listeners
 	agentAddr string
 	metrics   string
 	agentLog  *lockedBuffer
@@ -91,6 +93,9 @@ func startAgentCluster(t *testing.T, n int, agentArgs ...string) *agentCluster {
 	if _, err := backendext.Install(ctx, admin, backendext.InstallOptions{ForceSchema: true}, nil); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := admin.Exec(ctx, hafesql.DemoSchema()); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := admin.Exec(ctx, `CREATE TABLE effects (id serial PRIMARY KEY, note text NOT NULL);
 		GRANT SELECT, INSERT ON effects TO hafe_client; GRANT USAGE ON SEQUENCE effects_id_seq TO hafe_client`); err != nil {
 		t.Fatal(err)
@@ -136,6 +141,7 @@ func startAgentCluster(t *testing.T, n int, agentArgs ...string) *agentCluster {
 	for _, addr := range https {
 		waitServeReady(t, "http://"+addr)
 	}
+	ac.http = https
 	ac.agentAddr, ac.metrics = freeAddr(t), freeAddr(t)
 	args := append([]string{"agent", "--listen", ac.agentAddr, "--servers", ac.mtcp[0], "--metrics-listen", ac.metrics, "--path-timeout", "1s"}, agentArgs...)
 	ac.agent = exec.Command(bin, args...)

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"hafe.dev/hafe/mtcp"
+)
+
+// TestAgentBenchmark compares small batches sent by Go's net/http through
+// hafe agent with the same client straight to one front-end, over plain
+// HTTP and over MTCP with the mtcp package linked in: throughput with
+// several connections, and each request's latency on one connection.
+// Set HAFE_AGENT_BENCH=1 to run it (HAFE_AGENT_BENCH_N: requests per
+// connection, default 300).
+func TestAgentBenchmark(t *testing.T) {
+	if os.Getenv("HAFE_AGENT_BENCH") == "" {
+		t.Skip("set HAFE_AGENT_BENCH=1 to run the agent's benchmark")
+	}
+	n := 300
+	if v, err := strconv.Atoi(os.Getenv("HAFE_AGENT_BENCH_N")); err == nil && v > 0 {
+		n = v
+	}
+	ac := startAgentCluster(t, 1)
+	body := []byte(`{"transactions":[{"template":"balance","args":{"id":1}},{"template":"transfer","args":{"from":1,"to":2,"amount":1}}]}`)
+	plain := &http.Transport{MaxIdleConnsPerHost: 64}
+	d := &mtcp.Dialer{Servers: ac.mtcp, Limits: mtcp.Limits{MaxSendBuffer: 16 << 20}}
+	viaMTCP := &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 64}
+	defer plain.CloseIdleConnections()
+	defer viaMTCP.CloseIdleConnections()
+	ways := []struct {
+		name string
+		url  string
+		rt   http.RoundTripper
+	}{
+		{"plain HTTP to the front-end", "http://" + ac.http[0], plain},
+		{"Go client over MTCP (mtcp package)", "http://" + ac.mtcp[0], viaMTCP},
+		{"through hafe agent (plain HTTP to it)", "http://" + ac.agentAddr, plain},
+	}
+	send := func(hc *http.Client, url string) error {
+		resp, err := hc.Post(url+"/v1/batches", "application/json", bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || !bytes.Contains(b, []byte(`"done":true`)) {
+			return fmt.Errorf("status %d, %v: %.200s", resp.StatusCode, err, b)
+		}
+		return nil
+	}
+	type result struct {
+		rate          float64
+		p50, p99, max time.Duration
+	}
+	results := map[string]result{}
+	for round := range 2 { // the first round warms up
+		for _, w := range ways {
+			hc := &http.Client{Transport: w.rt}
+			// Latency: one connection, one request at a time.
+			lat := make([]time.Duration, 0, n)
+			for range n {
+				t0 := time.Now()
+				if err := send(hc, w.url); err != nil {
+					t.Fatalf("%s: %v", w.name, err)
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			slices.Sort(lat)
+			// Throughput: 16 connections.
+			const conns = 16
+			var wg sync.WaitGroup
+			errs := make(chan error, conns)
+			t0 := time.Now()
+			for range conns {
+				wg.Go(func() {
+					for range n {
+						if err := send(hc, w.url); err != nil {
+							errs <- err
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			took := time.Since(t0)
+			close(errs)
+			for err := range errs {
+				t.Fatalf("%s: %v", w.name, err)
+			}
+			if round == 1 {
+				results[w.name] = result{rate: float64(conns*n) / took.Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100], max: lat[len(lat)-1]}
+			}
+		}
+	}
+	base := results[ways[0].name]
+	direct := results[ways[1].name]
+	t.Logf("small batches (2 transactions), %d per connection, one front-end (eager MTCP), loopback:", n)
+	t.Logf("%-40s %12s %10s %10s %10s %8s", "", "batches/s", "p50", "p99", "max", "× plain")
+	for _, w := range ways {
+		r := results[w.name]
+		t.Logf("%-40s %12.0f %10v %10v %10v %8.2f", w.name, r.rate, r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.max.Round(time.Microsecond), r.rate/base.rate)
+	}
+	agent := results[ways[2].name]
+	t.Logf("the agent's added latency per request (p50, against the Go client over MTCP): %v", (agent.p50 - direct.p50).Round(time.Microsecond))
+}
