@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -481,4 +482,36 @@ func TestLargeBodiesThroughTheAgent(t *testing.T) {
 		t.Fatalf("32 MiB body: status %d: %.300s", resp.StatusCode, body)
 	}
 	t.Logf("a 32 MiB body refused with 413 through the agent in %v", time.Since(start).Round(time.Millisecond))
+}
+
+// TestAgentFlags: the agent refuses what cannot work before it listens,
+// and takes its servers from HAFE_SERVERS.
+func TestAgentFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "--servers is required"},
+		{[]string{"--servers", "fe1"}, "want HOST:PORT"},
+		{[]string{"--servers", "fe1:9090", "--rate-threshold", "1.5"}, "--rate-threshold"},
+		{[]string{"--servers", "fe1:9090", "--send-buffer", "100"}, "--send-buffer"},
+		{[]string{"--servers", "fe1:9090", "extra"}, "unexpected arguments"},
+	} {
+		err := runAgent(context.Background(), tc.args, io.Discard, io.Discard)
+		var ue usageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want a usage error about %s", tc.args, err, tc.want)
+		}
+	}
+	t.Setenv("HAFE_SERVERS", "127.0.0.1:1")
+	t.Setenv("HAFE_LISTEN", "127.0.0.1:0")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	var logs bytes.Buffer
+	if err := runAgent(ctx, nil, io.Discard, &logs); err != nil {
+		t.Fatalf("%v\n%s", err, logs.String())
+	}
+	if !strings.Contains(logs.String(), "agent listening") || !strings.Contains(logs.String(), "servers=127.0.0.1:1") {
+		t.Errorf("log:\n%s", logs.String())
+	}
 }
