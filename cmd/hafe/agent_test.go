@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,6 +58,8 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+const agentTestAdminToken = "agent-test-admin"
 
 // freeAddr is a loopback address nobody listens on right now.
 func freeAddr(t *testing.T) string {
@@ -119,7 +122,7 @@ func startAgentCluster(t *testing.T, n int, agentArgs ...string) *agentCluster {
 		cmd := exec.Command(bin, "serve", "--db", url, "--listen", addr, "--id", id, "--allow-superuser",
 			"--allow-raw-sql", "--raw-sql-db", rawURL,
 			"--heartbeat", "200ms", "--owner-liveness", "1s", "--fence-grace", "1s", "--drain-timeout", "5s",
-			"--mtcp-listen", maddr, "--cluster-key-file", key)
+			"--admin-token", agentTestAdminToken, "--mtcp-listen", maddr, "--cluster-key-file", key)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
@@ -311,13 +314,14 @@ func goClient(t *testing.T, addr string, body []byte) streamed {
 		wait: func() error { return resp.Body.Close() }}
 }
 
-// TestUnchangedClientsThroughTheAgentSurviveAKill: curl, Python's
+// TestUnchangedClientsThroughTheAgentSurviveAKillOrDrain: curl, Python's
 // http.client and Go's net/http send a batch through hafe agent; in the
-// middle the front-end serving it is killed (SIGKILL). The response goes
-// on from the other front-end on the same connection: every line once,
-// in order, the summary last, and the database shows each slot's effect
-// exactly once for each committed line and never twice.
-func TestUnchangedClientsThroughTheAgentSurviveAKill(t *testing.T) {
+// middle the front-end serving it is killed (SIGKILL) or drained. The
+// response goes on from the other front-end on the same connection:
+// every line once, in order, the summary last, and the database shows
+// each slot's effect exactly once for each committed line and never
+// twice.
+func TestUnchangedClientsThroughTheAgentSurviveAKillOrDrain(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		needs  string
@@ -327,66 +331,93 @@ func TestUnchangedClientsThroughTheAgentSurviveAKill(t *testing.T) {
 		{"python", "python3", pythonClient},
 		{"go", "", goClient},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if tc.needs != "" {
-				if _, err := exec.LookPath(tc.needs); err != nil {
-					t.Skipf("%s is not installed: this client's run needs it", tc.needs)
+		for _, fault := range []string{"kill", "drain"} {
+			t.Run(tc.name+"/"+fault, func(t *testing.T) {
+				if tc.needs != "" {
+					if _, err := exec.LookPath(tc.needs); err != nil {
+						t.Skipf("%s is not installed: this client's run needs it", tc.needs)
+					}
 				}
+				runThroughAgent(t, tc.name, tc.client, fault)
+			})
+		}
+	}
+}
+
+func runThroughAgent(t *testing.T, name string, client agentClient, fault string) {
+	ac := startAgentCluster(t, 2)
+	const n, faultAt = 40, 10
+	s := client(t, ac.agentAddr, slowEffectBatch("e", n))
+	victim := ac.procs[s.frontEnd]
+	if s.status != 200 || victim == nil {
+		t.Fatalf("status %d from front-end %q", s.status, s.frontEnd)
+	}
+	var lines []batchLine
+	var faulted, resumed time.Time
+	for {
+		raw, err := s.body.ReadBytes('\n')
+		if err == io.EOF && len(raw) == 0 {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %d lines: %v", len(lines), err)
+		}
+		var l batchLine
+		if err := json.Unmarshal(raw, &l); err != nil {
+			t.Fatalf("line %d %q: %v", len(lines)+1, raw, err)
+		}
+		lines = append(lines, l)
+		if len(lines) == faultAt+1 {
+			resumed = time.Now()
+		}
+		if len(lines) == faultAt {
+			faulted = time.Now()
+			if fault == "kill" {
+				victim.Process.Kill()
+			} else {
+				go drainFrontEnd(t, ac.http[slices.Index(ac.ids, s.frontEnd)])
 			}
-			ac := startAgentCluster(t, 2)
-			const n, killAt = 40, 10
-			s := tc.client(t, ac.agentAddr, slowEffectBatch("e", n))
-			victim := ac.procs[s.frontEnd]
-			if s.status != 200 || victim == nil {
-				t.Fatalf("status %d from front-end %q", s.status, s.frontEnd)
-			}
-			var lines []batchLine
-			var killed, resumed time.Time
-			for {
-				raw, err := s.body.ReadBytes('\n')
-				if err == io.EOF && len(raw) == 0 {
-					break
-				}
-				if err != nil {
-					t.Fatalf("after %d lines: %v", len(lines), err)
-				}
-				var l batchLine
-				if err := json.Unmarshal(raw, &l); err != nil {
-					t.Fatalf("line %d %q: %v", len(lines)+1, raw, err)
-				}
-				lines = append(lines, l)
-				if len(lines) == killAt+1 {
-					resumed = time.Now()
-				}
-				if len(lines) == killAt {
-					killed = time.Now()
-					victim.Process.Kill()
-				}
-			}
-			if err := s.wait(); err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("%s: next line %v after the kill of %s (a slot takes 50 ms)", tc.name, resumed.Sub(killed).Round(time.Millisecond), s.frontEnd)
-			checkEffectsOnce(t, ac.url, "e", n, lines)
-			log := ac.agentLog.String()
-			if !strings.Contains(log, "msg=migrated") || !strings.Contains(log, "trigger=path_failure") {
-				t.Errorf("the agent logged no migration:\n%s", log)
-			}
-			for _, l := range strings.Split(log, "\n") {
-				if strings.Contains(l, "msg=migrated") {
-					t.Log(l)
-				}
-			}
-			resp, err := http.Get("http://" + ac.metrics + "/metrics")
-			if err != nil {
-				t.Fatal(err)
-			}
-			m, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if !strings.Contains(string(m), `hafe_agent_migrations_total{result="ok",trigger="path_failure"} 1`) {
-				t.Errorf("metrics:\n%s", m)
-			}
-		})
+		}
+	}
+	if err := s.wait(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: next line %v after the %s of %s (a slot takes 50 ms)", name, resumed.Sub(faulted).Round(time.Millisecond), fault, s.frontEnd)
+	checkEffectsOnce(t, ac.url, "e", n, lines)
+	trigger := map[string]string{"kill": "path_failure", "drain": "redirect"}[fault]
+	log := ac.agentLog.String()
+	if !strings.Contains(log, "msg=migrated") || !strings.Contains(log, "trigger="+trigger) {
+		t.Errorf("the agent logged no migration for the %s:\n%s", fault, log)
+	}
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "msg=migrated") {
+			t.Log(l)
+		}
+	}
+	resp, err := http.Get("http://" + ac.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := `hafe_agent_migrations_total{result="ok",trigger="` + trigger + `"} 1`; !strings.Contains(string(m), want) {
+		t.Errorf("metrics lack %s:\n%s", want, m)
+	}
+}
+
+// drainFrontEnd asks the front-end at addr to drain, as hafe drain does.
+func drainFrontEnd(t *testing.T, addr string) {
+	req, _ := http.NewRequest("POST", "http://"+addr+"/admin/drain?wait=20s", nil)
+	req.Header.Set("Authorization", "Bearer "+agentTestAdminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Errorf("drain: %v", err)
+		return
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("drain: status %d: %s", resp.StatusCode, body)
 	}
 }
 
