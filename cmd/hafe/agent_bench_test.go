@@ -6,8 +6,10 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -111,4 +113,81 @@ func TestAgentBenchmark(t *testing.T) {
 	}
 	agent := results[ways[2].name]
 	t.Logf("the agent's added latency per request (p50, against the Go client over MTCP): %v", (agent.p50 - direct.p50).Round(time.Microsecond))
+}
+
+// TestAgentFailoverStall measures the stall curl -N sees through the
+// agent when the front-end serving its batch is killed: the time from
+// the SIGKILL to the next response line, or the longest wait between two
+// lines after it when lines already on their way came first, over HAFE_AGENT_BENCH_KILLS
+// runs (default 10), each on a fresh cluster of two front-ends. Slots
+// are fast (a read-only template), so the stall is the failover, not a
+// slot's own work. Set HAFE_AGENT_BENCH=1 to run it.
+func TestAgentFailoverStall(t *testing.T) {
+	if os.Getenv("HAFE_AGENT_BENCH") == "" {
+		t.Skip("set HAFE_AGENT_BENCH=1 to run the agent's benchmark")
+	}
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl is not installed")
+	}
+	runs := 10
+	if v, err := strconv.Atoi(os.Getenv("HAFE_AGENT_BENCH_KILLS")); err == nil && v > 0 {
+		runs = v
+	}
+	const n, killAt = 2000, 200
+	txns := make([]string, n)
+	for i := range txns {
+		txns[i] = fmt.Sprintf(`{"template":"balance","args":{"id":%d}}`, i%10+1)
+	}
+	body := []byte(`{"transactions":[` + strings.Join(txns, ",") + `]}`)
+	var stalls, gaps []time.Duration
+	for run := range runs {
+		ac := startAgentCluster(t, 2)
+		s := curlClient(t, ac.agentAddr, body)
+		victim := ac.procs[s.frontEnd]
+		if s.status != 200 || victim == nil {
+			t.Fatalf("status %d from %q", s.status, s.frontEnd)
+		}
+		var killed, last time.Time
+		var maxGap, stall time.Duration
+		lines := 0
+		for {
+			raw, err := s.body.ReadBytes('\n')
+			if err == io.EOF && len(raw) == 0 {
+				break
+			}
+			if err != nil {
+				t.Fatalf("run %d, after %d lines: %v", run, lines, err)
+			}
+			now := time.Now()
+			lines++
+			switch {
+			case lines == killAt+1:
+				stall = now.Sub(killed)
+			case lines > killAt+1:
+				// Lines already on their way when the kill came arrive
+				// at once; the stall is the longest wait after it.
+				stall = max(stall, now.Sub(last))
+			case lines > 1:
+				maxGap = max(maxGap, now.Sub(last))
+			}
+			last = now
+			if lines == killAt {
+				killed = time.Now()
+				victim.Process.Kill()
+			}
+		}
+		if err := s.wait(); err != nil {
+			t.Fatal(err)
+		}
+		if lines != n+1 {
+			t.Fatalf("run %d: %d lines, want %d", run, lines, n+1)
+		}
+		stalls = append(stalls, stall)
+		gaps = append(gaps, maxGap)
+		t.Logf("run %d: stall %v after the kill (longest gap before it %v)", run, stalls[len(stalls)-1].Round(time.Microsecond), maxGap.Round(time.Microsecond))
+	}
+	slices.Sort(stalls)
+	p := func(q float64) time.Duration { return stalls[min(len(stalls)-1, int(q*float64(len(stalls))))] }
+	t.Logf("curl -N through hafe agent, front-end SIGKILLed mid-batch, %d runs: stall p50 %v, p99 %v (max), min %v",
+		len(stalls), p(0.5).Round(time.Microsecond), stalls[len(stalls)-1].Round(time.Microsecond), stalls[0].Round(time.Microsecond))
 }

@@ -25,6 +25,7 @@ import (
 
 	backendext "hafe.dev/hafe/backend-ext"
 	"hafe.dev/hafe/internal/pgtemp"
+	"hafe.dev/hafe/mtcp"
 	hafesql "hafe.dev/hafe/sql"
 )
 
@@ -146,6 +147,22 @@ func startAgentCluster(t *testing.T, n int, agentArgs ...string) *agentCluster {
 		waitServeReady(t, "http://"+addr)
 	}
 	ac.http = https
+	// The agent starts from fe-0 alone: wait until fe-0 tells its MTCP
+	// clients about every front-end (it learns them from the members'
+	// heartbeats), as a cluster that has run a while does.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		c, err := (&mtcp.Dialer{}).DialMTCP(ctx, ac.mtcp[0])
+		if err == nil {
+			known := len(c.Servers())
+			c.Close()
+			if known >= n {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fe-0 never listed the %d front-ends to its MTCP clients", n)
+		}
+	}
 	ac.agentAddr, ac.metrics = freeAddr(t), freeAddr(t)
 	args := append([]string{"agent", "--listen", ac.agentAddr, "--servers", ac.mtcp[0], "--metrics-listen", ac.metrics, "--path-timeout", "1s"}, agentArgs...)
 	ac.agent = exec.Command(bin, args...)
