@@ -243,13 +243,23 @@ func (r *relay) abort() {
 // run relays until both directions end: "ok" when each ended with its
 // sender's end of stream, "aborted" otherwise.
 func (r *relay) run(m *Metrics) string {
-	// A direction that fails aborts both, which ends the other's wait.
+	// A direction that fails aborts both, which ends the other's wait;
+	// but when the front-end no longer takes the client's bytes (it
+	// answered and closed, say a 413 to a body too large), the answer
+	// still goes down to the client first.
 	done := make(chan struct{})
+	var refused bool
 	go func() {
-		if err := copyHalf(r.mc, r.local, m.bytes(up)); err != nil {
+		defer close(done)
+		err := copyHalf(r.mc, r.local, m.bytes(up))
+		var we writeError
+		if errors.As(err, &we) {
+			refused = true
+			return
+		}
+		if err != nil {
 			r.abort()
 		}
-		close(done)
 	}()
 	if err := copyHalf(r.local, r.mc, m.bytes(down)); err != nil {
 		r.abort()
@@ -258,10 +268,26 @@ func (r *relay) run(m *Metrics) string {
 	if r.aborted.Load() {
 		return "aborted"
 	}
+	if refused {
+		// Closing with the client's unread bytes in the kernel would
+		// reset the connection, and the client might lose the answer
+		// it has not read yet: read until its FIN, for a while.
+		_ = r.local.SetReadDeadline(time.Now().Add(lingerRead))
+		_, _ = io.Copy(io.Discard, r.local)
+	}
 	_ = r.local.Close()
 	_ = r.mc.Close()
 	return "ok"
 }
+
+// lingerRead bounds how long a connection whose front-end stopped taking
+// its bytes is read (and its bytes dropped) after the answer went down.
+const lingerRead = 2 * time.Second
+
+// writeError is a failed write to copyHalf's destination.
+type writeError struct{ error }
+
+func (e writeError) Unwrap() error { return e.error }
 
 // halfCloser is a connection whose sending side closes on its own.
 type halfCloser interface{ CloseWrite() error }
@@ -295,7 +321,7 @@ func copyHalf(dst, src net.Conn, count func(int)) error {
 		if n > 0 {
 			count(n)
 			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return werr
+				return writeError{werr}
 			}
 		}
 		switch {
@@ -310,9 +336,14 @@ func copyHalf(dst, src net.Conn, count func(int)) error {
 		}
 		if err == io.EOF {
 			if hc, ok := dst.(halfCloser); ok {
-				return hc.CloseWrite()
+				err = hc.CloseWrite()
+			} else {
+				err = dst.Close()
 			}
-			return dst.Close()
+			if err != nil {
+				return writeError{err}
+			}
+			return nil
 		}
 		if err != nil {
 			return err

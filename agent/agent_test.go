@@ -250,6 +250,39 @@ func TestBackPressure(t *testing.T) {
 	}
 }
 
+// TestServerThatStopsReadingStillAnswers: a server that reads 1 KiB of a
+// large upload, answers and closes; the client, still sending, reads the
+// whole answer and an end of stream, not a reset that would lose it.
+func TestServerThatStopsReadingStillAnswers(t *testing.T) {
+	answer := strings.Repeat("too large, stop.\n", 100)
+	cl := startCluster(t, 1, func(c *mtcp.Conn) {
+		io.ReadFull(c, make([]byte, 1024))
+		io.WriteString(c, answer)
+		c.Close()
+	})
+	a, addr := startAgent(t, Config{Servers: cl.addrs})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go func() {
+		chunk := make([]byte, 64<<10)
+		for range 512 { // 32 MiB, or until the agent stops reading
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != answer {
+		t.Fatalf("read %d bytes of the answer's %d, %v", len(got), len(answer), err)
+	}
+	waitFor(t, "the relay to end", func() bool { return a.Open() == 0 })
+}
+
 // echoServer echoes its input and exports an empty state after each
 // piece, so the connection can move at any point.
 func echoServer(c *mtcp.Conn) {
