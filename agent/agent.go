@@ -247,24 +247,18 @@ func (r *relay) run(m *Metrics) string {
 	// but when the front-end no longer takes the client's bytes (it
 	// answered and closed, say a 413 to a body too large), the answer
 	// still goes down to the client first.
-	done := make(chan struct{})
-	var refused bool
+	done := make(chan error, 1)
 	go func() {
-		defer close(done)
 		err := copyHalf(r.mc, r.local, m.bytes(up))
-		var we writeError
-		if errors.As(err, &we) {
-			refused = true
-			return
-		}
-		if err != nil {
+		if _, refused := err.(writeError); err != nil && !refused {
 			r.abort()
 		}
+		done <- err
 	}()
 	if err := copyHalf(r.local, r.mc, m.bytes(down)); err != nil {
 		r.abort()
 	}
-	<-done
+	_, refused := (<-done).(writeError)
 	if r.aborted.Load() {
 		return "aborted"
 	}

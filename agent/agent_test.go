@@ -380,6 +380,39 @@ func TestLostConnectionResetsTheClient(t *testing.T) {
 	}
 }
 
+// TestClientResetEndsTheRelay: a client that resets its connection while
+// the server is silent ends the relay, and the server reads an end of
+// stream.
+func TestClientResetEndsTheRelay(t *testing.T) {
+	got := make(chan error, 1)
+	cl := startCluster(t, 1, func(c *mtcp.Conn) {
+		defer c.Close()
+		_, err := io.Copy(io.Discard, c)
+		got <- err
+	})
+	a, addr := startAgent(t, Config{Servers: cl.addrs})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "hello")
+	waitFor(t, "the relay to open", func() bool { return a.Open() == 1 })
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	waitFor(t, "the relay to end", func() bool { return a.Open() == 0 })
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("server: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server never saw the connection end")
+	}
+	if got := value(a.cfg.Metrics.conns.WithLabelValues("aborted")); got != 1 {
+		t.Errorf("%v aborted connections counted", got)
+	}
+}
+
 // TestNoServerResetsTheClient: a connection no front-end takes is reset.
 func TestNoServerResetsTheClient(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
