@@ -530,6 +530,17 @@ func TestLargeBodiesThroughTheAgent(t *testing.T) {
 		t.Fatalf("32 MiB body: status %d: %.300s", resp.StatusCode, body)
 	}
 	t.Logf("a 32 MiB body refused with 413 through the agent in %v", time.Since(start).Round(time.Millisecond))
+
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl is not installed: the 32 MiB upload with curl is skipped")
+	}
+	path := filepath.Join(t.TempDir(), "huge.json")
+	os.WriteFile(path, huge, 0o600)
+	out, err := exec.Command("curl", "-sS", "--noproxy", "*", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json",
+		"--data-binary", "@"+path, "http://"+ac.agentAddr+"/v1/batches").CombinedOutput()
+	if err != nil || string(out) != "413" {
+		t.Fatalf("curl with a 32 MiB body: %v: %s", err, out)
+	}
 }
 
 // TestAgentFlags: the agent refuses what cannot work before it listens,
