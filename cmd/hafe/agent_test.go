@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -209,6 +210,8 @@ func slowEffectBatch(tag string, n int) []byte {
 	return []byte(`{"transactions":[` + strings.Join(txns, ",") + `]}`)
 }
 
+var batchIDs = regexp.MustCompile(`"batch_id":"[^"]*"`)
+
 // batchLine is one line of a batch's response: a slot's report or the
 // summary.
 type batchLine struct {
@@ -370,6 +373,7 @@ func runThroughAgent(t *testing.T, name string, client agentClient, fault string
 		t.Fatalf("status %d from front-end %q", s.status, s.frontEnd)
 	}
 	var lines []batchLine
+	var got bytes.Buffer
 	var faulted, resumed time.Time
 	for {
 		raw, err := s.body.ReadBytes('\n')
@@ -383,6 +387,7 @@ func runThroughAgent(t *testing.T, name string, client agentClient, fault string
 		if err := json.Unmarshal(raw, &l); err != nil {
 			t.Fatalf("line %d %q: %v", len(lines)+1, raw, err)
 		}
+		got.Write(raw)
 		lines = append(lines, l)
 		if len(lines) == faultAt+1 {
 			resumed = time.Now()
@@ -401,6 +406,16 @@ func runThroughAgent(t *testing.T, name string, client agentClient, fault string
 	}
 	t.Logf("%s: next line %v after the %s of %s (a slot takes 50 ms)", name, resumed.Sub(faulted).Round(time.Millisecond), fault, s.frontEnd)
 	checkEffectsOnce(t, ac.url, "e", n, lines)
+	// Byte for byte what a fault-free run answers (the same batch, its
+	// effects named apart), but for the batch's id.
+	ref := client(t, ac.agentAddr, slowEffectBatch("r", n))
+	want, err := io.ReadAll(ref.body)
+	if err != nil || ref.wait() != nil || bytes.Count(want, []byte("\n")) != n+1 {
+		t.Fatalf("reference run: %v: %q", err, want)
+	}
+	if a, b := batchIDs.ReplaceAll(got.Bytes(), nil), batchIDs.ReplaceAll(want, nil); !bytes.Equal(a, b) {
+		t.Errorf("the response differs from a fault-free one:\n%s\nwant\n%s", a, b)
+	}
 	trigger := map[string]string{"kill": "path_failure", "drain": "redirect"}[fault]
 	log := ac.agentLog.String()
 	if !strings.Contains(log, "msg=migrated") || !strings.Contains(log, "trigger="+trigger) {
