@@ -479,3 +479,92 @@ func value(c prometheus.Metric) float64 {
 	}
 	return m.Gauge.GetValue()
 }
+
+// blackhole forwards TCP connections to a server until cut, then lets
+// every byte drop while keeping the connections open, as a network that
+// fails silently does.
+type blackhole struct {
+	ln  net.Listener
+	cut chan struct{}
+}
+
+func newBlackhole(t testing.TB, to string) *blackhole {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &blackhole{ln: ln, cut: make(chan struct{})}
+	t.Cleanup(func() { ln.Close() })
+	pipe := func(dst, src net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case <-b.cut:
+				continue // dropped
+			default:
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", to)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			t.Cleanup(func() { c.Close(); s.Close() })
+			go pipe(s, c)
+			go pipe(c, s)
+		}
+	}()
+	return b
+}
+
+// TestNetworkCutMovesTheConnection: the path to the server goes silent
+// (bytes dropped, no reset); after --path-timeout the agent's connection
+// moves and the exchange goes on, every line once and in order.
+func TestNetworkCutMovesTheConnection(t *testing.T) {
+	cl := startCluster(t, 2, echoServer)
+	bh := newBlackhole(t, cl.addrs[0])
+	var logs syncBuffer
+	a, addr := startAgent(t, Config{Servers: []string{bh.ln.Addr().String()}, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		Dialer: mtcp.Dialer{Triggers: mtcp.Triggers{KeepAlive: 100 * time.Millisecond, PathTimeout: 300 * time.Millisecond}}})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(c)
+	var stall time.Duration
+	for i := range 100 {
+		if i == 50 {
+			close(bh.cut)
+		}
+		line := fmt.Sprintf("line %d\n", i)
+		t0 := time.Now()
+		if _, err := io.WriteString(c, line); err != nil {
+			t.Fatal(err)
+		}
+		got, err := br.ReadString('\n')
+		if err != nil || got != line {
+			t.Fatalf("sent %q, got %q, %v\n%s", line, got, err, logs.String())
+		}
+		stall = max(stall, time.Since(t0))
+	}
+	t.Logf("longest echo %v (path timeout 300ms)", stall.Round(time.Millisecond))
+	if got := value(a.cfg.Metrics.migrations.WithLabelValues(mtcp.TriggerPathFailure, "ok")); got != 1 {
+		t.Errorf("%v path-failure migrations counted, want 1\n%s", got, logs.String())
+	}
+}
