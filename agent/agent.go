@@ -182,22 +182,34 @@ func (a *Agent) Shutdown(ctx context.Context) error {
 // have ended, then closes both. It returns once local is closed.
 func (a *Agent) Relay(ctx context.Context, local net.Conn) {
 	id := a.seq.Add(1)
-	log := a.log.With("conn", id, "client", local.RemoteAddr().String())
+	// The connection's logger is made when there is something to say:
+	// kept for the connection's life, it would cost an idle one.
+	client := local.RemoteAddr().String()
+	log := func() *slog.Logger { return a.log.With("conn", id, "client", client) }
 	first, servers := a.pick()
 	d := a.cfg.Dialer
 	d.Servers = servers
-	d.OnMigration = func(s mtcp.MigrationStats) { a.observe(log, s) }
-	dctx, cancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
-	mc, err := d.DialMTCP(dctx, first)
-	cancel()
+	d.OnMigration = func(s mtcp.MigrationStats) { a.observe(log(), s) }
+	// Dial on a goroutine of its own: its stack grows deep and goes
+	// with it, while this one, which relays for the connection's life,
+	// stays small (idle connections cost mostly goroutine stacks).
+	dialed := make(chan dialResult, 1)
+	go func() {
+		dctx, cancel := context.WithTimeout(ctx, a.cfg.DialTimeout)
+		defer cancel()
+		mc, err := d.DialMTCP(dctx, first)
+		dialed <- dialResult{mc, err}
+	}()
+	res := <-dialed
+	mc, err := res.mc, res.err
 	if err != nil {
-		log.Warn("no front-end took the connection; resetting it", "err", err)
+		log().Warn("no front-end took the connection; resetting it", "err", err)
 		a.m.connection("dial_failed")
 		abortConn(local)
 		return
 	}
 	a.learn(mc.Servers())
-	log.Debug("relaying", "mtcp_conn", mc.ID(), "server", mc.Server())
+	a.log.Debug("relaying", "conn", id, "client", client, "mtcp_conn", mc.ID(), "server", mc.Server())
 	r := &relay{local: local, mc: mc}
 	a.mu.Lock()
 	a.open[r] = struct{}{}
@@ -209,7 +221,12 @@ func (a *Agent) Relay(ctx context.Context, local net.Conn) {
 	a.mu.Unlock()
 	a.learn(mc.Servers())
 	a.m.closed(result)
-	log.Debug("relay ended", "result", result)
+	a.log.Debug("relay ended", "conn", id, "result", result)
+}
+
+type dialResult struct {
+	mc  *mtcp.Conn
+	err error
 }
 
 // observe logs and counts one migration.
