@@ -300,13 +300,24 @@ type writeError struct{ error }
 
 func (e writeError) Unwrap() error { return e.error }
 
+// waitForBytes blocks until src has bytes, an end of stream or an error
+// to read, holding no buffer meanwhile; false if src cannot be waited on
+// so. An MTCP connection's Read of nothing waits for bytes to read.
+func waitForBytes(src net.Conn) bool {
+	if mc, ok := src.(*mtcp.Conn); ok {
+		_, _ = mc.Read(nil) // an error is the next Read's to report
+		return true
+	}
+	return waitReadable(src)
+}
+
 // halfCloser is a connection whose sending side closes on its own.
 type halfCloser interface{ CloseWrite() error }
 
 // copyHalf copies src to dst until src's end of stream, then half-closes
 // dst; nil once it has. While src is idle it holds no buffer when it can
-// wait for src to become readable (a TCP connection), a small one
-// otherwise; a pooled large one only while bytes flow.
+// wait for src to become readable (a TCP or MTCP connection), a small
+// one otherwise; a pooled large one only while bytes flow.
 func copyHalf(dst, src net.Conn, count func(int)) error {
 	var small []byte
 	var big *[]byte
@@ -316,7 +327,7 @@ func copyHalf(dst, src net.Conn, count func(int)) error {
 		}
 	}()
 	for {
-		if big == nil && waitReadable(src) {
+		if big == nil && waitForBytes(src) {
 			big = bigPool.Get().(*[]byte)
 		}
 		var buf []byte
