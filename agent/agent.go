@@ -71,7 +71,9 @@ type Agent struct {
 	srv  []string // the servers known now
 	next int      // round robin over srv for new connections
 	open map[*relay]struct{}
-	wg   sync.WaitGroup
+	// stopping: Shutdown's time ran out; new relays end at once.
+	stopping bool
+	wg       sync.WaitGroup
 }
 
 // New checks cfg and returns an agent.
@@ -170,6 +172,7 @@ func (a *Agent) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	a.mu.Lock()
+	a.stopping = true // connections still dialling are aborted once dialled
 	for r := range a.open {
 		r.abort()
 	}
@@ -179,7 +182,8 @@ func (a *Agent) Shutdown(ctx context.Context) error {
 }
 
 // Relay carries local over a new MTCP connection until both directions
-// have ended, then closes both. It returns once local is closed.
+// have ended, then closes both. It returns once local is closed. ctx
+// bounds the dial only; Shutdown ends a relay early.
 func (a *Agent) Relay(ctx context.Context, local net.Conn) {
 	id := a.seq.Add(1)
 	// The connection's logger is made when there is something to say:
@@ -213,6 +217,9 @@ func (a *Agent) Relay(ctx context.Context, local net.Conn) {
 	r := &relay{local: local, mc: mc}
 	a.mu.Lock()
 	a.open[r] = struct{}{}
+	if a.stopping {
+		r.abort()
+	}
 	a.mu.Unlock()
 	a.m.opened()
 	result := r.run(a.m)

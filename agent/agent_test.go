@@ -568,3 +568,39 @@ func TestNetworkCutMovesTheConnection(t *testing.T) {
 		t.Errorf("%v path-failure migrations counted, want 1\n%s", got, logs.String())
 	}
 }
+
+// TestShutdownWaitsThenResets: Shutdown lets relayed connections end on
+// their own until its context is done, then resets those left.
+func TestShutdownWaitsThenResets(t *testing.T) {
+	cl := startCluster(t, 1, echoServer)
+	a, err := New(Config{Servers: cl.addrs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go a.Serve(ln)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "x")
+	io.ReadFull(c, make([]byte, 1))
+	ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := a.Shutdown(ctx); err == nil {
+		t.Fatal("Shutdown reported every connection ended on its own")
+	}
+	if took := time.Since(start); took < 200*time.Millisecond || took > 5*time.Second {
+		t.Errorf("Shutdown took %v", took)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("read %v, want a reset", err)
+	}
+}
