@@ -63,7 +63,7 @@ type Kill struct {
 	// when the last one's callback ran, relative to the kill.
 	Migrations []mtcp.MigrationStats
 	MigratedAt time.Duration
-	// Server: the new server's "connection migrated" phases.
+	// Server: the new server's "mtcp connection migrated" phases.
 	ServerPhases *serverPhases
 	// HTTP only: retries and how many were 409 (owner still alive).
 	Retries, Busy int
@@ -285,9 +285,11 @@ func runOne(ctx context.Context, c *cluster, o FailoverOptions, side string, fir
 		}
 		for _, l := range fe.readLog(offsets[fe.id]) {
 			switch {
-			case l.Msg == "batch taken over" && l.str("batch") == sum.BatchID && k.Takeover == 0:
+			// "batch taken over", or after a migration "batch taken over
+			// after its connection moved: <what it found>".
+			case strings.HasPrefix(l.Msg, "batch taken over") && l.str("batch") == sum.BatchID && k.Takeover == 0:
 				k.Takeover = l.Time.Sub(killTime)
-			case l.Msg == "connection migrated" && l.str("role") == "new-server" && connID != "" && l.str("conn") == connID:
+			case l.Msg == "mtcp connection migrated" && l.str("role") == "new_server" && connID != "" && l.str("conn") == connID:
 				k.ServerPhases = &serverPhases{Mode: l.str("mode"), Prepare: l.micros("prepare_us"),
 					WaitReply: l.micros("wait_us"), Reinstate: l.micros("reinstate_us"), At: l.Time.Sub(killTime)}
 			}
