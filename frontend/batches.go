@@ -29,6 +29,11 @@ const maxKeyLength = 255
 // from the back-end with identical bytes, the rest run.
 func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 	if !s.batches.begin() {
+		// Over MTCP the connection moves instead (a drain is moving them
+		// all): the next front-end reads the request again and runs it.
+		if mx := mtcpExchangeFrom(r.Context()); mx != nil && mx.handOff(s.requestLog(r, "frontend")) {
+			return
+		}
 		w.Header().Set("Retry-After", "1")
 		s.refuse(w, refuse(503, "draining", "this front-end is draining; send the batch to another one"))
 		return

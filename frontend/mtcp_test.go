@@ -717,3 +717,34 @@ func TestTakeoverFencesAnOwnerCutOffMidTransaction(t *testing.T) {
 		t.Errorf("%v sessions of the cut-off run terminated, want its open transaction's", got)
 	}
 }
+
+// TestDrainingFrontEndMovesANewBatchOverMTCP: a batch that reaches a
+// front-end over MTCP once it has begun to drain is not refused with 503
+// (its client has no reason to send it again): the connection moves, and
+// the next front-end runs it.
+func TestDrainingFrontEndMovesANewBatchOverMTCP(t *testing.T) {
+	url := newDB(t)
+	db := newChecker(t, url)
+	mc := startMTCPCluster(t, url, 2, false, nil)
+	cl := newMTCPClient(t, mc.addrs)
+	resp, err := cl.Get("http://" + mc.addrs[0] + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	// Draining has begun; the listener has not moved the connection yet.
+	mc.fes[0].batches.drain()
+	req, _ := http.NewRequest("POST", "http://"+mc.addrs[0]+"/v1/batches", strings.NewReader(effectBatch("n", 5)))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err = cl.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	checkExactlyOnce(t, db, "n", 5, readBatch(t, resp, func(int) {}))
+}
