@@ -22,6 +22,9 @@ func (f *frontendUnderTest) metric(t testing.TB, name string, labels ...string) 
 	for i := 0; i+1 < len(labels); i += 2 {
 		want[labels[i]] = labels[i+1]
 	}
+	// The sum over every series the labels match: labels left out are
+	// summed over, not taken from whichever series comes first.
+	var sum float64
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -39,15 +42,15 @@ func (f *frontendUnderTest) metric(t testing.TB, name string, labels ...string) 
 			}
 			switch mf.GetType() {
 			case dto.MetricType_COUNTER:
-				return m.GetCounter().GetValue()
+				sum += m.GetCounter().GetValue()
 			case dto.MetricType_GAUGE:
-				return m.GetGauge().GetValue()
+				sum += m.GetGauge().GetValue()
 			case dto.MetricType_HISTOGRAM:
-				return float64(m.GetHistogram().GetSampleCount())
+				sum += float64(m.GetHistogram().GetSampleCount())
 			}
 		}
 	}
-	return 0
+	return sum
 }
 
 func (f *frontendUnderTest) txns(t testing.TB, result, source string) int {
