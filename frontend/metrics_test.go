@@ -10,8 +10,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
-// metric returns the value of the series name{labels} in fe's registry
-// (counter, gauge, or a histogram's sample count), or 0 when absent.
+// metric returns the sum of the series name{labels} in fe's registry
+// (counters, gauges, or histograms' sample counts), 0 when none matches.
 func (f *frontendUnderTest) metric(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := f.metrics.registry.Gather()
