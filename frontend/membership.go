@@ -96,12 +96,7 @@ const handOffAfterProbes = 3
 // handOffBusy redirects the MTCP connections that stream a batch to the
 // other front-ends, spread over them; their batches go on there.
 func (s *Server) handOffBusy(why string) {
-	var peers []string
-	for _, a := range s.MTCPServers() {
-		if a != s.cfg.MTCPAddr {
-			peers = append(peers, a)
-		}
-	}
+	peers := s.mtcpPeers()
 	busy := s.busy.list()
 	if len(peers) == 0 || len(busy) == 0 {
 		return
@@ -134,6 +129,12 @@ func (s *Server) publishServers(ms []backendext.Member) {
 	if !same {
 		ln.SetServers(addrs)
 	}
+}
+
+// mtcpPeers is the server list without this front-end: where its MTCP
+// connections can go.
+func (s *Server) mtcpPeers() []string {
+	return slices.DeleteFunc(s.MTCPServers(), func(a string) bool { return a == s.cfg.MTCPAddr })
 }
 
 // MTCPServers is the server list this front-end gives its MTCP clients.

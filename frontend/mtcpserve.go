@@ -128,10 +128,7 @@ func mtcpExchangeFrom(ctx context.Context) *mtcpExchange {
 // an MTCP client has no Idempotency-Key to retry with. It reports whether
 // the connection moved.
 func (x *mtcpExchange) handOff(log *slog.Logger) bool {
-	for _, to := range x.s.MTCPServers() {
-		if to == x.s.cfg.MTCPAddr {
-			continue
-		}
+	for _, to := range x.s.mtcpPeers() {
 		if err := x.conn.Redirect(to); err != nil {
 			return false
 		}
