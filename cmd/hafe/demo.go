@@ -24,7 +24,12 @@ const demoAbout = `Shows a batch surviving a front-end crash, on this machine, i
      the connection moves again. With --http the batch goes over plain
      HTTP instead, and the client resumes it on another front-end with the
      same Idempotency-Key;
-  4. checks from the database that every transfer ran exactly once: one
+  4. over MTCP, then sends a second batch the way an unchanged application
+     would: plain curl -N (Go's net/http when curl is missing) to a local
+     hafe agent, which carries the connection over MTCP; the front-end
+     serving it is killed a third of the way through, and curl's response
+     goes on without curl knowing (--agent=false skips this);
+  5. checks from the database that every transfer ran exactly once: one
      outcome per slot, as many commits as reported, balances that match the
      committed transfers, and a total still at 100000.00.
 
@@ -42,6 +47,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	keep := fs.Bool("keep", false, "keep the work directory with the front-ends' logs")
 	stay := fs.Bool("stay", false, "keep the cluster up after the checks and print its URLs, until Ctrl-C")
 	overHTTP := fs.Bool("http", false, "send the batch over plain HTTP, resumed after the kill with the same Idempotency-Key, instead of over MTCP")
+	viaAgent := fs.Bool("agent", true, "over MTCP, also send a second batch with curl through hafe agent and kill the front-end serving it")
 	drainAt := fs.Int("drain-at", 0, "over MTCP, drain the front-end serving the batch when this many lines have arrived (default: two thirds of --transactions; -1: no drain)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -68,5 +74,5 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	default:
 		return fmt.Errorf("demo: --postgres %q: want auto, local or container", *pgSource)
 	}
-	return demo.Run(ctx, demo.Options{Postgres: *pgSource, Transactions: *n, KillAt: *killAt, Seed: *seed, Keep: *keep, Stay: *stay, HTTP: *overHTTP, DrainAt: *drainAt}, stdout)
+	return demo.Run(ctx, demo.Options{Postgres: *pgSource, Transactions: *n, KillAt: *killAt, Seed: *seed, Keep: *keep, Stay: *stay, HTTP: *overHTTP, DrainAt: *drainAt, Agent: *viaAgent && !*overHTTP}, stdout)
 }

@@ -64,16 +64,17 @@ func requirePostgresBinaries(t *testing.T) {
 	}
 }
 
-var childPID = regexp.MustCompile(`started front-end fe\d: pid (\d+)`)
+var childPID = regexp.MustCompile(`started (?:front-end fe\d|hafe agent): pid (\d+)`)
 
-// checkChildrenGone fails if a front-end the demo started still runs.
-// The demo starts three, and with --stay restarts the ones it killed or
-// drained.
+// checkChildrenGone fails if a front-end or agent the demo started still
+// runs. The demo starts three front-ends, restarts the two it killed or
+// drained before the agent's batch (whose front-end it kills too) and, with
+// --stay, that one again.
 func checkChildrenGone(t *testing.T, output string) {
 	t.Helper()
 	ms := childPID.FindAllStringSubmatch(output, -1)
-	if len(ms) < 3 || len(ms) > 5 {
-		t.Errorf("output names %d front-end pids, want 3 (up to 5 with --stay)", len(ms))
+	if len(ms) < 3 || len(ms) > 7 {
+		t.Errorf("output names %d front-end and agent pids, want 3 to 7", len(ms))
 	}
 	for _, m := range ms {
 		pid, _ := strconv.Atoi(m[1])
@@ -102,6 +103,14 @@ func TestDemoSurvivesKilledFrontEndAndVerifies(t *testing.T) {
 			"the front-end asked it to move",
 			"drained and exited",
 			"1 request",
+			// then curl through hafe agent
+			"started hafe agent: pid",
+			"sending 300 more transfers with plain curl through the agent",
+			"kill -9 fe2",
+			"on the same curl connection and response",
+			"one curl request, one TCP connection",
+			"the agent moved the connection fe2 -> ",
+			"curl's batch through hafe agent:",
 		}},
 		{[]string{"--http"}, []string{ // plain HTTP: resumed by key
 			"kill -9 fe1",
@@ -251,7 +260,7 @@ func TestDemoStaysUpUntilInterrupted(t *testing.T) {
 			dashboard = f[1]
 		case len(f) >= 2 && f[0] == "metrics":
 			metrics = f[1]
-		case len(f) > 0 && f[0] == "curl":
+		case len(f) > 0 && f[0] == "curl" && dashboard != "": // the agent's curl line comes earlier
 			curl = strings.TrimSpace(line)
 		}
 		if curl != "" {
@@ -310,8 +319,42 @@ func TestDemoStaysUpUntilInterrupted(t *testing.T) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
-	if n := len(childPID.FindAllString(text.String(), -1)); n != 5 {
-		t.Errorf("%d front-ends started, want 5 (fe1 restarted after its kill, the drained one after its drain)", n)
+	if n := len(childPID.FindAllString(text.String(), -1)); n != 7 {
+		t.Errorf("%d front-ends and agents started, want 7 (three, fe1 restarted after its kill, the drained one after its drain, the agent, fe2 restarted after the agent's kill)", n)
 	}
 	checkChildrenGone(t, text.String())
+}
+
+// Without curl on the PATH the demo's second batch goes through the agent
+// from Go's plain net/http client, and the story and checks are the same.
+func TestDemoAgentWithoutCurl(t *testing.T) {
+	requirePostgresBinaries(t)
+	bin := buildHafe(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "demo", "--postgres", "local", "--transactions", "60", "--drain-at", "-1")
+	cmd.Env = append(os.Environ(), "PATH="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	text := string(out)
+	t.Logf("demo output:\n%s", text)
+	if err != nil {
+		t.Fatalf("hafe demo: %v", err)
+	}
+	for _, want := range []string{
+		"with Go's plain net/http client through the agent (curl is not installed)",
+		"on the same net/http connection and response",
+		"the agent moved the connection fe2 -> ",
+		"net/http's batch through hafe agent:",
+		"ok   all 100 balances equal the committed transfers applied once each",
+		"every transfer ran once",
+		"front-ends stopped",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	if strings.Contains(text, "FAIL") {
+		t.Error("a check failed")
+	}
+	checkChildrenGone(t, text)
 }

@@ -48,6 +48,9 @@ type Options struct {
 	// DrainAt, over MTCP: drain (SIGTERM) the front-end serving the batch
 	// when this many lines have arrived (0: no drain).
 	DrainAt int
+	// Agent then sends a second batch with curl (or Go's plain net/http)
+	// through hafe agent and kills the front-end serving it.
+	Agent bool
 }
 
 // AdminToken is the demo front-ends' --admin-token, for the dashboard.
@@ -112,6 +115,7 @@ func (d *demo) run(ctx context.Context, opts Options) (err error) {
 	if err := writeClusterKey(d.clusterKey); err != nil {
 		return err
 	}
+	d.atExit(d.stopFrontEnds) // all of d.children, restarted ones too
 	var urls []string
 	for i := 1; i <= 3; i++ {
 		c, err := d.startFrontEnd(ctx, dbURL, fmt.Sprintf("fe%d", i))
@@ -120,7 +124,6 @@ func (d *demo) run(ctx context.Context, opts Options) (err error) {
 		}
 		urls = append(urls, c.url)
 	}
-	d.atExit(d.stopFrontEnds)
 	if err := d.waitReady(ctx); err != nil {
 		return err
 	}
@@ -137,7 +140,25 @@ func (d *demo) run(ctx context.Context, opts Options) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := d.verify(ctx, dbURL, batch, res); err != nil || !opts.Stay {
+	batches := []sent{{"the Go client's batch over MTCP", batch, res}}
+	if opts.HTTP {
+		batches[0].name = "the batch over plain HTTP"
+	}
+	if opts.Agent {
+		// The same story for an application that cannot link hafe's
+		// client: curl, through hafe agent. fe2 takes the connection.
+		if err := d.restartExited(ctx, dbURL); err != nil {
+			return err
+		}
+		second := demoBatch(n, opts.Seed+1)
+		body, _ := json.Marshal(map[string]any{"transactions": second})
+		res, err := d.submitThroughAgent(ctx, body, n, killAt, d.children["fe2"])
+		if err != nil {
+			return err
+		}
+		batches = append(batches, sent{plainClient() + "'s batch through hafe agent", second, res})
+	}
+	if err := d.verify(ctx, dbURL, batches); err != nil || !opts.Stay {
 		return err
 	}
 	return d.stay(ctx, dbURL)
@@ -146,15 +167,7 @@ func (d *demo) run(ctx context.Context, opts Options) (err error) {
 // stay restarts the front-ends the demo killed, under their names, prints
 // where everything is and waits for ctx to end.
 func (d *demo) stay(ctx context.Context, dbURL string) error {
-	for _, id := range []string{"fe1", "fe2", "fe3"} {
-		if !d.children[id].exited() {
-			continue
-		}
-		if _, err := d.startFrontEnd(ctx, dbURL, id); err != nil {
-			return err
-		}
-	}
-	if err := d.waitReady(ctx); err != nil {
+	if err := d.restartExited(ctx, dbURL); err != nil {
 		return err
 	}
 	fe1 := d.children["fe1"].url
@@ -316,7 +329,6 @@ func (d *demo) startFrontEnd(ctx context.Context, dbURL, id string) (*child, err
 	c := &child{id: id, url: "http://" + addr, mtcp: maddr, log: logPath, cmd: cmd, done: make(chan struct{})}
 	go func() { cmd.Wait(); logFile.Close(); close(c.done) }()
 	d.children[id] = c
-	d.atExit(func() { c.stop() })
 	d.say("started front-end %s: pid %d, %s, MTCP %s", id, cmd.Process.Pid, c.url, c.mtcp)
 	return c, nil
 }
@@ -583,7 +595,17 @@ func shorten(b []byte, n int) string {
 }
 
 // verify checks from the database that every transfer ran exactly once.
-func (d *demo) verify(ctx context.Context, dbURL string, batch []transfer, res *submitted) error {
+// sent is one batch the demo sent and what its client saw.
+type sent struct {
+	name  string // how the narration calls it
+	batch []transfer
+	res   *submitted
+}
+
+// verify checks from the database that every batch's transfers ran once
+// each: per batch, one outcome per slot, the reported commits, the lines
+// byte for byte; over all of them, the balances.
+func (d *demo) verify(ctx context.Context, dbURL string, batches []sent) error {
 	conn, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
 		return fmt.Errorf("demo: connect: %w", err)
@@ -599,55 +621,30 @@ func (d *demo) verify(ctx context.Context, dbURL string, batch []transfer, res *
 		}
 		fmt.Fprintf(d.out, "          %s %s\n", mark, fmt.Sprintf(format, args...))
 	}
-
-	rows, err := conn.Query(ctx, `SELECT seq, status, report FROM hafe.outcomes WHERE batch_id = $1`, res.sum.BatchID)
-	if err != nil {
-		return fmt.Errorf("demo: read outcomes: %w", err)
-	}
-	outcomes := map[int]int{}
-	dbStatus := map[int]string{}
-	sameLines, committed := 0, 0
-	for rows.Next() {
-		var seq int
-		var status, report string
-		if err := rows.Scan(&seq, &status, &report); err != nil {
-			return fmt.Errorf("demo: read outcomes: %w", err)
-		}
-		outcomes[seq]++
-		dbStatus[seq] = status
-		if status == "committed" {
-			committed++
-		}
-		if res.lines[seq] == report {
-			sameLines++
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("demo: read outcomes: %w", err)
-	}
-	once := len(outcomes) == len(batch)
-	for seq := 1; seq <= len(batch); seq++ {
-		once = once && outcomes[seq] == 1
-	}
-	check(once, "every one of the %d slots has exactly one outcome", len(batch))
-	check(committed == res.sum.Committed, "committed outcomes in the database: %d; reported to the client: %d", committed, res.sum.Committed)
-	check(sameLines == len(batch), "the %d lines the client kept are the reports the database recorded, byte for byte", sameLines)
-
-	// Replaying the committed transfers once each, in order, must give
-	// exactly the balances in the database: a transfer run twice, or a
-	// lost one, would show.
+	// Replaying the committed transfers once each must give exactly the
+	// balances in the database: a transfer run twice, or a lost one,
+	// would show. Transfers add up, so the order does not matter.
 	want := map[int]int64{}
 	for id := 1; id <= 100; id++ {
 		want[id] = 100000
 	}
-	for i, t := range batch {
-		if dbStatus[i+1] == "committed" {
-			c := cents(t.Args.Amount)
-			want[t.Args.From] -= c
-			want[t.Args.To] += c
+	for _, b := range batches {
+		if len(batches) > 1 {
+			fmt.Fprintf(d.out, "          %s:\n", b.name)
+		}
+		dbStatus, err := d.verifyBatch(ctx, conn, check, b)
+		if err != nil {
+			return err
+		}
+		for i, t := range b.batch {
+			if dbStatus[i+1] == "committed" {
+				c := cents(t.Args.Amount)
+				want[t.Args.From] -= c
+				want[t.Args.To] += c
+			}
 		}
 	}
-	rows, err = conn.Query(ctx, `SELECT id, (balance * 100)::bigint FROM accounts`)
+	rows, err := conn.Query(ctx, `SELECT id, (balance * 100)::bigint FROM accounts`)
 	if err != nil {
 		return fmt.Errorf("demo: read balances: %w", err)
 	}
@@ -670,6 +667,53 @@ func (d *demo) verify(ctx context.Context, dbURL string, batch []transfer, res *
 	}
 	check(mismatched == 0 && accounts == 100, "all 100 balances equal the committed transfers applied once each (%d differ)", mismatched)
 	check(total == 10000000, "sum of balances: %d.%02d (was 100000.00)", total/100, total%100)
+	if failed > 0 {
+		return fmt.Errorf("demo: %d checks failed", failed)
+	}
+	var crashed []string
+	for _, b := range batches {
+		crashed = append(crashed, b.res.sum.FrontEnds[0])
+	}
+	d.say("every transfer ran once: the batches survived the crash of %s", strings.Join(crashed, " and "))
+	return nil
+}
+
+// verifyBatch checks one batch's outcomes and returns each slot's status
+// as the database recorded it.
+func (d *demo) verifyBatch(ctx context.Context, conn *pgx.Conn, check func(bool, string, ...any), b sent) (map[int]string, error) {
+	res := b.res
+	rows, err := conn.Query(ctx, `SELECT seq, status, report FROM hafe.outcomes WHERE batch_id = $1`, res.sum.BatchID)
+	if err != nil {
+		return nil, fmt.Errorf("demo: read outcomes: %w", err)
+	}
+	outcomes := map[int]int{}
+	dbStatus := map[int]string{}
+	sameLines, committed := 0, 0
+	for rows.Next() {
+		var seq int
+		var status, report string
+		if err := rows.Scan(&seq, &status, &report); err != nil {
+			return nil, fmt.Errorf("demo: read outcomes: %w", err)
+		}
+		outcomes[seq]++
+		dbStatus[seq] = status
+		if status == "committed" {
+			committed++
+		}
+		if res.lines[seq] == report {
+			sameLines++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("demo: read outcomes: %w", err)
+	}
+	once := len(outcomes) == len(b.batch)
+	for seq := 1; seq <= len(b.batch); seq++ {
+		once = once && outcomes[seq] == 1
+	}
+	check(once, "every one of the %d slots has exactly one outcome", len(b.batch))
+	check(committed == res.sum.Committed, "committed outcomes in the database: %d; reported to the client: %d", committed, res.sum.Committed)
+	check(sameLines == len(b.batch), "the %d lines the client kept are the reports the database recorded, byte for byte", sameLines)
 	var owners []string
 	rows, err = conn.Query(ctx, `SELECT owner || ' wrote ' || count(*) FROM hafe.outcomes WHERE batch_id = $1 GROUP BY owner ORDER BY min(seq)`, res.sum.BatchID)
 	if err == nil {
@@ -681,14 +725,10 @@ func (d *demo) verify(ctx context.Context, dbURL string, batch []transfer, res *
 		err = conn.QueryRow(ctx, `SELECT epoch, coalesce(owner, '-') FROM hafe.batches WHERE batch_id = $1`, res.sum.BatchID).Scan(&epoch, &owner)
 	}
 	if err != nil {
-		return fmt.Errorf("demo: read the batch: %w", err)
+		return nil, fmt.Errorf("demo: read the batch: %w", err)
 	}
 	fmt.Fprintf(d.out, "          outcomes: %s; the batch's lease is at epoch %d (each takeover fences the previous owner)\n", strings.Join(owners, ", "), epoch)
-	if failed > 0 {
-		return fmt.Errorf("demo: %d checks failed", failed)
-	}
-	d.say("every transfer ran once: the batch survived the crash of %s", strings.Join(res.sum.FrontEnds[:1], ""))
-	return nil
+	return dbStatus, nil
 }
 
 // cents reads "12.34" as 1234.
