@@ -34,10 +34,12 @@ import (
 //   - anything else, computed in memory first and recorded in the state
 //     whole before its first byte is written.
 //
-// The state is exported at each request boundary (with the input read past
+// The state is recorded at each request boundary (with the input read past
 // it) and amended, keeping that boundary's offsets, once the answer is
 // decided: the successor re-reads the request itself from the input the
-// connection logged, and answers it as recorded.
+// connection logged, and answers it as recorded. Eager mode saves the
+// boundary only with its amendment (mtcp's RecordState): one database write
+// per request, before any byte of the answer.
 
 // connState is what a front-end exports for an MTCP connection.
 type connState struct {
@@ -173,7 +175,11 @@ func (s *Server) serveMTCPConn(c *mtcp.Conn) {
 	for {
 		if !imported {
 			st = connState{Served: st.Served, Left: append(peekAll(br), in.rest()...)}
-			if err := exportState(c, &st); err != nil {
+			// Eager mode saves this boundary with the next request's
+			// decision, before anything of its answer is written: one
+			// save per request. A crash before then resumes from the
+			// previous request, answered again as before.
+			if err := recordState(c, &st); err != nil {
 				log.Debug("mtcp: export state", "err", err)
 				return
 			}
@@ -273,9 +279,9 @@ func (s *Server) answer(c *mtcp.Conn, st *connState, reply []byte) bool {
 	return !st.Close
 }
 
-func exportState(c *mtcp.Conn, st *connState) error {
+func recordState(c *mtcp.Conn, st *connState) error {
 	b, _ := json.Marshal(st)
-	return c.ExportState(b)
+	return c.RecordState(b)
 }
 
 func amendState(c *mtcp.Conn, st *connState) error {

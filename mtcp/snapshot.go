@@ -36,6 +36,40 @@ func (c *Conn) ExportStateContext(ctx context.Context, state []byte) error {
 	return c.persist(ctx)
 }
 
+// MaxDeferredInput bounds the input a snapshot recorded with RecordState
+// may leave unacknowledged (kept in the client's send buffer) without
+// being saved.
+const MaxDeferredInput = 1 << 20
+
+// RecordState records a snapshot like ExportState, but in eager mode saves
+// it only when it must: when the connection has no saved snapshot yet, or
+// when the input it covers beyond the saved one exceeds MaxDeferredInput.
+// Otherwise the next ExportState or AmendState saves it (amended, if
+// amended), and a crash meanwhile resumes from the saved snapshot, the
+// client replaying the input since: the application must answer that
+// input again as it did. It suits a boundary the application amends with
+// its decision before it writes anything: one save per exchange instead
+// of two. In lazy mode it is ExportState.
+func (c *Conn) RecordState(state []byte) error {
+	if c.sv == nil {
+		return ErrNotServer
+	}
+	if err := c.recordSnapshot(state, false); err != nil {
+		return err
+	}
+	if c.sv.ln.cfg.Store == nil {
+		return nil
+	}
+	c.mu.Lock()
+	s := c.sv
+	deferSave := s.durableSeq > 0 && !s.preparing && s.snap.in-s.durable.in <= MaxDeferredInput
+	c.mu.Unlock()
+	if deferSave {
+		return nil
+	}
+	return c.persist(context.Background())
+}
+
 // AmendState replaces the latest snapshot's state, keeping its input and
 // output offsets and the input logged since: the application records a
 // decision about input it will read again after a migration (say, which
