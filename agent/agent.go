@@ -28,6 +28,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"hafe.dev/hafe/internal/netwait"
 	"hafe.dev/hafe/mtcp"
 )
 
@@ -315,7 +316,7 @@ func waitForBytes(src net.Conn) bool {
 		_, _ = mc.Read(nil) // an error is the next Read's to report
 		return true
 	}
-	return waitReadable(src)
+	return netwait.Readable(src)
 }
 
 // halfCloser is a connection whose sending side closes on its own.

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"hafe.dev/hafe/internal/netwait"
 	"hafe.dev/hafe/mtcp/internal/wire"
 )
 
@@ -65,6 +66,7 @@ func (f *frameReader) next() (wire.Type, []byte, error) {
 		f.release()
 	}
 	if f.big == nil {
+		f.waitIdle()
 		hdr, err := f.br.Peek(wire.HeaderLen)
 		if err != nil {
 			return 0, nil, err
@@ -87,6 +89,24 @@ func (f *frameReader) next() (wire.Type, []byte, error) {
 	}
 	return f.nextBig()
 }
+
+// waitIdle waits, when the small reader holds nothing, for the transport
+// to have bytes without holding the reader: it goes back to a pool
+// meanwhile, so an idle path costs no read buffer. A busy path pays one
+// more system call (a peek) each time its reader runs empty.
+func (f *frameReader) waitIdle() {
+	if f.br.Buffered() > 0 || f.br.Size() != pathReadBuffer || !netwait.Supported(f.nc) {
+		return
+	}
+	pathReaders.Put(f.br)
+	f.br = nil
+	netwait.Readable(f.nc)
+	f.br = pathReaders.Get().(*bufio.Reader)
+	f.br.Reset(f.nc)
+}
+
+// pathReaders pools the small readers of paths that wait for bytes.
+var pathReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, pathReadBuffer) }}
 
 // nextBig returns the next frame from the large buffer, reading as much as
 // the transport has.

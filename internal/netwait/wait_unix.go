@@ -1,6 +1,6 @@
 //go:build unix
 
-package agent
+package netwait
 
 import (
 	"errors"
@@ -8,11 +8,18 @@ import (
 	"syscall"
 )
 
-// waitReadable blocks until c has bytes, an end of stream or an error to
+// Supported reports whether Readable can wait on c (a TCP or Unix
+// socket; not TLS, whose records need a buffer anyway).
+func Supported(c net.Conn) bool {
+	_, ok := c.(syscall.Conn)
+	return ok
+}
+
+// Readable blocks until c has bytes, an end of stream or an error to
 // read, holding no buffer meanwhile; false if c cannot be waited on so
-// (then read it as usual). An idle connection then costs the agent no
-// read buffer on its client side.
-func waitReadable(c net.Conn) bool {
+// (then read it as usual). An error (closed, deadline) is left for the
+// next Read to report.
+func Readable(c net.Conn) bool {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return false
@@ -26,6 +33,5 @@ func waitReadable(c net.Conn) bool {
 		_, _, err := syscall.Recvfrom(int(fd), peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		return !errors.Is(err, syscall.EAGAIN) && !errors.Is(err, syscall.EINTR)
 	})
-	// An error here (closed, deadline) is the next Read's to report.
 	return true
 }
