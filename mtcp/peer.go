@@ -205,7 +205,14 @@ func peerHandshake(ctx context.Context, cfg *ListenConfig, addr string) (net.Con
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	if cfg.PeerTLSConfig != nil {
-		tc := tls.Client(nc, cfg.PeerTLSConfig)
+		tcfg := cfg.PeerTLSConfig
+		if tcfg.ServerName == "" && !tcfg.InsecureSkipVerify {
+			tcfg = tcfg.Clone()
+			if host, _, err := net.SplitHostPort(addr); err == nil {
+				tcfg.ServerName = host
+			}
+		}
+		tc := tls.Client(nc, tcfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			_ = nc.Close()
 			return nil, nil, err
@@ -271,6 +278,11 @@ func (l *Listener) servePeer(nc net.Conn, br *bufio.Reader, payload []byte) {
 		// name would pass whoever relays this channel off as that server.
 		l.log.Warn("peer channel meant for another server", "remote", nc.RemoteAddr(), "to", hello.To)
 		refuse(nc, refusal(RefuseUnauthenticated, "wrong server"))
+		return
+	}
+	if l.cfg.PeerClientCAs != nil && !verifiedClient(nc) {
+		l.log.Warn("peer refused: no client certificate signed by the peer CA", "remote", nc.RemoteAddr(), "from", hello.From)
+		refuse(nc, refusal(RefuseUnauthenticated, "peer certificate required"))
 		return
 	}
 	ch := wire.PeerChallenge{}
@@ -363,4 +375,11 @@ func putFrameBuf(bp *[]byte, b []byte) {
 	}
 	*bp = b[:0]
 	frameBufs.Put(bp)
+}
+
+// verifiedClient reports whether nc is TLS and its client showed a
+// certificate that verified against the listener's ClientCAs.
+func verifiedClient(nc net.Conn) bool {
+	tc, ok := nc.(*tls.Conn)
+	return ok && len(tc.ConnectionState().VerifiedChains) > 0
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"net"
@@ -36,7 +37,14 @@ type ListenConfig struct {
 	PeerDial func(ctx context.Context, addr string) (net.Conn, error)
 	// PeerTLSConfig, when set, wraps peer connections in TLS (needed when
 	// the peers' listeners use TLS; with client certificates it is mTLS).
+	// An empty ServerName is taken from the peer's address.
 	PeerTLSConfig *tls.Config
+	// PeerClientCAs, when set (with TLSConfig), makes the peer channel
+	// mutual TLS on top of ClusterKey: a peer is served only if it showed
+	// a client certificate that verifies against these CAs. The listener
+	// then asks every TLS client for a certificate; clients' paths need
+	// none, but one they do show must verify.
+	PeerClientCAs *x509.CertPool
 	// Store enables eager mode: every ExportState is saved before it
 	// returns, input is acknowledged only up to the last saved snapshot,
 	// and a MIGRATE whose origin cannot be reached is served from it.
@@ -92,6 +100,11 @@ func (c *ListenConfig) fill(ln net.Listener) {
 	setDefault(&c.IdleTimeout, 30*time.Second)
 	setDefault(&c.MigratedRetention, 30*time.Second)
 	setDefault(&c.pushWait, prepareHedge)
+	if c.TLSConfig != nil && c.PeerClientCAs != nil {
+		c.TLSConfig = c.TLSConfig.Clone()
+		c.TLSConfig.ClientAuth = tls.VerifyClientCertIfGiven
+		c.TLSConfig.ClientCAs = c.PeerClientCAs
+	}
 }
 
 func setDefault(d *time.Duration, v time.Duration) {
@@ -292,7 +305,20 @@ func (l *Listener) handshake(raw net.Conn) {
 	nc := raw
 	_ = nc.SetDeadline(time.Now().Add(l.cfg.HandshakeTimeout))
 	if l.cfg.TLSConfig != nil {
-		nc = tls.Server(raw, l.cfg.TLSConfig)
+		tc := tls.Server(raw, l.cfg.TLSConfig)
+		if err := tc.HandshakeContext(l.ctx); err != nil {
+			// A certificate this server refused is worth an operator's
+			// eye (a peer or client set up with the wrong CA); a scanner
+			// or a client that gave up is not.
+			var verr *tls.CertificateVerificationError
+			if errors.As(err, &verr) {
+				l.log.Warn("TLS handshake refused: the remote's certificate does not verify", "remote", raw.RemoteAddr(), "err", err)
+			} else {
+				l.log.Debug("TLS handshake", "remote", raw.RemoteAddr(), "err", err)
+			}
+			return
+		}
+		nc = tc
 	}
 	br := bufio.NewReaderSize(nc, pathReadBuffer)
 	var hdr [wire.HeaderLen]byte

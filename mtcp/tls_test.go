@@ -8,8 +8,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
+	"log/slog"
 	"math/big"
 	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -90,4 +94,133 @@ func TestMigrationOverTLS(t *testing.T) {
 	if _, ok := c.LocalAddr().(*net.TCPAddr); !ok {
 		t.Fatalf("local address %v", c.LocalAddr())
 	}
+}
+
+// testCA is a certificate authority made for one test.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+}
+
+func newTestCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &testCA{cert: cert, key: key, pool: pool}
+}
+
+// issue returns a certificate for 127.0.0.1 valid for usage.
+func (ca *testCA) issue(t *testing.T, usage ...x509.ExtKeyUsage) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "mtcp test server"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  usage,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// TestPeerWithoutTheRightCertificateIsRefused: with PeerClientCAs, the peer
+// channel is mutual TLS on top of the cluster key. Servers whose peer
+// client certificate is missing or signed by another CA hold the right
+// cluster key, yet cannot hand a connection over, and the refusing server
+// says why in its log; with the right certificate the same move works.
+func TestPeerWithoutTheRightCertificateIsRefused(t *testing.T) {
+	checkLeaks(t)
+	ca, rogue := newTestCA(t, "cluster CA"), newTestCA(t, "rogue CA")
+	serverCert := ca.issue(t, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+	for _, tc := range []struct {
+		name    string
+		certs   []tls.Certificate
+		refused bool
+	}{
+		{"right certificate", []tls.Certificate{ca.issue(t, x509.ExtKeyUsageClientAuth)}, false},
+		{"no certificate", nil, true},
+		{"certificate of another CA", []tls.Certificate{rogue.issue(t, x509.ExtKeyUsageClientAuth)}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs lockedLog
+			log := slog.New(slog.NewTextHandler(&logs, nil))
+			cl := newCluster(t, 2, nil, func(cfg *ListenConfig) {
+				cfg.Logger = log
+				cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{serverCert}}
+				cfg.PeerClientCAs = ca.pool
+				cfg.PeerTLSConfig = &tls.Config{RootCAs: ca.pool, Certificates: tc.certs}
+				cfg.PeerTimeout = time.Second
+			})
+			cl.echo()
+			d := testDialer(cl)
+			d.TLSConfig = &tls.Config{RootCAs: ca.pool}
+			c := cl.dialChecked(d)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			err := c.Migrate(ctx, cl.addrs[1])
+			if tc.refused {
+				if err == nil {
+					t.Fatal("the connection moved over a peer channel without the right certificate")
+				}
+				var re *RefusalError
+				if !errors.As(err, &re) || re.Code != RefuseStateUnavailable {
+					t.Errorf("migrate: %v, want a refusal: state unavailable", err)
+				}
+				if l := logs.String(); !strings.Contains(l, "peer refused: no client certificate signed by the peer CA") &&
+					!strings.Contains(l, "TLS handshake refused: the remote's certificate does not verify") {
+					t.Errorf("no log line says why the peer was refused:\n%s", l)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("migrate with the right peer certificate: %v\n%s", err, logs.String())
+			}
+			echoCheck(t, c)
+		})
+	}
+}
+
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
