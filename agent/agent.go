@@ -20,6 +20,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -208,7 +209,12 @@ func (a *Agent) Relay(ctx context.Context, local net.Conn) {
 	res := <-dialed
 	mc, err := res.mc, res.err
 	if err != nil {
-		log().Warn("no front-end took the connection; resetting it", "err", err)
+		var verr *tls.CertificateVerificationError
+		if errors.As(err, &verr) {
+			log().Error("the front-end's TLS certificate does not verify: check the CA the agent trusts (--ca); resetting the connection", "err", err)
+		} else {
+			log().Warn("no front-end took the connection; resetting it", "err", err)
+		}
 		a.m.connection("dial_failed")
 		abortConn(local)
 		return

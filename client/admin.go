@@ -20,8 +20,10 @@ type Admin struct {
 	http  *http.Client
 }
 
-// NewAdmin returns an Admin for the front-end at url (http://host:port or
-// host:port) with the --admin-token token.
+// NewAdmin returns an Admin for the front-end at url (http://host:port,
+// https://host:port or host:port) with the --admin-token token. hc, when
+// not nil, sends the requests (its Transport's TLSClientConfig says which
+// CAs an https:// front-end's certificate is checked against).
 func NewAdmin(url, token string, hc *http.Client) (*Admin, error) {
 	u, err := normalizeURL(url)
 	if err != nil {
@@ -111,7 +113,7 @@ func (a *Admin) Drain(ctx context.Context, wait time.Duration) (DrainStatus, err
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return v, err
+		return v, a.transportError(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusAccepted {
@@ -133,7 +135,7 @@ func (a *Admin) get(ctx context.Context, path string, v any) error {
 	}
 	resp, err := a.http.Do(req)
 	if err != nil {
-		return err
+		return a.transportError(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -143,4 +145,13 @@ func (a *Admin) get(ctx context.Context, path string, v any) error {
 		return fmt.Errorf("%s%s: %w", a.url, path, err)
 	}
 	return nil
+}
+
+// transportError makes a certificate that did not verify a
+// *CertificateError.
+func (a *Admin) transportError(err error) error {
+	if badCertificate(err) {
+		return &CertificateError{URL: a.url, Err: err}
+	}
+	return err
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	crand "crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	neturl "net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -43,6 +45,12 @@ type Config struct {
 	// lost all the same, Submit retries with the Idempotency-Key as over
 	// plain HTTP. MTCP.Servers defaults to the FrontEnds' addresses.
 	MTCP *mtcp.Dialer
+	// TLSConfig is the TLS configuration for https:// front-ends and, with
+	// MTCP (when MTCP.TLSConfig is nil), for the MTCP paths: its RootCAs
+	// are the CAs the front-ends' certificates are checked against.
+	// Default: the system's CAs for https:// front-ends; plain TCP for
+	// MTCP unless a front-end URL is https://.
+	TLSConfig *tls.Config
 	// MaxAttempts bounds the requests of one Submit (default 10).
 	MaxAttempts int
 	// MinBackoff is the pause before a retry (default 100 ms). It doubles
@@ -63,6 +71,12 @@ type Config struct {
 func (c Config) withDefaults() Config {
 	if c.HTTPClient == nil && c.MTCP != nil {
 		d := *c.MTCP
+		if d.TLSConfig == nil {
+			d.TLSConfig = c.TLSConfig
+		}
+		if d.TLSConfig == nil && slices.ContainsFunc(c.FrontEnds, func(f string) bool { return strings.HasPrefix(strings.TrimSpace(f), "https://") }) {
+			d.TLSConfig = &tls.Config{}
+		}
 		if d.Limits.MaxSendBuffer == 0 {
 			// A front-end in eager mode acknowledges a request only once
 			// it has answered it (its snapshots are taken between
@@ -79,7 +93,10 @@ func (c Config) withDefaults() Config {
 			}
 		}
 		c.HTTPClient = &http.Client{Transport: &http.Transport{
-			DialContext:         d.DialContext,
+			DialContext: d.DialContext,
+			// An MTCP path does its own TLS (d.TLSConfig), below the
+			// MTCP frames: https:// front-ends need no second layer.
+			DialTLSContext:      d.DialContext,
 			MaxIdleConnsPerHost: 4,
 			IdleConnTimeout:     90 * time.Second,
 		}}
@@ -90,6 +107,7 @@ func (c Config) withDefaults() Config {
 			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 			MaxIdleConnsPerHost:   4,
 			IdleConnTimeout:       90 * time.Second,
+			TLSClientConfig:       c.TLSConfig,
 			TLSHandshakeTimeout:   10 * time.Second,
 			ExpectContinueTimeout: time.Second,
 		}}
@@ -250,9 +268,10 @@ func (s *submission) observe(e Event) {
 func (s *submission) run(ctx context.Context) error {
 	cfg := s.c.cfg
 	idle := 0 // attempts in a row that brought no new line
-	// Front-ends that refused this client's credentials (401/403): the
-	// batch ends with that refusal only once every front-end gave it, as
-	// one misconfigured front-end must not end a batch others would run.
+	// Front-ends that refused this client's credentials (401/403) or
+	// whose certificate did not verify: the batch ends with that refusal
+	// only once every front-end gave it, as one misconfigured front-end
+	// must not end a batch others would run.
 	authRefused := map[string]bool{}
 	// Front-ends whose address refused the connection, and until when
 	// they are skipped while others remain.
@@ -270,7 +289,8 @@ func (s *submission) run(ctx context.Context) error {
 			return fmt.Errorf("submit batch: %w", context.Cause(ctx))
 		}
 		var api *APIError
-		authErr := errors.As(err, &api) && (api.Status == http.StatusUnauthorized || api.Status == http.StatusForbidden)
+		var cert *CertificateError
+		authErr := errors.As(err, &api) && (api.Status == http.StatusUnauthorized || api.Status == http.StatusForbidden) || errors.As(err, &cert)
 		if authErr {
 			authRefused[url] = true
 			if len(authRefused) == len(s.c.urls) {
@@ -381,6 +401,9 @@ func (s *submission) attempt(ctx context.Context, n int, url string) error {
 		var ue *neturl.Error
 		if errors.As(err, &ue) {
 			err = ue.Err // the URL is said once, by StreamError
+		}
+		if badCertificate(err) {
+			return &CertificateError{URL: url, Err: err}
 		}
 		return &StreamError{URL: url, NoResponse: true, Err: err}
 	}

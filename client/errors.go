@@ -1,6 +1,8 @@
 package client
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"time"
@@ -11,6 +13,38 @@ var ErrContinuity = errors.New("G3 continuity violated")
 
 // ErrIncomplete is what every *IncompleteError matches with errors.Is.
 var ErrIncomplete = errors.New("batch incomplete")
+
+// ErrCertificate is what every *CertificateError matches with errors.Is.
+var ErrCertificate = errors.New("the front-end's TLS certificate does not verify")
+
+// CertificateError means a front-end's TLS certificate did not verify:
+// signed by an authority Config.TLSConfig does not trust, issued for
+// another name, or expired. Err says which (it unwraps to the crypto/x509
+// error, e.g. x509.UnknownAuthorityError). Trying that front-end again
+// would fail the same way: Submit goes on to the others, and ends with
+// this error once every front-end failed so.
+type CertificateError struct {
+	URL string
+	Err error
+}
+
+func (e *CertificateError) Error() string {
+	return fmt.Sprintf("%s: %v: %v", e.URL, ErrCertificate, e.Err)
+}
+
+func (e *CertificateError) Unwrap() error { return e.Err }
+
+func (e *CertificateError) Is(target error) bool { return target == ErrCertificate }
+
+// badCertificate reports whether err is a failed verification of the
+// server's certificate.
+func badCertificate(err error) bool {
+	var verr *tls.CertificateVerificationError
+	var unknown x509.UnknownAuthorityError
+	var host x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	return errors.As(err, &verr) || errors.As(err, &unknown) || errors.As(err, &host) || errors.As(err, &invalid)
+}
 
 // APIError is a front-end's refusal of a request: an HTTP status other than
 // 200 with a body {"error":{"code":…,"message":…}}. Statuses 409 and 5xx are

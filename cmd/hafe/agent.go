@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -32,7 +33,8 @@ only once it has answered it, so the agent holds each request whole:
 headers, or larger uploads stall. It is allocated as bytes arrive.
 
 Run it beside the application (same host, pod or compose project): the
-local hop is plain TCP. The hafe image runs it too: its command is then
+local hop is plain TCP; the paths to the front-ends use TLS with --ca (or
+--tls). The hafe image runs it too: its command is then
 "agent --listen 0.0.0.0:8080 --servers ...". One log line per migration;
 Prometheus metrics at /metrics on --metrics-listen.`
 
@@ -52,6 +54,8 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		dialTimeout   = fs.Duration("dial-timeout", 10*time.Second, "longest a new connection waits for a front-end; then it is reset")
 		recover       = fs.Duration("recover-timeout", 30*time.Second, "how long a connection whose front-end is gone keeps trying the others before it is reset")
 		shutdown      = fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM or SIGINT, how long relayed connections may go on before they are reset")
+		ca            = fs.String("ca", "", "PEM CA certificate(s) the front-ends' TLS certificates (their --tls-cert) are checked against: the MTCP paths to the front-ends use TLS (front-ends with --tls-cert need it)")
+		useTLS        = fs.Bool("tls", false, "MTCP paths use TLS, with certificates checked against the system's CAs (implied by --ca)")
 		logLevel      = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat     = fs.String("log-format", "text", "log lines as text (key=value) or json")
 	)
@@ -81,6 +85,12 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Limits:           mtcp.Limits{MaxSendBuffer: *sendBuffer},
 		HandshakeTimeout: *dialTimeout,
 		RecoverTimeout:   *recover,
+	}
+	if d.TLSConfig, err = clientTLSConfig(*ca); err != nil {
+		return usageError{cmd: "agent", err: err}
+	}
+	if *useTLS && d.TLSConfig == nil {
+		d.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
 	if *prepareMinRTT == 0 {
 		d.PrepareMinRTT = -1 // 0 means the default to the Dialer

@@ -26,8 +26,9 @@ Idempotency-Key resumes it), done when every transaction has its outcome.`
 
 func runBatches(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("batches", "batches ls|show [ID] --to URL --admin-token T [flags]", batchesAbout, stderr)
-	to := fs.String("to", "http://127.0.0.1:8080", "a front-end's URL (http://host:port or host:port)")
+	to := fs.String("to", "http://127.0.0.1:8080", "a front-end's URL (http://host:port, https://host:port or host:port)")
 	token := fs.String("admin-token", "", "the front-ends' --admin-token")
+	ca := fs.String("ca", "", caFlagHelp)
 	state := fs.String("state", "", "ls: only batches in this state: running, done or abandoned")
 	owner := fs.String("owner", "", "ls: only batches held by this front-end id")
 	olderThan := fs.Duration("older-than", 0, "ls: only batches created longer ago than this, e.g. 10m")
@@ -41,7 +42,11 @@ func runBatches(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if len(rest) == 0 {
 		return usageError{cmd: "batches", err: errors.New("say ls or show")}
 	}
-	admin, err := client.NewAdmin(*to, *token, nil)
+	tc, err := clientTLSConfig(*ca)
+	if err != nil {
+		return usageError{cmd: "batches", err: err}
+	}
+	admin, err := client.NewAdmin(*to, *token, adminHTTPClient(tc))
 	if err != nil {
 		return err
 	}
@@ -52,7 +57,7 @@ func runBatches(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		bs, err := admin.Batches(ctx, client.BatchFilter{State: *state, Owner: *owner, OlderThan: *olderThan, Key: *key, Limit: *limit})
 		if err != nil {
-			return err
+			return caHint(err)
 		}
 		if *asJSON {
 			return writeIndented(stdout, bs)
@@ -64,7 +69,7 @@ func runBatches(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		b, err := admin.Batch(ctx, rest[1])
 		if err != nil {
-			return err
+			return caHint(err)
 		}
 		if *asJSON {
 			return writeIndented(stdout, b)

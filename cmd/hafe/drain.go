@@ -24,25 +24,30 @@ Exit status: 0 drained; 4 still draining when --wait ran out (run it again);
 func runDrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("drain", "drain URL --admin-token T [--wait 30s]", drainAbout, stderr)
 	token := fs.String("admin-token", "", "the front-end's --admin-token")
+	ca := fs.String("ca", "", caFlagHelp)
 	wait := fs.Duration("wait", 30*time.Second, "how long to wait for the front-end to be drained (at most 10m)")
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(rest) != 1 {
-		return usageError{cmd: "drain", err: errors.New("give the front-end's URL, e.g. http://10.0.0.7:8080")}
+		return usageError{cmd: "drain", err: errors.New("give the front-end's URL, e.g. http://10.0.0.7:8080 (https:// with --tls-cert)")}
 	}
 	if *wait < 0 || *wait > 10*time.Minute {
 		return usageError{cmd: "drain", err: fmt.Errorf("--wait %v: want 0s to 10m", *wait)}
 	}
-	admin, err := client.NewAdmin(rest[0], *token, nil)
+	tc, err := clientTLSConfig(*ca)
+	if err != nil {
+		return usageError{cmd: "drain", err: err}
+	}
+	admin, err := client.NewAdmin(rest[0], *token, adminHTTPClient(tc))
 	if err != nil {
 		return usageError{cmd: "drain", err: err}
 	}
 	start := time.Now()
 	st, err := admin.Drain(ctx, *wait)
 	if err != nil {
-		return err
+		return caHint(err)
 	}
 	took := time.Since(start).Round(time.Millisecond)
 	if st.Status != "drained" {

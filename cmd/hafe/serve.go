@@ -76,6 +76,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		rebalance    = fs.Float64("rebalance-threshold", 0, "with --mtcp-listen: running more batches than the other front-ends' average by more than this, move MTCP connections with running batches to lighter ones (0: off)")
 		mtcpMode     = fs.String("mtcp-mode", "eager", "eager: save each connection's state in the database, so it survives a crash of this front-end; lazy: keep it here and hand it over on request only (survives drains and path failures, not crashes)")
 	)
+	tf := addTLSFlags(fs)
 	var tokens tokenList
 	fs.Var(&tokens, "token", "client bearer token accepted on /v1, as NAME=SECRET (repeatable or comma-separated). Idempotency-Keys are scoped by NAME, so give a client's new secret the same NAME when rotating it. Without any, the API is open to anyone who can reach --listen, including web pages in a browser on this machine: for loopback only")
 	if err := parseFlags(fs, args); err != nil {
@@ -96,6 +97,10 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 	if err != nil {
 		return usageError{cmd: "serve", err: err}
 	}
+	stls, err := tf.load(mopts != nil)
+	if err != nil {
+		return usageError{cmd: "serve", err: err}
+	}
 	if *maxBatches < 0 || *rebalance < 0 {
 		return usageError{cmd: "serve", err: errors.New("--max-batches and --rebalance-threshold must not be negative")}
 	}
@@ -103,6 +108,8 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	ln = stls.listenHTTPS(ln)
+	defer stls.reloadOnSIGHUP(log)()
 	addr := *advertise
 	if addr == "" {
 		addr = ln.Addr().String()
@@ -204,6 +211,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		var closeStore func()
 		// A request's input is kept until the request is answered.
 		mopts.maxInputLog = int(*maxBody) + 1<<20
+		mopts.tls = stls
 		if mln, closeStore, err = listenMTCP(ctx, mopts, poolCfg, *id, log, func(s mtcp.MigrationStats) {
 			if fe := observer.Load(); fe != nil {
 				fe.ObserveMigration(s)
@@ -250,7 +258,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 	} else {
 		close(mtcpDone)
 	}
-	log.Info("front-end serving", "id", *id, "listen", ln.Addr().String(), "mtcp", mopts.advertised(mln), "mtcp_mode", mopts.mode(), "raw_sql", *rawSQL, "templates", len(catalog.Names()))
+	log.Info("front-end serving", "id", *id, "listen", ln.Addr().String(), "mtcp", mopts.advertised(mln), "mtcp_mode", mopts.mode(), "tls", stls != nil, "raw_sql", *rawSQL, "templates", len(catalog.Names()))
 
 	var drained <-chan struct{}
 	select {

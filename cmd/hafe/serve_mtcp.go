@@ -24,6 +24,7 @@ type mtcpOptions struct {
 	key               []byte
 	eager             bool
 	maxInputLog       int // the request bodies served, and some
+	tls               *serveTLS
 }
 
 // readMTCPOptions checks the MTCP flags; nil without --mtcp-listen.
@@ -90,6 +91,7 @@ func listenMTCP(ctx context.Context, o *mtcpOptions, poolCfg *pgxpool.Config, id
 		OnMigration: observe,
 		Limits:      mtcp.Limits{MaxInputLog: max(o.maxInputLog, 8<<20)},
 	}
+	o.tls.configureMTCP(&cfg)
 	if o.eager {
 		scfg := poolCfg.Copy()
 		scfg.MaxConns = 4

@@ -37,8 +37,9 @@ Exit status:
   1  the batch completed, and some transactions aborted
   2  usage: bad flags, no --to, an unreadable or malformed FILE
   3  refused: a front-end answered 4xx (bad request, unknown template, key
-     reused with another body; a wrong token from every front-end): sending
-     it again will not help
+     reused with another body; a wrong token from every front-end), or no
+     front-end's TLS certificate verified with --ca: sending it again will
+     not help
   4  incomplete: front-ends unreachable or busy until --max-attempts or
      --timeout ran out; the batch is resumable, and standard error says how
      (same FILE, same --idempotency-key)
@@ -48,12 +49,13 @@ Exit status:
 Example:
   hafe submit sql/demo/transfers.json --to 127.0.0.1:8080,127.0.0.1:8081 | jq -c 'select(.status=="aborted")'`, stderr)
 	var to stringList
-	fs.Var(&to, "to", "front-end URLs, e.g. http://10.0.0.7:8080 or host:port; retries go round-robin (required; repeatable or comma-separated)")
+	fs.Var(&to, "to", "front-end URLs, e.g. http://10.0.0.7:8080, https://fe1.example:8443 or host:port; retries go round-robin (required; repeatable or comma-separated)")
 	key := fs.String("idempotency-key", "", "names the batch across retries; reuse it to resume an interrupted submit (default: a random key, printed in the summary)")
 	token := fs.String("token", "", "bearer token for the front-ends' /v1 routes")
 	quiet := fs.Bool("quiet", false, "no progress or summary on standard error, only errors")
 	attempts := fs.Int("max-attempts", 10, "give up after this many requests")
 	timeout := fs.Duration("timeout", 0, "give up after this long (0: no limit)")
+	ca := fs.String("ca", "", caFlagHelp+"; with --mtcp, it makes the MTCP paths TLS")
 	overMTCP := fs.Bool("mtcp", false, "send over Migratory TCP: --to names the front-ends' --mtcp-listen addresses, and the connection moves to another front-end in the middle of the batch when its front-end dies or drains, with no second request; each move is printed on standard error")
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -71,8 +73,12 @@ Example:
 		return usageError{cmd: "submit", err: err}
 	}
 
+	tc, err := clientTLSConfig(*ca)
+	if err != nil {
+		return usageError{cmd: "submit", err: err}
+	}
 	p := newProgress(stderr, n, *quiet)
-	cfg := client.Config{FrontEnds: to, Token: *token, MaxAttempts: *attempts, Observe: p.event}
+	cfg := client.Config{FrontEnds: to, Token: *token, TLSConfig: tc, MaxAttempts: *attempts, Observe: p.event}
 	if *overMTCP {
 		cfg.MTCP = &mtcp.Dialer{OnMigration: func(s mtcp.MigrationStats) {
 			if !*quiet {
@@ -109,6 +115,8 @@ Example:
 			return exitError{code: 4, err: err}
 		case errors.Is(err, client.ErrContinuity):
 			return exitError{code: 5, err: err}
+		case errors.Is(err, client.ErrCertificate):
+			return exitError{code: 3, err: caHint(err)}
 		case errors.As(err, &api) && !api.Retryable():
 			return exitError{code: 3, err: err}
 		}

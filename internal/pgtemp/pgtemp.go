@@ -30,6 +30,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Settings are extra "name=value" server settings passed with -c.
 	Settings []string
+	// TLSCert and TLSKey, when set (PEM), turn on ssl with this server
+	// certificate; clients then may connect with sslmode=verify-full and
+	// sslrootcert naming its CA. Plain connections are still accepted.
+	TLSCert, TLSKey []byte
 }
 
 // Server is a running throwaway PostgreSQL server. Its superuser is
@@ -120,6 +124,20 @@ func (s *Server) init(ctx context.Context) error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("pgtemp: initdb: %w: %s", err, lastLines(string(out), 5))
 	}
+	if s.opts.TLSCert != nil {
+		// The server refuses a key others may read, or one not its own.
+		for name, b := range map[string][]byte{"server.crt": s.opts.TLSCert, "server.key": s.opts.TLSKey} {
+			f := filepath.Join(s.dataDir(), name)
+			if err := os.WriteFile(f, b, 0o600); err != nil {
+				return fmt.Errorf("pgtemp: %w", err)
+			}
+			if s.cred != nil {
+				if err := os.Chown(f, int(s.cred.Uid), int(s.cred.Gid)); err != nil {
+					return fmt.Errorf("pgtemp: %w", err)
+				}
+			}
+		}
+	}
 	return nil
 }
 
@@ -136,6 +154,9 @@ func (s *Server) start(ctx context.Context) error {
 	args := []string{"-D", s.dataDir(), "-p", strconv.Itoa(s.port),
 		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=" + s.dir,
 		"-c", "fsync=off", "-c", "max_connections=200"}
+	if s.opts.TLSCert != nil {
+		args = append(args, "-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key")
+	}
 	for _, kv := range s.opts.Settings {
 		args = append(args, "-c", kv)
 	}
