@@ -46,8 +46,11 @@ func runDrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	start := time.Now()
 	st, err := admin.Drain(ctx, *wait)
+	if errors.Is(err, client.ErrCertificate) {
+		return exitError{code: 1, err: caHint(err)}
+	}
 	if err != nil {
-		return caHint(err)
+		return err
 	}
 	took := time.Since(start).Round(time.Millisecond)
 	if st.Status != "drained" {

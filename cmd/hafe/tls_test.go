@@ -510,3 +510,185 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestClientsRefuseAFrontEndTheirCADidNotSign: every client of a TLS
+// front-end, given a CA that did not sign its certificate, stops at the
+// handshake with an error that says so and names the flag to check; the
+// agent logs it. With the right CA the agent carries a batch over TLS.
+func TestClientsRefuseAFrontEndTheirCADidNotSign(t *testing.T) {
+	tc := startTLSCluster(t, 1, false)
+	rogue := newTestCA(t, tc.dir, "rogue")
+	file := filepath.Join(tc.dir, "batch.json")
+	os.WriteFile(file, slowEffectBatch("ca", 2), 0o600)
+	url := "https://" + tc.https[0]
+	for _, args := range [][]string{
+		{"submit", "--to", url, file},
+		{"submit", "--mtcp", "--to", tc.mtcp[0], file},
+		{"drain", url, "--admin-token", tlsTestAdminToken},
+		{"batches", "ls", "--to", url, "--admin-token", tlsTestAdminToken},
+	} {
+		start := time.Now()
+		r := tc.hafe(t, append(args, "--ca", rogue.file)...)
+		t.Logf("hafe %s: exit %d after %v: %s", strings.Join(args, " "), r.code, time.Since(start).Round(time.Millisecond), lastLinesOf(r.stderr, 2))
+		if r.code == 0 || !strings.Contains(r.stderr, "certificate signed by unknown authority") || !strings.Contains(r.stderr, "check --ca") {
+			t.Errorf("hafe %s with another CA: exit %d, stderr:\n%s\nwant a failure saying the certificate is signed by an unknown authority and to check --ca", strings.Join(args, " "), r.code, r.stderr)
+		}
+		if want := map[string]int{"submit": 3, "drain": 1}[args[0]]; want != 0 && r.code != want {
+			t.Errorf("hafe %s with another CA: exit %d, want %d (refused)", strings.Join(args, " "), r.code, want)
+		}
+		if strings.Contains(r.stderr, "attempt 2") {
+			t.Errorf("hafe %s retried a certificate it cannot verify:\n%s", strings.Join(args, " "), r.stderr)
+		}
+	}
+	if r := tc.hafe(t, "submit", "--quiet", "--to", url, "--ca", tc.ca.file, file); r.code != 0 {
+		t.Errorf("submit with the right CA: exit %d: %s", r.code, r.stderr)
+	}
+
+	for _, ca := range []*testCA{rogue, tc.ca} {
+		addr := freeAddr(t)
+		var log lockedBuffer
+		agent := exec.Command(tc.bin, "agent", "--listen", addr, "--servers", tc.mtcp[0], "--ca", ca.file, "--dial-timeout", "3s", "--shutdown-timeout", "1s")
+		agent.Stdout, agent.Stderr = &log, &log
+		agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := agent.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if c, err := net.Dial("tcp", addr); err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the agent never listened:\n%s", log.String())
+			}
+		}
+		body, _ := os.ReadFile(file)
+		start := time.Now()
+		hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := hc.Post("http://"+addr+"/v1/batches", "application/json", bytes.NewReader(body))
+		var out []byte
+		if err == nil {
+			out, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		agent.Process.Signal(syscall.SIGTERM)
+		agent.Wait()
+		t.Logf("agent --ca %s: %v after %v", filepath.Base(ca.file), err, time.Since(start).Round(time.Millisecond))
+		if ca == rogue {
+			if err == nil || !strings.Contains(log.String(), "certificate signed by unknown authority") || !strings.Contains(log.String(), "check the CA the agent trusts (--ca)") {
+				t.Errorf("agent with another CA: %v, log:\n%s\nwant the connection reset and a log line naming --ca", err, log.String())
+			}
+			continue
+		}
+		if err != nil || resp.StatusCode != 200 || !bytes.Contains(out, []byte(`"done":true`)) {
+			t.Errorf("agent with the right CA: %v %s\n%s", err, out, log.String())
+		}
+	}
+}
+
+// handshakeName is the common name of the certificate a TLS handshake
+// with addr shows now.
+func handshakeName(t *testing.T, addr string, pool *x509.CertPool) string {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool})
+	if err != nil {
+		t.Fatalf("TLS handshake with %s: %v", addr, err)
+	}
+	defer c.Close()
+	return c.ConnectionState().PeerCertificates[0].Subject.CommonName
+}
+
+// TestServeReloadsItsCertificateOnSIGHUPUnderLoad: while two batches
+// stream, one over HTTPS and one over MTCP with TLS, the front-end's
+// certificate files are replaced and it gets SIGHUP. New handshakes on
+// both listeners show the new certificate; the running batches go on to
+// their summary lines on their old connections. A broken file is refused
+// on the next SIGHUP with a log line, and the certificate in use stays.
+func TestServeReloadsItsCertificateOnSIGHUPUnderLoad(t *testing.T) {
+	tc := startTLSCluster(t, 1, false)
+	const n = 40
+	listeners := map[string]string{"HTTPS": tc.https[0], "MTCP": tc.mtcp[0]}
+	for name, addr := range listeners {
+		if cn := handshakeName(t, addr, tc.ca.pool); cn != "fe-0 gen-1" {
+			t.Fatalf("%s shows %q at start", name, cn)
+		}
+	}
+	d := &mtcp.Dialer{TLSConfig: tc.clientTLS(), Servers: tc.mtcp}
+	clients := map[string]func() (*http.Response, error){
+		"HTTPS": func() (*http.Response, error) {
+			return tc.httpClient().Post("https://"+tc.https[0]+"/v1/batches", "application/json", bytes.NewReader(slowEffectBatch("hup-https", n)))
+		},
+		"MTCP": func() (*http.Response, error) {
+			hc := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+			return hc.Post("http://"+tc.mtcp[0]+"/v1/batches", "application/json", bytes.NewReader(slowEffectBatch("hup-mtcp", n)))
+		},
+	}
+	type stream struct {
+		name string
+		br   *bufio.Reader
+		body io.Closer
+	}
+	var streams []stream
+	for name, post := range clients {
+		resp, err := post()
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s: %v", name, err)
+		}
+		defer resp.Body.Close()
+		s := stream{name, bufio.NewReader(resp.Body), resp.Body}
+		for range 3 {
+			if _, err := s.br.ReadBytes('\n'); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+		}
+		streams = append(streams, s)
+	}
+
+	certPEM, keyPEM := tc.ca.issuePEM(t, "fe-0 gen-2")
+	replaceFile(t, tc.keyFiles[0], keyPEM)
+	replaceFile(t, tc.certFiles[0], certPEM)
+	tc.procs[0].Process.Signal(syscall.SIGHUP)
+	waitLog(t, tc.logs[0], "TLS certificates reloaded", 1)
+	for name, addr := range listeners {
+		if cn := handshakeName(t, addr, tc.ca.pool); cn != "fe-0 gen-2" {
+			t.Errorf("%s shows %q after the reload, want fe-0 gen-2", name, cn)
+		}
+	}
+	for _, s := range streams {
+		lines := 3
+		var last []byte
+		for {
+			raw, err := s.br.ReadBytes('\n')
+			if len(raw) == 0 && err != nil {
+				break
+			}
+			lines++
+			last = raw
+		}
+		if lines != n+1 || !bytes.Contains(last, []byte(`"done":true`)) {
+			t.Errorf("%s: the batch running across the reload ended after %d lines (%q), want %d and the summary", s.name, lines, last, n+1)
+		}
+	}
+
+	replaceFile(t, tc.certFiles[0], []byte("not a certificate"))
+	tc.procs[0].Process.Signal(syscall.SIGHUP)
+	waitLog(t, tc.logs[0], "TLS certificates not reloaded: the ones in use stay", 1)
+	for name, addr := range listeners {
+		if cn := handshakeName(t, addr, tc.ca.pool); cn != "fe-0 gen-2" {
+			t.Errorf("%s shows %q after a failed reload, want fe-0 gen-2 still", name, cn)
+		}
+	}
+	if err := tc.procs[0].Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("the front-end is gone after SIGHUPs: %v", err)
+	}
+}
+
+// waitLog waits until log holds msg at least count times.
+func waitLog(t *testing.T, log *lockedBuffer, msg string, count int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); strings.Count(log.String(), msg) < count; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line %q:\n%s", msg, log.String())
+		}
+	}
+}
