@@ -23,6 +23,7 @@ const benchUsage = `Usage: hafe bench <benchmark> [flags]
 Benchmarks (each prints its measurements side by side from one run):
   batches   POST /v1/batches through hafe vs a plain chi+pgx handler that
             records nothing: transactions/s and per-transaction latency
+            (--mtcp: also over MTCP; --tls: also with TLS on every hop)
   migrate   one-way MTCP migration between two servers on loopback, by phase
             and state size, lazy and with a warm standby path, against a
             TCP connect plus one round trip
@@ -79,7 +80,9 @@ func runBenchBatches(ctx context.Context, args []string, stdout, stderr io.Write
 			"TCP, as hafe serve --mtcp-listen) to two more front-ends on the same pool:\n"+
 			"eager (two snapshot writes per batch in the database: one at the request\n"+
 			"boundary, one amend when the answer is decided) and lazy (state in memory),\n"+
-			"and prints each against hafe over plain HTTP.", stderr)
+			"and prints each against hafe over plain HTTP.\n"+
+			"With --tls the hafe side (and with --mtcp the eager one) runs again with TLS\n"+
+			"on every hop, on a front-end and pool of its own, and prints TLS/none.", stderr)
 	var (
 		db          = fs.String("db", "", "PostgreSQL URL of a scratch database (default: a throwaway server)")
 		clients     = fs.Int("clients", 8, "concurrent clients")
@@ -92,6 +95,7 @@ func runBenchBatches(ctx context.Context, args []string, stdout, stderr io.Write
 		interactive = fs.Bool("interactive", false, "also measure a plain handler that sends one statement per round trip")
 		seed        = fs.Uint64("seed", 1, "seed of the generated batches")
 		overMTCP    = fs.Bool("mtcp", false, "also send the batches over MTCP to front-ends of their own, eager and lazy, and print their throughput against hafe over plain HTTP (target 0.9x)")
+		withTLS     = fs.Bool("tls", false, "also run hafe (and with --mtcp the eager MTCP front-end) with TLS on every hop: HTTPS or MTCP over TLS from the clients, TLS with a verified certificate to PostgreSQL (without --db; with --db as its URL says), and print each against the same side without TLS (target 0.9x)")
 	)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -102,7 +106,7 @@ func runBenchBatches(ctx context.Context, args []string, stdout, stderr io.Write
 	return compare.Run(ctx, compare.Options{
 		DB: *db, Clients: *clients, BatchSize: *batchSize, Accounts: *accounts, Duration: *duration,
 		Rounds: *rounds, PoolSize: *poolSize, Keys: *keys, Interactive: *interactive, Seed: *seed,
-		MTCP: *overMTCP,
+		MTCP: *overMTCP, TLS: *withTLS,
 	}, stdout, stderr)
 }
 

@@ -4,6 +4,7 @@ package compare
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -39,15 +40,31 @@ type Options struct {
 	// batch) and lazy (state kept in memory), each its own front-end on
 	// the same pool as the HTTP one.
 	MTCP bool
+	// TLS adds the same front-ends with TLS on every hop: HTTPS (and MTCP
+	// paths over TLS) from the clients, TLS with a verified certificate
+	// to PostgreSQL (a throwaway server then runs with ssl on; a --db
+	// server is reached as its URL says).
+	TLS bool
 }
 
 // Run runs the same workload through a hafe front-end and through the
 // plain handlers, in alternating rounds, and prints the ratios.
 func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 	url := o.DB
+	var bt *benchTLS
+	if o.TLS {
+		var err error
+		if bt, err = newBenchTLS(); err != nil {
+			return err
+		}
+	}
 	if url == "" {
 		fmt.Fprintln(stderr, "starting a throwaway PostgreSQL…")
-		srv, err := pgtemp.Start(ctx, pgtemp.Options{})
+		var popts pgtemp.Options
+		if bt != nil {
+			popts.TLSCert, popts.TLSKey = bt.certPEM, bt.keyPEM
+		}
+		srv, err := pgtemp.Start(ctx, popts)
 		if err != nil {
 			return err
 		}
@@ -59,21 +76,21 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 	if err := prepareDB(ctx, url); err != nil {
 		return err
 	}
-	newPool := func(id string) (*pgxpool.Pool, error) {
-		cfg, err := pgxpool.ParseConfig(url)
+	newPool := func(id string, withTLS bool) (*pgxpool.Pool, error) {
+		cfg, err := poolConfig(url, withTLS && o.DB == "", bt)
 		if err != nil {
-			return nil, fmt.Errorf("--db: %w", err)
+			return nil, err
 		}
 		cfg.MaxConns = int32(o.PoolSize)
 		backendext.ConfigurePool(cfg, id, "", time.Minute)
 		return pgxpool.NewWithConfig(ctx, cfg)
 	}
-	hafePool, err := newPool("bench-hafe")
+	hafePool, err := newPool("bench-hafe", false)
 	if err != nil {
 		return err
 	}
 	defer hafePool.Close()
-	plainPool, err := newPool("bench-plain")
+	plainPool, err := newPool("bench-plain", false)
 	if err != nil {
 		return err
 	}
@@ -108,21 +125,64 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 	}
 	defer stopPlain()
 	sides = append(sides, &side{name: "plain", url: plainURL})
+	var tlsPool *pgxpool.Pool
+	if bt != nil {
+		// Its own front-end and pool: every hop of this side is TLS.
+		if tlsPool, err = newPool("bench-hafe-tls", true); err != nil {
+			return err
+		}
+		defer tlsPool.Close()
+		tfe, err := frontend.New(tlsPool, frontend.Config{ID: "bench-hafe-tls"}, nil)
+		if err != nil {
+			return err
+		}
+		tctx, stopT := context.WithCancel(ctx)
+		tdone := make(chan struct{})
+		go func() { tfe.Run(tctx); close(tdone) }()
+		defer func() { stopT(); <-tdone }()
+		u, stop, err := serveHTTPS(tfe.Handler(), bt)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		hc := batchbench.NewClient(o.Clients)
+		hc.Transport.(*http.Transport).TLSClientConfig = bt.client()
+		sides = append(sides, &side{name: "hafe-tls", url: u, client: hc})
+		// The plain side's front-end over HTTPS: the client hop alone.
+		u, stop, err = serveHTTPS(fe.Handler(), bt)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		sides = append(sides, &side{name: "hafe-https", url: u, client: hc})
+	}
 	if o.MTCP {
 		for _, eager := range []bool{true, false} {
-			name, id := "hafe-mtcp-lazy", "bench-mtcp-lazy"
-			if eager {
-				name, id = "hafe-mtcp-eager", "bench-mtcp-eager"
+			for _, withTLS := range []bool{false, true} {
+				if withTLS && (bt == nil || !eager) {
+					continue
+				}
+				name, id := "hafe-mtcp-lazy", "bench-mtcp-lazy"
+				if eager {
+					name, id = "hafe-mtcp-eager", "bench-mtcp-eager"
+				}
+				pool, sbt := hafePool, (*benchTLS)(nil)
+				if withTLS {
+					name, id, pool, sbt = name+"-tls", id+"-tls", tlsPool, bt
+				}
+				addr, stop, err := serveMTCP(ctx, url, pool, id, eager, sbt, o.DB == "")
+				if err != nil {
+					return err
+				}
+				defer stop()
+				d := &mtcp.Dialer{Servers: []string{addr}}
+				if sbt != nil {
+					d.TLSConfig = sbt.client()
+				}
+				hc := batchbench.NewClient(o.Clients)
+				hc.Transport.(*http.Transport).DialContext = d.DialContext
+				sides = append(sides, &side{name: name, url: "http://" + addr, client: hc})
 			}
-			addr, stop, err := serveMTCP(ctx, url, hafePool, id, eager)
-			if err != nil {
-				return err
-			}
-			defer stop()
-			d := &mtcp.Dialer{Servers: []string{addr}}
-			hc := batchbench.NewClient(o.Clients)
-			hc.Transport.(*http.Transport).DialContext = d.DialContext
-			sides = append(sides, &side{name: name, url: "http://" + addr, client: hc})
 		}
 	}
 	if o.Interactive {
@@ -198,13 +258,61 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "%s/hafe (plain HTTP) throughput %.2fx %s the target of 0.9x\n", s.Name, r, verdict)
 	}
+	// TLS against the same side without it.
+	byName := map[string]batchbench.Result{}
+	for _, s := range table {
+		byName[s.Name] = s.Result
+	}
+	for _, p := range []struct{ tls, base, what string }{
+		{"hafe-tls", "hafe", "TLS on every hop / none"},
+		{"hafe-https", "hafe", "HTTPS, the client hop alone / none"},
+		{"hafe-mtcp-eager-tls", "hafe-mtcp-eager", "TLS on every hop / none"},
+	} {
+		t, ok := byName[p.tls]
+		if !ok {
+			continue
+		}
+		r := t.TxPerSec() / byName[p.base].TxPerSec()
+		verdict := "meets"
+		if r < 0.9 {
+			verdict = "is below"
+		}
+		fmt.Fprintf(stdout, "%s/%s (%s) throughput %.2fx %s the target of 0.9x\n", p.tls, p.base, p.what, r, verdict)
+	}
 	return nil
+}
+
+// poolConfig is a pool's configuration for url; withTLS makes it reach the
+// throwaway server over TLS, checking its certificate as
+// sslmode=verify-full does.
+func poolConfig(url string, withTLS bool, bt *benchTLS) (*pgxpool.Config, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("--db: %w", err)
+	}
+	if withTLS {
+		cfg.ConnConfig.TLSConfig = bt.client()
+		cfg.ConnConfig.Fallbacks = nil
+	}
+	return cfg, nil
+}
+
+// serveHTTPS serves h over HTTPS on a loopback port, as hafe serve
+// --tls-cert does.
+func serveHTTPS(h http.Handler, bt *benchTLS) (url string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(tls.NewListener(ln, bt.server()))
+	return "https://" + ln.Addr().String(), func() { srv.Close() }, nil
 }
 
 // serveMTCP runs a front-end of its own on pool, served over MTCP on a
 // loopback port, as hafe serve --mtcp-listen does (eager mode saves the
 // snapshots through a small pool of its own).
-func serveMTCP(ctx context.Context, url string, pool *pgxpool.Pool, id string, eager bool) (addr string, stop func(), err error) {
+func serveMTCP(ctx context.Context, url string, pool *pgxpool.Pool, id string, eager bool, bt *benchTLS, throwaway bool) (addr string, stop func(), err error) {
 	fe, err := frontend.New(pool, frontend.Config{ID: id}, nil)
 	if err != nil {
 		return "", nil, err
@@ -215,9 +323,12 @@ func serveMTCP(ctx context.Context, url string, pool *pgxpool.Pool, id string, e
 	}
 	addr = raw.Addr().String()
 	cfg := mtcp.ListenConfig{Self: addr, ClusterKey: []byte("bench batches cluster key, 32 b!")}
+	if bt != nil {
+		cfg.TLSConfig = bt.server()
+	}
 	closeStore := func() {}
 	if eager {
-		scfg, err := pgxpool.ParseConfig(url)
+		scfg, err := poolConfig(url, bt != nil && throwaway, bt)
 		if err != nil {
 			raw.Close()
 			return "", nil, err
