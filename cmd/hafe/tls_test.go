@@ -86,6 +86,11 @@ func (ca *testCA) issue(t testing.TB, name, cn string) (certFile, keyFile string
 
 func (ca *testCA) issuePEM(t testing.TB, cn string) (certPEM, keyPEM []byte) {
 	t.Helper()
+	return ca.issuePEMUsage(t, cn, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+}
+
+func (ca *testCA) issuePEMUsage(t testing.TB, cn string, usage ...x509.ExtKeyUsage) (certPEM, keyPEM []byte) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +103,7 @@ func (ca *testCA) issuePEM(t testing.TB, cn string) (certPEM, keyPEM []byte) {
 		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
 		DNSNames:     []string{"localhost"},
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:  usage,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
