@@ -31,7 +31,7 @@ func runDrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if len(rest) != 1 {
-		return usageError{cmd: "drain", err: errors.New("give the front-end's URL, e.g. http://10.0.0.7:8080 (https:// with --tls-cert)")}
+		return usageError{cmd: "drain", err: errors.New("give the front-end's URL, e.g. http://10.0.0.7:8080")}
 	}
 	if *wait < 0 || *wait > 10*time.Minute {
 		return usageError{cmd: "drain", err: fmt.Errorf("--wait %v: want 0s to 10m", *wait)}
