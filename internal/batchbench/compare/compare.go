@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -258,10 +259,16 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "%s/hafe (plain HTTP) throughput %.2fx %s the target of 0.9x\n", s.Name, r, verdict)
 	}
-	// TLS against the same side without it.
+	// TLS against the same side without it: over the whole run, and the
+	// median of each round's ratio (both measured minutes apart at most,
+	// so a machine whose load drifts skews it less).
 	byName := map[string]batchbench.Result{}
+	runs := map[string][]batchbench.Result{}
 	for _, s := range table {
 		byName[s.Name] = s.Result
+	}
+	for _, s := range sides {
+		runs[s.name] = s.runs
 	}
 	for _, p := range []struct{ tls, base, what string }{
 		{"hafe-tls", "hafe", "TLS on every hop / none"},
@@ -277,7 +284,14 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 		if r < 0.9 {
 			verdict = "is below"
 		}
-		fmt.Fprintf(stdout, "%s/%s (%s) throughput %.2fx %s the target of 0.9x\n", p.tls, p.base, p.what, r, verdict)
+		var per []float64
+		for i, tr := range runs[p.tls] {
+			per = append(per, tr.TxPerSec()/runs[p.base][i].TxPerSec())
+		}
+		slices.Sort(per)
+		median := (per[(len(per)-1)/2] + per[len(per)/2]) / 2
+		fmt.Fprintf(stdout, "%s/%s (%s) throughput %.2fx %s the target of 0.9x; per round %.2f, median %.2fx\n",
+			p.tls, p.base, p.what, r, verdict, per, median)
 	}
 	return nil
 }
