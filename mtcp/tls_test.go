@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"io"
 	"log/slog"
 	"math/big"
 	"net"
@@ -20,7 +21,7 @@ import (
 
 // testTLS returns a server config with a fresh self-signed certificate for
 // 127.0.0.1 and a client config that trusts it.
-func testTLS(t *testing.T) (server, client *tls.Config) {
+func testTLS(t testing.TB) (server, client *tls.Config) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -223,4 +224,51 @@ func (l *lockedLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// BenchmarkRoundTripTLS is a small request and its answer on one MTCP
+// connection (as a batch's request and report lines are), over plain TCP
+// paths and over TLS paths: what TLS adds to a round trip.
+func BenchmarkRoundTripTLS(b *testing.B) {
+	srvTLS, cliTLS := testTLS(b)
+	for _, withTLS := range []bool{false, true} {
+		name := "tcp"
+		if withTLS {
+			name = "tls"
+		}
+		b.Run(name, func(b *testing.B) {
+			cfg := ListenConfig{}
+			d := &Dialer{}
+			if withTLS {
+				cfg.TLSConfig, d.TLSConfig = srvTLS, cliTLS
+			}
+			l, err := Listen("tcp", "127.0.0.1:0", cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			go func() {
+				c, err := l.Accept()
+				if err == nil {
+					_, _ = io.Copy(c, c)
+					c.Close()
+				}
+			}()
+			c, err := d.Dial("tcp", l.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			msg, got := make([]byte, 200), make([]byte, 200)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := c.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, got); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
