@@ -179,10 +179,9 @@ func (s *serveTLS) configureMTCP(cfg *mtcp.ListenConfig) {
 // reloadOnSIGHUP reloads the certificates on every SIGHUP until stop is
 // called. Connections keep the certificate they were made with; new
 // handshakes get the new one.
+// Without TLS a SIGHUP is logged and ignored, rather than ending the
+// process as it would by default (systemctl reload sends one).
 func (s *serveTLS) reloadOnSIGHUP(log *slog.Logger) (stop func()) {
-	if s == nil {
-		return func() {}
-	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -194,6 +193,10 @@ func (s *serveTLS) reloadOnSIGHUP(log *slog.Logger) (stop func()) {
 			case <-done:
 				return
 			case <-hup:
+				if s == nil {
+					log.Info("SIGHUP: no TLS certificates to reload (no --tls-cert); nothing done")
+					continue
+				}
 				if err := s.reload(); err != nil {
 					log.Error("TLS certificates not reloaded: the ones in use stay", "err", err)
 					continue

@@ -4,7 +4,9 @@ import (
 	"crypto/x509"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestServeTLSFlagsAreChecked: the TLS flags that cannot work together
@@ -51,5 +53,26 @@ func TestServeTLSFlagsAreChecked(t *testing.T) {
 				t.Errorf("%v, want an error saying %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestServeWithoutTLSOutlivesSIGHUP: systemctl reload sends SIGHUP, which
+// would end a process that does not handle it; a front-end without
+// --tls-cert logs that it has nothing to reload and goes on serving.
+func TestServeWithoutTLSOutlivesSIGHUP(t *testing.T) {
+	requirePostgresBinaries(t)
+	p := startServe(t, "--id", "fe-hup", "--install")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case err := <-p.exited:
+		t.Fatalf("hafe serve ended on SIGHUP: %v\n%s", err, p.logs.String())
+	default:
+	}
+	waitServeReady(t, "http://"+p.addr)
+	p.cmd.Process.Kill()
+	<-p.exited
+	if !strings.Contains(p.logs.String(), "SIGHUP: no TLS certificates to reload") {
+		t.Errorf("no log line says SIGHUP did nothing:\n%s", p.logs.String())
 	}
 }
