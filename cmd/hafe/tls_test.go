@@ -545,8 +545,12 @@ func TestClientsRefuseAFrontEndTheirCADidNotSign(t *testing.T) {
 			t.Errorf("hafe %s retried a certificate it cannot verify:\n%s", strings.Join(args, " "), r.stderr)
 		}
 	}
-	if r := tc.hafe(t, "submit", "--quiet", "--to", url, "--ca", tc.ca.file, file); r.code != 0 {
-		t.Errorf("submit with the right CA: exit %d: %s", r.code, r.stderr)
+	// With the right CA: HTTPS, MTCP over TLS, and MTCP named by an
+	// https:// URL (the path's TLS is the only layer).
+	for _, args := range [][]string{{"--to", url}, {"--mtcp", "--to", tc.mtcp[0]}, {"--mtcp", "--to", "https://" + tc.mtcp[0]}} {
+		if r := tc.hafe(t, append([]string{"submit", "--quiet", "--ca", tc.ca.file, file}, args...)...); r.code != 0 {
+			t.Errorf("submit %v with the right CA: exit %d: %s", args, r.code, r.stderr)
+		}
 	}
 
 	for _, ca := range []*testCA{rogue, tc.ca} {
