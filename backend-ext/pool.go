@@ -50,17 +50,86 @@ func ConfigurePool(cfg *pgxpool.Config, memberID, incarnation string, idleInTx t
 		Control:         setUserTimeout(deadPeerTimeout),
 	}
 	cfg.ConnConfig.DialFunc = d.DialContext
+	RequireWritable(&cfg.ConnConfig.Config)
+}
+
+// RequireWritable makes connections with cfg go only to a server that
+// accepts writes, and drop a session as soon as it finds its server read-only
+// (SQLSTATE 25006: a demoted primary, a standby): a front-end never writes
+// to a standby, and a session on one is never reused. With a multi-host URL
+// (postgres://a,b/db) a connection then tries the hosts in turn until one
+// is the primary, whatever target_session_attrs says; a target_session_attrs
+// the URL sets is checked too.
+func RequireWritable(cfg *pgconn.Config) {
+	prev := cfg.ValidateConnect
+	cfg.ValidateConnect = func(ctx context.Context, c *pgconn.PgConn) error {
+		if prev != nil {
+			if err := prev(ctx, c); err != nil {
+				return err
+			}
+		}
+		// One round trip: writable? and which server (for ServerOf).
+		res, err := c.Exec(ctx, serverCheckSQL).ReadAll()
+		if err != nil {
+			return err
+		}
+		if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 2 {
+			return errors.New("check server: unexpected answer")
+		}
+		if string(res[0].Rows[0][0]) == "on" {
+			return pgconn.ErrReadOnlyConnection
+		}
+		c.CustomData()[serverKey] = string(res[0].Rows[0][1])
+		return nil
+	}
+	onErr := cfg.OnPgError
+	cfg.OnPgError = func(c *pgconn.PgConn, e *pgconn.PgError) bool {
+		if e.Code == ReadOnlyCode {
+			return false
+		}
+		return onErr == nil || onErr(c, e)
+	}
+}
+
+// serverCheckSQL answers whether the session is read-only, and names the
+// server run by when its postmaster started (to the microsecond; the
+// address would differ between URLs that name one server differently). A
+// promoted standby, or the same server restarted, is another run; a
+// session on another run may find outcomes missing that were reported
+// (ServerOf).
+const serverCheckSQL = `SELECT current_setting('transaction_read_only'), pg_postmaster_start_time()::text`
+
+const serverKey = "hafe.server"
+
+// ServerOf names the server run a connection made with RequireWritable's
+// config reached ("" for another connection). Two connections with the
+// same name write to the same database; after a failover the name changes.
+func ServerOf(c *pgconn.PgConn) string {
+	s, _ := c.CustomData()[serverKey].(string)
+	return s
+}
+
+// ReadOnlyCode is SQLSTATE read_only_sql_transaction: a write on a session
+// whose server is (now) read-only, or in a transaction that is.
+const ReadOnlyCode = "25006"
+
+// IsReadOnly reports whether err is SQLSTATE 25006 (read_only_sql_transaction).
+func IsReadOnly(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == ReadOnlyCode
 }
 
 // IsDeadConn reports whether err says the connection itself is gone (the
 // server closed or reset it, or terminated the session) rather than that a
 // statement failed. A PostgreSQL restart leaves every pooled connection
-// so, and each one fails like this the first time it is used.
+// so, and each one fails like this the first time it is used. A session
+// that found its server read-only (25006, closed by RequireWritable) counts
+// too: after a failover every pooled session is on the old primary.
 func IsDeadConn(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
-		case "57P01", "57P02": // admin_shutdown, crash_shutdown
+		case "57P01", "57P02", ReadOnlyCode: // admin_shutdown, crash_shutdown, read-only server
 			return true
 		}
 		return false

@@ -336,3 +336,24 @@ func ListOutcomeSizes(ctx context.Context, db DB, batchID string) ([]OutcomeSize
 		return o, err
 	})
 }
+
+// CountRecorded says whether batch batchID exists and how many of its
+// slots 1..upTo have an outcome: after a failover, whether what was
+// reported survived.
+func CountRecorded(ctx context.Context, db DB, batchID string, upTo int) (exists bool, n int, err error) {
+	err = db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM hafe.batches WHERE batch_id = $1),
+		(SELECT count(*) FROM hafe.outcomes WHERE batch_id = $1 AND seq <= $2)`, batchID, upTo).Scan(&exists, &n)
+	if err != nil {
+		return false, 0, fmt.Errorf("count outcomes of batch %s: %w", batchID, err)
+	}
+	return exists, n, nil
+}
+
+// MarkBatchDone marks a batch done whoever holds its lease: for a batch
+// whose reported outcomes a failover lost, which must never run again.
+func MarkBatchDone(ctx context.Context, db DB, batchID string) error {
+	if _, err := db.Exec(ctx, `UPDATE hafe.batches SET state = 'done', owner = NULL, updated_at = now() WHERE batch_id = $1`, batchID); err != nil {
+		return fmt.Errorf("mark batch %s done: %w", batchID, err)
+	}
+	return nil
+}

@@ -128,6 +128,15 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 	if mx != nil {
 		mx.batchID = lease.BatchID
 	}
+	var gone *txn.LostReportsError
+	if mx != nil && mx.decided != nil && mx.decided.ID != lease.BatchID {
+		// The connection's request had become another batch, which the
+		// database no longer knows: a failover lost it. Its head is
+		// written again as before (the client has it), then the end.
+		gone = &txn.LostReportsError{BatchID: mx.decided.ID, Reported: 0, BatchMissing: true}
+		s.exec.Release(lease)
+		mx.batchID = mx.decided.ID
+	}
 	h := w.Header()
 	h.Set("Content-Type", "application/x-ndjson")
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -138,8 +147,23 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		h.Set(api.HeaderResumed, "true")
 	}
 	w.WriteHeader(http.StatusOK)
+	if gone != nil {
+		mx.skipHeld()
+		s.metrics.batches.WithLabelValues("interrupted").Inc()
+		w.Write(append(s.reportLost(gone, "mtcp", "request_id", w.Header().Get("X-Request-Id")), '\n'))
+		return
+	}
 	if mx != nil && mx.migrated {
-		lease.Reported = mx.heldReports(r.Context())
+		var lost *txn.LostReportsError
+		if lease.Reported, lost = mx.heldReports(r.Context(), len(req.batch.Transactions)); lost != nil {
+			// The connection holds report lines the database has lost:
+			// they are not written again, nor their slots run again.
+			s.exec.Release(lease)
+			mx.skipHeld()
+			s.metrics.batches.WithLabelValues("interrupted").Inc()
+			w.Write(append(s.reportLost(lost, "mtcp", "request_id", w.Header().Get("X-Request-Id")), '\n'))
+			return
+		}
 	}
 	// Each write gets WriteTimeout: a client that stops reading loses the
 	// connection, and the executor releases its batch. The deadline is
@@ -165,6 +189,14 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		level := slog.LevelWarn
 		if clientLeft {
 			level = slog.LevelInfo // the client's retry resumes it
+		}
+		if lost := asLost(err); lost != nil && !clientLeft {
+			via := "http"
+			if mx != nil {
+				via = "mtcp"
+			}
+			emit(s.reportLost(lost, via, "request_id", w.Header().Get("X-Request-Id")))
+			return
 		}
 		log.Log(r.Context(), level, "batch interrupted", "reported", sum.Committed+sum.Aborted, "client_left", clientLeft, "err", err)
 		if !clientLeft && mx != nil && mx.handOff(log) {

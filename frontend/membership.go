@@ -56,6 +56,7 @@ func (s *Server) heartbeat(run context.Context) {
 		// one cut short because the front-end stops did not.
 		if run.Err() == nil {
 			s.log.Warn("database probe", "err", err)
+			s.databaseLost()
 			s.probeFailures++
 			if s.probeFailures == handOffAfterProbes {
 				s.handOffBusy("this front-end cannot reach the database")
@@ -64,6 +65,7 @@ func (s *Server) heartbeat(run context.Context) {
 		return
 	}
 	s.probeFailures = 0
+	s.watchReplication(ctx)
 	c := s.counters()
 	err = backendext.Heartbeat(ctx, s.ctl, backendext.Member{
 		ID: s.cfg.ID, Incarnation: s.exec.Incarnation(), HTTPAddr: s.cfg.Addr, MTCPAddr: s.cfg.MTCPAddr, Load: float64(s.batches.running()), Draining: s.batches.isDraining(),

@@ -38,6 +38,8 @@ type metrics struct {
 	dbUp           prometheus.Gauge
 	dbRoundTrip    prometheus.Gauge
 	httpSeconds    *prometheus.HistogramVec
+	promise        *prometheus.GaugeVec
+	lostReports    prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -94,6 +96,10 @@ func newMetrics() *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 11),
 		}, []string{"route", "method", "code"}),
 	}
+	m.promise = newPromiseGauge()
+	m.lostReports = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "hafe_lost_reports_total", Help: "Batches stopped because a database failover lost outcomes already reported to their client (asynchronous replication); see /admin/lost-reports.",
+	})
 	// Every label value that exists is there from the start, so a rate()
 	// over a counter that has never moved is 0, not absent.
 	for _, r := range []string{txn.StatusCommitted, txn.StatusAborted} {
@@ -117,7 +123,7 @@ func newMetrics() *metrics {
 	})
 	build.Set(1)
 	m.registry.MustRegister(m.batches, m.transactions, m.refused, m.reported, m.resumed, m.batchSeconds,
-		m.takeovers, m.mtcpMigrations, m.mtcpPhases, m.fenced, m.retries, m.dbUp, m.dbRoundTrip, m.httpSeconds, build,
+		m.takeovers, m.mtcpMigrations, m.mtcpPhases, m.fenced, m.retries, m.dbUp, m.dbRoundTrip, m.httpSeconds, m.promise, m.lostReports, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

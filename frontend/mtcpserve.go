@@ -428,14 +428,19 @@ func (w *mtcpResponse) Write(p []byte) (int, error) {
 // so that Run starts after them instead of reading them from the database
 // to write them again only to be dropped. Any failure just means reading
 // them.
-func (x *mtcpExchange) heldReports(ctx context.Context) txn.Reported {
+//
+// If the connection holds more than the recorded lines account for (nor
+// the start of the next one, nor the summary after the last) the database
+// lost outcomes the client was told of (a failover to a standby that had
+// not received them): that comes back as a *txn.LostReportsError.
+func (x *mtcpExchange) heldReports(ctx context.Context, slots int) (txn.Reported, *txn.LostReportsError) {
 	held := x.conn.OutputHeld()
 	if x.decided == nil || held == 0 {
-		return txn.Reported{}
+		return txn.Reported{}, nil
 	}
 	sizes, err := backendext.ListOutcomeSizes(ctx, x.s.pool, x.batchID)
 	if err != nil {
-		return txn.Reported{}
+		return txn.Reported{}, nil
 	}
 	var r txn.Reported
 	skip := 0
@@ -452,11 +457,18 @@ func (x *mtcpExchange) heldReports(ctx context.Context) txn.Reported {
 			r.Aborted++
 		}
 	}
-	if x.conn.SkipOutput(skip) != nil {
-		return txn.Reported{}
+	if skip < held && r.Slots < slots && (r.Slots >= len(sizes) || sizes[r.Slots].Seq != r.Slots+1) {
+		return r, &txn.LostReportsError{BatchID: x.batchID, Reported: r.Slots + 1, Recorded: r.Slots}
 	}
-	return r
+	if x.conn.SkipOutput(skip) != nil {
+		return txn.Reported{}, nil
+	}
+	return r, nil
 }
+
+// skipHeld skips whatever output the connection holds: what comes next is
+// written after it.
+func (x *mtcpExchange) skipHeld() { x.conn.SkipOutput(x.conn.OutputHeld()) }
 
 // chunkLen is the length of a chunk of n bytes as Write frames it.
 func chunkLen(n int) int { return len(strconv.FormatInt(int64(n), 16)) + 2 + n + 2 }

@@ -84,6 +84,10 @@ type Config struct {
 	// GCInterval is how often old rows are removed (default 10 minutes).
 	Retention  time.Duration
 	GCInterval time.Duration
+	// RequireSyncReplication makes readyz fail unless a synchronous
+	// standby has every commit this front-end reports (see
+	// replication.go).
+	RequireSyncReplication bool
 }
 
 func (c Config) withDefaults() Config {
@@ -149,6 +153,8 @@ type Server struct {
 	mtcpMu      sync.Mutex
 	mtcpServers []string // the list last given to the listener
 	members     memberView
+	replication replicationWatch
+	lost        lostReports
 }
 
 // New returns a front-end serving batches on pool. The pool's sessions
@@ -231,6 +237,7 @@ func (s *Server) routes() chi.Router {
 		r.Get("/overview", s.overview)
 		r.Post("/drain", s.drain)
 		r.Post("/gc", s.runGC)
+		r.Get("/lost-reports", s.listLostReports)
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, refuse(404, "not_found", "no route %s %s", r.Method, r.URL.Path))
@@ -307,7 +314,12 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 503, map[string]any{"status": "database unreachable", "id": s.cfg.ID, "error": err.Error()})
 		return
 	}
-	writeJSON(w, 200, map[string]any{"status": "ready", "id": s.cfg.ID})
+	repl, ok := s.replicationDetail()
+	if !ok {
+		writeJSON(w, 503, map[string]any{"status": "replication not synchronous", "id": s.cfg.ID, "replication": repl})
+		return
+	}
+	writeJSON(w, 200, map[string]any{"status": "ready", "id": s.cfg.ID, "replication": repl})
 }
 
 func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {

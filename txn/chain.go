@@ -70,6 +70,10 @@ func (c *chain) step(ctx context.Context, seq int, t Transaction) error {
 			c.conn = nil
 			return c.settle(ctx, seq, t, c.e.classify(ctx, err, 0, false), 1)
 		}
+		if err := c.e.onServer(ctx, c.l, c.conn.Conn().PgConn(), seq); err != nil {
+			c.release()
+			return c.settle(ctx, seq, t, err, 1)
+		}
 	}
 	b := &pgx.Batch{}
 	p := c.pending

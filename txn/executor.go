@@ -175,7 +175,11 @@ type Lease struct {
 	// those in its summary.
 	Reported Reported
 
-	log *slog.Logger
+	log  *slog.Logger
+	open OpenRequest // what it was opened with: to record it lost
+	// server is the database server run (backendext.ServerOf) the
+	// lease's slots last ran on.
+	server string
 }
 
 // Reported is what a client already holds of a batch's report lines:
@@ -213,7 +217,7 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 		if !e.markRunning(id) {
 			return nil, &BusyError{BatchID: id, Owner: e.cfg.Owner, RetryAfter: time.Second}
 		}
-		return &Lease{BatchID: id, Epoch: b.Epoch, log: log}, nil
+		return &Lease{BatchID: id, Epoch: b.Epoch, log: log, open: req}, nil
 	}
 	if !bytes.Equal(b.RequestHash, req.RequestHash) || b.NumTxns != req.NumTxns {
 		return nil, ErrKeyReused
@@ -227,7 +231,7 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 		return nil, &BusyError{BatchID: b.ID, Owner: e.cfg.Owner, RetryAfter: time.Second}
 	}
 	if b.State == backendext.BatchDone {
-		return &Lease{BatchID: b.ID, Epoch: b.Epoch, Resumed: true, Finished: true, log: log}, nil
+		return &Lease{BatchID: b.ID, Epoch: b.Epoch, Resumed: true, Finished: true, log: log, open: req}, nil
 	}
 	// OwnerAlive holds only for the owner's current run, so a batch left by
 	// an earlier run of this very front-end is taken over, not refused.
@@ -273,7 +277,7 @@ func (e *Executor) Open(ctx context.Context, req OpenRequest) (*Lease, error) {
 	} else {
 		log.Info("batch taken over", "batch", b.ID, "previous_owner", b.Owner, "epoch", epoch)
 	}
-	l := &Lease{BatchID: b.ID, Epoch: epoch, Resumed: true, TakenOver: true, PreviousOwner: b.Owner, log: log}
+	l := &Lease{BatchID: b.ID, Epoch: epoch, Resumed: true, TakenOver: true, PreviousOwner: b.Owner, log: log, open: req}
 	if b.OwnerAlive && b.Owner != e.cfg.Owner {
 		l.PreviousIncarnation = b.OwnerIncarnation
 	}
@@ -451,7 +455,9 @@ func (e *Executor) Run(ctx context.Context, l *Lease, b Batch, emit func(line []
 			continue
 		}
 		if l.Finished {
-			return sum, fmt.Errorf("batch %s is done but slot %d has no outcome", l.BatchID, seq)
+			// Only a failover that lost reported outcomes leaves a done
+			// batch with a gap (checkReported marked it so).
+			return sum, &LostReportsError{BatchID: l.BatchID, Reported: -1, Recorded: seq - 1}
 		}
 		if err := c.step(ctx, seq, t); err != nil {
 			return sum, err

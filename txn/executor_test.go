@@ -63,7 +63,7 @@ func newExecutor(t *testing.T, url, owner string, cfg Config) (*Executor, *pgxpo
 	cfg.Incarnation = newUUID()
 	p := newPoolRun(t, url, owner, cfg.Incarnation)
 	cfg.Owner = owner
-	return NewExecutor(p, cfg, nil), p
+	return NewExecutor(p, cfg, testLog(t)), p
 }
 
 func transfer(from, to, amount int) Transaction {

@@ -63,6 +63,9 @@ func (e *Executor) attemptRaw(ctx context.Context, l *Lease, seq int, t Transact
 		return backendext.Outcome{}, e.classify(ctx, err, 0, false)
 	}
 	defer closeRawSession(ctx, conn)
+	if err := e.onServer(ctx, l, conn.Conn().PgConn(), seq); err != nil {
+		return backendext.Outcome{}, err
+	}
 
 	sctx, cancel := context.WithTimeout(ctx, rc.Timeout)
 	defer cancel()

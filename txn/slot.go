@@ -57,11 +57,27 @@ func (e *Executor) runSlot(ctx context.Context, l *Lease, seq int, t Transaction
 		lookup    bool       // the outcome may exist: read it before acting
 		lostSince time.Time
 		replaced  bool // the pool's connections were replaced once
+		checked   bool // after a loss: the reported slots are still recorded
 	)
 	err = first
 	for {
 		if ctx.Err() != nil {
 			return o, context.Cause(ctx)
+		}
+		if lookup && (replaced || !lostSince.IsZero()) && !checked {
+			// The database came back, maybe as another server (a
+			// promoted standby): it must still hold what was reported.
+			if err := e.checkReported(ctx, l, seq); err != nil {
+				var lost *LostReportsError
+				if errors.As(err, &lost) {
+					return o, err
+				}
+				if e.stillSettling(ctx, &lostSince, err) != nil {
+					return o, fmt.Errorf("slot %d: database unreachable for %s: %w", seq, e.cfg.SettleTimeout, err)
+				}
+				continue
+			}
+			checked = true
 		}
 		if lookup {
 			got, ok, err := backendext.GetOutcome(ctx, e.pool, l.BatchID, seq)
@@ -180,6 +196,9 @@ func (e *Executor) attempt(ctx context.Context, l *Lease, seq int, t Transaction
 		return backendext.Outcome{}, e.classify(ctx, err, 0, false)
 	}
 	defer conn.Release()
+	if err := e.onServer(ctx, l, conn.Conn().PgConn(), seq); err != nil {
+		return backendext.Outcome{}, err
+	}
 
 	sent, args, err := sentStatements(t)
 	if err != nil {
@@ -214,6 +233,9 @@ func (e *Executor) record(ctx context.Context, l *Lease, seq int, status string,
 		return backendext.Outcome{}, e.classify(ctx, err, 0, false)
 	}
 	defer conn.Release()
+	if err := e.onServer(ctx, l, conn.Conn().PgConn(), seq); err != nil {
+		return backendext.Outcome{}, err
+	}
 	o := backendext.Outcome{BatchID: l.BatchID, Seq: seq, Status: status, Report: report, Epoch: l.Epoch, Owner: e.cfg.Owner, Attempts: attempts}
 	return o, e.commitOutcome(ctx, conn.Conn(), o, true)
 }
@@ -384,12 +406,27 @@ func (e *Executor) classify(ctx context.Context, err error, stmt int, atCommit b
 		return &attemptError{fault: faultAbort, err: err, slot: slot}
 	case isServerGoneCode(pgErr.Code):
 		return &attemptError{fault: faultLost, err: err}
+	case pgErr.Code == backendext.ReadOnlyCode && (stmt == 0 || e.serverReadOnly(ctx)):
+		// The server turned read-only under the session (a demoted
+		// primary): the session is closed (backendext.RequireWritable)
+		// and the slot settles by lookup on the new primary. A client's
+		// own read-only transaction on a writable server aborts instead.
+		return &attemptError{fault: faultLost, err: err}
 	case stmt > 0 || atCommit:
 		// At commit: deferred constraints and the like.
 		return &attemptError{fault: faultAbort, err: err, slot: slot}
 	default:
 		return &attemptError{fault: faultFatal, err: err}
 	}
+}
+
+// serverReadOnly reports whether the database the pool reaches now refuses
+// writes, or cannot be asked: a write that failed with 25006 then failed
+// for the server's sake, not for its transaction's.
+func (e *Executor) serverReadOnly(ctx context.Context) bool {
+	var ro bool
+	err := e.pool.QueryRow(ctx, `SELECT pg_is_in_recovery() OR current_setting('default_transaction_read_only')::bool`).Scan(&ro)
+	return err != nil || ro
 }
 
 // isServerGoneCode reports SQLSTATEs that say the session or server failed,

@@ -44,7 +44,7 @@ Commands:
 func runDBInstall(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("db install", "db install --db URL [--schema-only] [--version V]",
 		"Creates or upgrades hafe's tables and functions in the database.", stderr)
-	db := fs.String("db", "", "PostgreSQL URL (required)")
+	db := fs.String("db", "", "PostgreSQL URL (required); a multi-host one (postgres://h1,h2/app) installs on whichever host is the primary")
 	schemaOnly := fs.Bool("schema-only", false, "apply the SQL as a plain schema even where CREATE EXTENSION would work")
 	version := fs.String("version", backendext.DefaultVersion, "target version")
 	clientRole := fs.String("client-role", backendext.DefaultClientRole, "role raw SQL sessions log in as: created NOLOGIN if missing (give it LOGIN and a password yourself: ALTER ROLE … LOGIN PASSWORD '…'), granted USAGE on schema hafe and EXECUTE on hafe.record_outcome and nothing else of hafe's, and granted to the installing role so that fencing may end its sessions")
@@ -55,7 +55,13 @@ func runDBInstall(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fs.Usage()
 		return errors.New("--db is required")
 	}
-	conn, err := pgx.Connect(ctx, *db)
+	cfg, err := pgx.ParseConfig(*db)
+	if err != nil {
+		return fmt.Errorf("--db: %w", err)
+	}
+	// With a multi-host URL: the primary, never a standby.
+	backendext.RequireWritable(&cfg.Config)
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}

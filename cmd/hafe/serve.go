@@ -35,7 +35,7 @@ API is open: run like that on loopback only. Batches must be sent with
 Content-Type: application/json (forms and text are refused), which keeps a
 web page from posting one across sites; a token keeps out everyone else.`, stderr)
 	var (
-		db           = fs.String("db", "", "PostgreSQL URL (required), e.g. postgres://hafe:secret@db:5432/app")
+		db           = fs.String("db", "", "PostgreSQL URL (required), e.g. postgres://hafe:secret@db:5432/app; with a primary and standbys, list them all (postgres://hafe:secret@db1:5432,db2:5432/app): hafe only ever uses the one that takes writes, and finds the new primary after a failover")
 		listen       = fs.String("listen", "127.0.0.1:8080", "HTTP listen address")
 		advertise    = fs.String("advertise", "", "address other members and operators reach this front-end at (default: --listen)")
 		id           = fs.String("id", "", "this front-end's name in the cluster (default: host name and port)")
@@ -74,6 +74,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		clusterKey   = fs.String("cluster-key-file", "", "file holding the key the front-ends share to authenticate each other when they hand connections over (at least 16 bytes; the same file on every front-end)")
 		maxBatches   = fs.Int("max-batches", 0, "with --mtcp-listen: running more batches than this, move MTCP connections with running batches to lighter front-ends, where they go on (0: no limit)")
 		rebalance    = fs.Float64("rebalance-threshold", 0, "with --mtcp-listen: running more batches than the other front-ends' average by more than this, move MTCP connections with running batches to lighter ones (0: off)")
+		requireSync  = fs.Bool("require-sync-replication", false, requireSyncHelp)
 		mtcpMode     = fs.String("mtcp-mode", "eager", "eager: save each connection's state in the database, so it survives a crash of this front-end; lazy: keep it here and hand it over on request only (survives drains and path failures, not crashes)")
 	)
 	tf := addTLSFlags(fs)
@@ -234,13 +235,17 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		},
 		ControlPool: ctl, WriteTimeout: *writeTimeout,
 		ReadHeaderTimeout: *readHeader, BodyReadTimeout: *bodyTimeout, IdleTimeout: *idleTimeout,
-		HeartbeatInterval: *heartbeat, Retention: *retention,
+		HeartbeatInterval: *heartbeat, Retention: *retention, RequireSyncReplication: *requireSync,
 	}, log)
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	observer.Store(fe)
+	if err := checkReplication(ctx, fe, *requireSync); err != nil {
+		ln.Close()
+		return err
+	}
 
 	// Batches run on their own context: a SIGTERM first lets them finish.
 	batchCtx, cancelBatches := context.WithCancelCause(context.WithoutCancel(ctx))

@@ -196,7 +196,8 @@ func (s *Server) waitReady(ctx context.Context, exited <-chan struct{}) error {
 			c.Close()
 			// The port opens before recovery finishes; the pid file's last
 			// line says "ready" once connections are accepted.
-			if b, err := os.ReadFile(filepath.Join(s.dataDir(), "postmaster.pid")); err == nil && strings.Contains(string(b), "ready") {
+			// A hot standby's says "standby".
+			if b, err := os.ReadFile(filepath.Join(s.dataDir(), "postmaster.pid")); err == nil && (strings.Contains(string(b), "ready") || strings.Contains(string(b), "standby")) {
 				return nil
 			}
 		}
@@ -290,3 +291,48 @@ func (s *Server) NewDatabase(ctx context.Context, prefix string) (string, error)
 	}
 	return s.URL(name), nil
 }
+
+// StartStandby starts a streaming standby of primary: pg_basebackup -R
+// from it into a new temporary directory, then a hot standby that
+// connects back as application name name (what synchronous_standby_names
+// and pg_stat_replication see).
+func StartStandby(ctx context.Context, primary *Server, name string) (*Server, error) {
+	dir, err := os.MkdirTemp("", "hafe-pg-standby-")
+	if err != nil {
+		return nil, fmt.Errorf("pgtemp: %w", err)
+	}
+	s := &Server{dir: dir, bin: primary.bin, opts: primary.opts, log: primary.log, cred: primary.cred}
+	if s.cred != nil {
+		if err := os.Chown(dir, int(s.cred.Uid), int(s.cred.Gid)); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("pgtemp: %w", err)
+		}
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(s.bin, "pg_basebackup"), "-D", s.dataDir(), "-R", "-X", "stream", "-c", "fast", "--no-sync",
+		"-d", fmt.Sprintf("host=127.0.0.1 port=%d user=postgres application_name=%s", primary.port, name))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("pgtemp: pg_basebackup: %w: %s", err, lastLines(string(out), 5))
+	}
+	if err := s.start(ctx); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return s, nil
+}
+
+// Promote ends the standby's recovery (pg_ctl promote): it becomes a
+// primary, on a new timeline.
+func (s *Server) Promote(ctx context.Context) error {
+	cmd := exec.CommandContext(ctx, filepath.Join(s.bin, "pg_ctl"), "promote", "-w", "-D", s.dataDir())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("pgtemp: pg_ctl promote: %w: %s", err, lastLines(string(out), 5))
+	}
+	return nil
+}
+
+// Crash stops the server as a crash would (immediate shutdown, no
+// checkpoint) and leaves it stopped; its directory stays until Stop.
+func (s *Server) Crash() { s.signal(syscall.SIGQUIT) }
