@@ -99,8 +99,15 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		// front-end the connection moves to finds it.
 		key = r.Context().Value(clientKey{}).(string) + ":" + mx.batchKey()
 	}
-	lease, err := s.exec.Open(r.Context(), txn.OpenRequest{IdempotencyKey: key, RequestHash: req.hash, NumTxns: len(req.batch.Transactions),
-		Log: s.requestLog(r, "txn"), Migrated: forced})
+	open := txn.OpenRequest{IdempotencyKey: key, RequestHash: req.hash, NumTxns: len(req.batch.Transactions),
+		Log: s.requestLog(r, "txn"), Migrated: forced}
+	lease, err := s.exec.Open(r.Context(), open)
+	if err != nil && mx != nil && mx.decided != nil {
+		// A batch whose head the client already has cannot be refused
+		// (the refusal would land in the middle of its stream): wait
+		// for the database, as a running batch does (a failover).
+		lease, err = s.openWhenBack(r.Context(), open, err, log)
+	}
 	var busy *txn.BusyError
 	switch {
 	case errors.Is(err, txn.ErrKeyReused):
@@ -213,6 +220,33 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 	s.metrics.batches.WithLabelValues("done").Inc()
 	log.Info("batch finished")
 	emit(sum.Line())
+}
+
+// openWhenBack tries Open again while the database is away, at most
+// Executor.SettleTimeout after first failed.
+func (s *Server) openWhenBack(ctx context.Context, req txn.OpenRequest, first error, log *slog.Logger) (*txn.Lease, error) {
+	settle := s.cfg.Executor.SettleTimeout
+	if settle <= 0 {
+		settle = time.Minute
+	}
+	deadline := time.Now().Add(settle)
+	err := first
+	log.Warn("cannot open the moved connection's batch; waiting for the database", "err", err, "settle_timeout", settle)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		var busy *txn.BusyError
+		if errors.Is(err, txn.ErrKeyReused) || errors.As(err, &busy) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+		var l *txn.Lease
+		if l, err = s.exec.Open(ctx, req); err == nil {
+			return l, nil
+		}
+	}
+	return nil, err
 }
 
 func (s *Server) refuse(w http.ResponseWriter, e *requestError) {
