@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -50,7 +51,55 @@ func ConfigurePool(cfg *pgxpool.Config, memberID, incarnation string, idleInTx t
 		Control:         setUserTimeout(deadPeerTimeout),
 	}
 	cfg.ConnConfig.DialFunc = d.DialContext
+	if len(cfg.ConnConfig.Fallbacks) > 0 {
+		// Several hosts: each connection resolves them all first, in
+		// turn. A dead one must not cost every attempt a resolver's
+		// timeout (10s where a container's name goes to an unreachable
+		// upstream server once the container is gone).
+		cfg.ConnConfig.LookupFunc = quickLookup(cfg.ConnConfig.LookupFunc)
+	}
 	RequireWritable(&cfg.ConnConfig.Config)
+}
+
+// Host lookups of a multi-host URL: each bounded, and a host that failed
+// fails again at once for a while.
+const (
+	lookupTimeout   = 2 * time.Second
+	lookupFailedFor = 3 * time.Second
+)
+
+func quickLookup(lookup pgconn.LookupFunc) pgconn.LookupFunc {
+	if lookup == nil {
+		lookup = net.DefaultResolver.LookupHost
+	}
+	var (
+		mu     sync.Mutex
+		failed = map[string]failedLookup{}
+	)
+	return func(ctx context.Context, host string) ([]string, error) {
+		mu.Lock()
+		f, ok := failed[host]
+		mu.Unlock()
+		if ok && time.Since(f.at) < lookupFailedFor {
+			return nil, f.err
+		}
+		ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+		defer cancel()
+		addrs, err := lookup(ctx, host)
+		mu.Lock()
+		if err != nil {
+			failed[host] = failedLookup{at: time.Now(), err: err}
+		} else {
+			delete(failed, host)
+		}
+		mu.Unlock()
+		return addrs, err
+	}
+}
+
+type failedLookup struct {
+	at  time.Time
+	err error
 }
 
 // RequireWritable makes connections with cfg go only to a server that

@@ -49,7 +49,7 @@ func (s *Server) heartbeat(run context.Context) {
 	ctx, cancel := context.WithTimeout(run, s.cfg.HeartbeatInterval*2)
 	defer cancel()
 	start := time.Now()
-	err := s.ctl.Ping(ctx)
+	server, err := s.probe(ctx)
 	s.metrics.probedDatabase(time.Since(start), err)
 	if err != nil {
 		// A probe that timed out failed too (the database is silent);
@@ -65,6 +65,7 @@ func (s *Server) heartbeat(run context.Context) {
 		return
 	}
 	s.probeFailures = 0
+	s.followServer(server)
 	s.watchReplication(ctx)
 	c := s.counters()
 	err = backendext.Heartbeat(ctx, s.ctl, backendext.Member{

@@ -110,6 +110,41 @@ func (s *Server) watchReplication(ctx context.Context) {
 	}
 }
 
+// probe pings the database on a control session and says which server run
+// (backendext.ServerOf) answered.
+func (s *Server) probe(ctx context.Context) (string, error) {
+	c, err := s.ctl.Acquire(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer c.Release()
+	if err := c.Ping(ctx); err != nil {
+		return "", err
+	}
+	return backendext.ServerOf(c.Conn().PgConn()), nil
+}
+
+// followServer notices a new server run behind the pools (a promoted
+// standby, a restart): the replication settings are read again, and the
+// sessions still on another run (Config.Sessions) are cut, so that the
+// batches waiting on them settle on the new one now.
+func (s *Server) followServer(server string) {
+	if server == "" || server == s.server {
+		return
+	}
+	first := s.server == ""
+	s.server = server
+	if first {
+		return
+	}
+	s.databaseLost()
+	n := 0
+	if s.cfg.Sessions != nil {
+		n = s.cfg.Sessions.DropNotOn(server)
+	}
+	s.log.Warn("the database is another server run now (a failover or a restart): sessions on the old one cut", "server", server, "sessions_cut", n)
+}
+
 // databaseLost marks the replication reading stale.
 func (s *Server) databaseLost() {
 	s.replication.mu.Lock()

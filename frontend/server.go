@@ -88,6 +88,10 @@ type Config struct {
 	// standby has every commit this front-end reports (see
 	// replication.go).
 	RequireSyncReplication bool
+	// Sessions, when set, tracks the sessions of the front-end's pools:
+	// those left on an old server run after a failover are cut as soon
+	// as the heartbeat reaches the new one.
+	Sessions *backendext.Sessions
 }
 
 func (c Config) withDefaults() Config {
@@ -154,6 +158,7 @@ type Server struct {
 	mtcpServers []string // the list last given to the listener
 	members     memberView
 	replication replicationWatch
+	server      string // the server run the heartbeat last reached
 	lost        lostReports
 }
 

@@ -33,7 +33,8 @@ type capture struct {
 	end   time.Time
 	buf   []byte
 	lines int
-	err   error // why reading stopped (io.EOF at a clean end)
+	times []time.Time // when each line arrived
+	err   error       // why reading stopped (io.EOF at a clean end)
 }
 
 // failoverClient opens a new connection per request: none outlives the
@@ -101,6 +102,7 @@ func (c *capture) read(body io.ReadCloser) {
 		c.buf = append(c.buf, chunk...)
 		if len(chunk) > 0 && chunk[len(chunk)-1] == '\n' {
 			c.lines++
+			c.times = append(c.times, time.Now())
 		}
 		if err != nil {
 			c.err, c.end = err, time.Now()

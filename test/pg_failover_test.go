@@ -25,9 +25,9 @@ import (
 // standby promoted (SELECT pg_promote()).
 //
 // Synchronous replication: both batches go on on the new primary and the
-// checker proves G1-G3 there. Asynchronous replication, the standby frozen
-// (docker pause) for the last commits before the kill so that they are
-// really lost: the front-ends find reported outcomes missing on the new
+// checker proves G1-G3 there. Asynchronous replication, the standby cut off
+// the network for the last commits before the kill so that they are really
+// lost: the front-ends find reported outcomes missing on the new
 // primary and end both streams with a reports_lost line, never running a
 // lost slot again; /admin/lost-reports lists them.
 
@@ -193,7 +193,10 @@ func TestPostgresFailoverSynchronous(t *testing.T) {
 	}
 	atM, atH := r.mtcp.lineCount(), r.http.lineCount()
 	killedAt, promotion := c.failOver(ctx, t, nil)
-	stallM, stallH := waitNextLineSince(ctx, r.mtcp, atM, killedAt), waitNextLineSince(ctx, r.http, atH, killedAt)
+	for _, s := range []*capture{r.mtcp, r.http} {
+		_ = s.waitEnd(ctx, 2*time.Minute)
+	}
+	stallM, stallH := stallAfter(r.mtcp, killedAt), stallAfter(r.http, killedAt)
 	t.Logf("primary killed after %d (MTCP) and %d (HTTP) lines; promotion took %s; next line %s (MTCP) and %s (HTTP) after the kill",
 		atM, atH, promotion.Round(time.Millisecond), stallM.Round(time.Millisecond), stallH.Round(time.Millisecond))
 	if err := r.mtcp.waitEnd(ctx, 2*time.Minute); err != nil {
@@ -215,7 +218,7 @@ func TestPostgresFailoverSynchronous(t *testing.T) {
 		checkedBatch{id: r.mtcp.batchID, tag: "mtcp", streams: [][]byte{r.mtcp.bytes()}, accounts: r.mtcpAcc},
 		checkedBatch{id: r.http.batchID, tag: "http", streams: streamBytes(httpStreams), accounts: r.httpAcc})
 	for _, fe := range c.fes {
-		for _, l := range logLines(ctx, fe, "lost the database", "another database server", "durability", "interrupted", "LOST") {
+		for _, l := range logLines(ctx, fe, "lost the database", "another database server", "another server run", "durability", "interrupted", "LOST") {
 			t.Logf("%s: %s", fe.Alias, l)
 		}
 	}
@@ -225,15 +228,29 @@ func TestPostgresFailoverSynchronous(t *testing.T) {
 	}
 }
 
-// waitNextLineSince waits until the stream has more than n lines and says
-// how long after since that was.
-func waitNextLineSince(ctx context.Context, c *capture, n int, since time.Time) time.Duration {
-	_ = c.waitLines(ctx, n+1)
-	return time.Since(since)
+// stallAfter is the stall a client saw across a fault at since: lines
+// already on their way (the reporter's queue, the socket) still arrive
+// after it, so it is the time from since to the line that ended the
+// longest gap between lines after it.
+func stallAfter(c *capture, since time.Time) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	prev, gap, end := since, time.Duration(-1), since
+	for _, at := range c.times {
+		if at.Before(since) {
+			continue
+		}
+		if d := at.Sub(prev); d > gap {
+			gap, end = d, at
+		}
+		prev = at
+	}
+	return end.Sub(since)
 }
 
 // TestPostgresFailoverAsynchronousLosesNothingSilently: with asynchronous
-// replication and the standby frozen for the primary's last commits, the
+// replication and the standby cut off the network for the primary's last
+// commits, the
 // promoted standby lacks outcomes the clients were told of. The front-ends
 // notice, end both streams with a reports_lost line and run none of the
 // lost slots again; their /admin/lost-reports and hafe_lost_reports_total
@@ -249,8 +266,10 @@ func TestPostgresFailoverAsynchronousLosesNothingSilently(t *testing.T) {
 		}
 	}
 	// The standby stops receiving: what the primary commits from now on
-	// is reported and exists nowhere else.
-	if err := c.standby.Pause(ctx); err != nil {
+	// is reported and exists nowhere else. (docker pause would not do:
+	// the frozen standby's kernel still takes the WAL into its socket
+	// buffer, and it is all replayed before the promotion.)
+	if err := c.standby.Disconnect(ctx); err != nil {
 		t.Fatal(err)
 	}
 	pausedM, pausedH := r.mtcp.lineCount(), r.http.lineCount()
@@ -260,11 +279,11 @@ func TestPostgresFailoverAsynchronousLosesNothingSilently(t *testing.T) {
 		}
 	}
 	_, promotion := c.failOver(ctx, t, func() {
-		if err := c.standby.Unpause(ctx); err != nil {
+		if err := c.standby.Reconnect(ctx); err != nil {
 			t.Fatal(err)
 		}
 	})
-	t.Logf("standby frozen after %d/%d lines, primary killed after %d/%d, promotion took %s", pausedM, pausedH,
+	t.Logf("standby cut off after %d/%d lines, primary killed after %d/%d, promotion took %s", pausedM, pausedH,
 		r.mtcp.lineCount(), r.http.lineCount(), promotion.Round(time.Millisecond))
 	for name, s := range map[string]*capture{"MTCP": r.mtcp, "HTTP": r.http} {
 		if err := s.waitEnd(ctx, 2*time.Minute); err != nil {

@@ -139,6 +139,8 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 	// not pass for this one.
 	incarnation := rand.Text()
 	backendext.ConfigurePool(poolCfg, *id, incarnation, *idleInTx)
+	sessions := backendext.NewSessions() // cut after a failover (the copies below too)
+	sessions.Track(poolCfg)
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		ln.Close()
@@ -195,6 +197,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 	if *rawSQL {
 		rawCfg.MaxConns = int32(*rawPoolSize)
 		backendext.ConfigureRawPool(rawCfg, *id, incarnation, *idleInTx, *rawTimeout)
+		sessions.Track(rawCfg)
 		if raw, err = openRawSQL(ctx, pool, rawCfg, role); err != nil {
 			ln.Close()
 			return err
@@ -235,7 +238,7 @@ web page from posting one across sites; a token keeps out everyone else.`, stder
 		},
 		ControlPool: ctl, WriteTimeout: *writeTimeout,
 		ReadHeaderTimeout: *readHeader, BodyReadTimeout: *bodyTimeout, IdleTimeout: *idleTimeout,
-		HeartbeatInterval: *heartbeat, Retention: *retention, RequireSyncReplication: *requireSync,
+		HeartbeatInterval: *heartbeat, Retention: *retention, RequireSyncReplication: *requireSync, Sessions: sessions,
 	}, log)
 	if err != nil {
 		ln.Close()
