@@ -458,7 +458,7 @@ func (x *mtcpExchange) heldReports(ctx context.Context, slots int) (txn.Reported
 		}
 	}
 	if skip < held && r.Slots < slots && (r.Slots >= len(sizes) || sizes[r.Slots].Seq != r.Slots+1) {
-		return r, &txn.LostReportsError{BatchID: x.batchID, Reported: r.Slots + 1, Recorded: r.Slots}
+		return r, &txn.LostReportsError{BatchID: x.batchID, Reported: r.Slots + 1, Recorded: r.Slots, AtLeast: true}
 	}
 	if x.conn.SkipOutput(skip) != nil {
 		return txn.Reported{}, nil

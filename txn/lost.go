@@ -27,6 +27,9 @@ type LostReportsError struct {
 	Reported, Recorded int
 	// BatchMissing: the batch itself was gone.
 	BatchMissing bool
+	// AtLeast: the client was told of Reported slots or more (an MTCP
+	// connection holds their bytes, not their count).
+	AtLeast bool
 }
 
 func (e *LostReportsError) Error() string {
@@ -36,7 +39,11 @@ func (e *LostReportsError) Error() string {
 	case e.BatchMissing:
 		return fmt.Sprintf("batch %s: %d slots were reported, and the database lost the whole batch in a failover", e.BatchID, e.Reported)
 	}
-	return fmt.Sprintf("batch %s: %d slots were reported, and the database holds only %d of them after a failover", e.BatchID, e.Reported, e.Recorded)
+	n := fmt.Sprint(e.Reported)
+	if e.AtLeast {
+		n = "at least " + n
+	}
+	return fmt.Sprintf("batch %s: %s slots were reported, and the database holds only %d of them after a failover", e.BatchID, n, e.Recorded)
 }
 
 func (e *LostReportsError) Unwrap() error { return ErrReportsLost }
