@@ -57,6 +57,10 @@ func ConfigurePool(cfg *pgxpool.Config, memberID, incarnation string, idleInTx t
 		// timeout (10s where a container's name goes to an unreachable
 		// upstream server once the container is gone).
 		cfg.ConnConfig.LookupFunc = quickLookup(cfg.ConnConfig.LookupFunc)
+		// Nor a dead one's address (a killed server's, still in DNS for
+		// a moment, takes packets and answers none) the whole timeout.
+		d.Timeout = multiHostDialTimeout
+		cfg.ConnConfig.DialFunc = quickDial(d.DialContext)
 	}
 	RequireWritable(&cfg.ConnConfig.Config)
 }
@@ -65,7 +69,7 @@ func ConfigurePool(cfg *pgxpool.Config, memberID, incarnation string, idleInTx t
 // fails again at once for a while.
 const (
 	lookupTimeout   = 2 * time.Second
-	lookupFailedFor = 3 * time.Second
+	lookupFailedFor = 5 * time.Second
 )
 
 func quickLookup(lookup pgconn.LookupFunc) pgconn.LookupFunc {
@@ -94,6 +98,36 @@ func quickLookup(lookup pgconn.LookupFunc) pgconn.LookupFunc {
 		}
 		mu.Unlock()
 		return addrs, err
+	}
+}
+
+// multiHostDialTimeout bounds a connection attempt to one host of several.
+const multiHostDialTimeout = 3 * time.Second
+
+// quickDial makes an address whose dial failed fail again at once for
+// lookupFailedFor: a connection tries the hosts in turn, and the primary
+// may be the last.
+func quickDial(dial pgconn.DialFunc) pgconn.DialFunc {
+	var (
+		mu     sync.Mutex
+		failed = map[string]failedLookup{}
+	)
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		mu.Lock()
+		f, ok := failed[addr]
+		mu.Unlock()
+		if ok && time.Since(f.at) < lookupFailedFor {
+			return nil, f.err
+		}
+		c, err := dial(ctx, network, addr)
+		mu.Lock()
+		if err != nil && ctx.Err() == nil {
+			failed[addr] = failedLookup{at: time.Now(), err: err}
+		} else if err == nil {
+			delete(failed, addr)
+		}
+		mu.Unlock()
+		return c, err
 	}
 }
 
@@ -156,6 +190,26 @@ const serverKey = "hafe.server"
 func ServerOf(c *pgconn.PgConn) string {
 	s, _ := c.CustomData()[serverKey].(string)
 	return s
+}
+
+// NoPrimaryNow reports whether a failed connection attempt or session says
+// that the database servers answer but none takes writes: a standby
+// answered read-only, or a server is shutting down, starting up or lost
+// its postmaster. That is a failover under way, which every front-end
+// sees alike, rather than this front-end being cut off (where nothing
+// answers).
+func NoPrimaryNow(err error) bool {
+	if errors.Is(err, pgconn.ErrReadOnlyConnection) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "57P01", "57P02", "57P03":
+			return true
+		}
+	}
+	return false
 }
 
 // ReadOnlyCode is SQLSTATE read_only_sql_transaction: a write on a session

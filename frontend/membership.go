@@ -57,9 +57,15 @@ func (s *Server) heartbeat(run context.Context) {
 		if run.Err() == nil {
 			s.log.Warn("database probe", "err", err)
 			s.databaseLost()
-			s.probeFailures++
-			if s.probeFailures == handOffAfterProbes {
-				s.handOffBusy("this front-end cannot reach the database")
+			// A failover under way (servers answer, none is the
+			// primary) is the same for the peers: moving connections
+			// there only adds a migration to the stall. A batch that
+			// waits longer than --settle-timeout is handed off then.
+			if !backendext.NoPrimaryNow(err) {
+				s.probeFailures++
+				if s.probeFailures == handOffAfterProbes {
+					s.handOffBusy("this front-end cannot reach the database")
+				}
 			}
 		}
 		return
