@@ -79,7 +79,14 @@ func TestReadReplicationSeesSynchronousStandby(t *testing.T) {
 		}
 	}
 
-	r := read(PromiseAsync)
+	// The standby may not have connected yet: wait until it streams.
+	var r Replication
+	for range 100 {
+		if r = read(PromiseAsync); r.Standbys > 0 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if r.Standbys != 1 || r.SyncStandbys != 0 {
 		t.Errorf("asynchronous: %+v, want 1 standby, 0 synchronous", r)
 	}
