@@ -394,11 +394,19 @@ const (
 
 var bigPool = sync.Pool{New: func() any { b := make([]byte, bigBuf); return &b }}
 
+// aborter is a connection that ends with a reset on its own: one a
+// netstack terminated (agent/tunnet's Conn).
+type aborter interface{ Abort() }
+
 // abortConn closes c with a reset where it can, so its peer sees an error
 // rather than an end of stream.
 func abortConn(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0)
+	switch c := c.(type) {
+	case aborter:
+		c.Abort()
+		return
+	case *net.TCPConn:
+		_ = c.SetLinger(0)
 	}
 	_ = c.Close()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"hafe.dev/hafe/agent"
+	"hafe.dev/hafe/agent/tunnet"
 	"hafe.dev/hafe/mtcp"
 )
 
@@ -36,14 +38,30 @@ Run it beside the application (same host, pod or compose project): the
 local hop is plain TCP; the paths to the front-ends use TLS with --ca (or
 --tls). The hafe image runs it too: its command is then
 "agent --listen 0.0.0.0:8080 --servers ...". One log line per migration;
-Prometheus metrics at /metrics on --metrics-listen.`
+Prometheus metrics at /metrics on --metrics-listen.
+
+TUN mode (Linux; needs root or CAP_NET_ADMIN, and /dev/net/tun): with
+--tun NAME the agent creates the TUN device NAME, routes each --service
+address to it (a /32 or /128 host route) and terminates the applications'
+TCP connections to those addresses itself, in a userspace TCP/IP stack
+(gVisor's netstack); each rides MTCP as above. The application then
+talks to a plain address, e.g. http://10.77.0.1/v1/batches, with no proxy
+settings. Pick service addresses the host does not use. On exit the
+agent deletes the routes and the device; the device is not persistent,
+so the kernel removes it (and its routes) even when the agent is killed.
+With --tun, --listen opens only when given (or HAFE_LISTEN is set): the
+two modes can run together.`
 
 func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("agent", "agent --listen 127.0.0.1:PORT --servers HOST:PORT[,...] [flags]", agentAbout, stderr)
+	fs := newFlagSet("agent", "agent --listen 127.0.0.1:PORT --servers HOST:PORT[,...] [flags]\n       hafe agent --tun NAME --service ADDR:PORT [--service ...] --servers HOST:PORT[,...] [flags]   (root)", agentAbout, stderr)
 	var servers stringList
 	fs.Var(&servers, "servers", "the front-ends' MTCP addresses (their --mtcp-advertise), comma-separated or repeated; the agent learns the rest from them (required)")
+	var services stringList
+	fs.Var(&services, "service", "TUN mode: an address and port applications connect to, ADDR:PORT (IPv6: [ADDR]:PORT), comma-separated or repeated; each address is routed to the --tun device")
 	var (
-		listen        = fs.String("listen", "127.0.0.1:8088", "where the application connects: plain TCP (HTTP/1.1)")
+		listen        = fs.String("listen", "127.0.0.1:8088", "where the application connects: plain TCP (HTTP/1.1). With --tun, only when given")
+		tunName       = fs.String("tun", "", "TUN mode: create the TUN device of this name (at most 15 bytes, must not exist) and take the --service addresses' connections from it. Needs root or CAP_NET_ADMIN, and /dev/net/tun")
+		tunMTU        = fs.Int("tun-mtu", tunnet.DefaultMTU, "TUN mode: the device's MTU (its packets never leave the host, so large is cheap)")
 		metricsListen = fs.String("metrics-listen", "", "serve /metrics (Prometheus) and /healthz here (empty: off)")
 		pathTimeout   = fs.Duration("path-timeout", 5*time.Second, "a path to a front-end on which nothing arrives for this long (despite pings every --keepalive) has failed: the connection moves. A killed front-end's paths fail at once; this catches silent ones (a cut network)")
 		keepAlive     = fs.Duration("keepalive", time.Second, "ping a silent path this often")
@@ -74,6 +92,10 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *sendBuffer < 64<<10 {
 		return usageError{cmd: "agent", err: fmt.Errorf("--send-buffer %d: want at least 65536", *sendBuffer)}
 	}
+	tcfg, listenToo, err := tunConfig(fs, *tunName, *tunMTU, services)
+	if err != nil {
+		return usageError{cmd: "agent", err: err}
+	}
 	log, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
 		return usageError{cmd: "agent", err: err}
@@ -103,11 +125,32 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return usageError{cmd: "agent", err: err}
 	}
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
+	var lns []net.Listener // what the agent serves: --listen, the TUN device's services
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	if tcfg.Name == "" || listenToo {
+		ln, err := net.Listen("tcp", *listen)
+		if err != nil {
+			return fmt.Errorf("--listen: %w", err)
+		}
+		lns = append(lns, ln)
+		log.Info("agent listening", "addr", ln.Addr().String(), "servers", servers.String())
 	}
-	defer ln.Close()
+	if tcfg.Name != "" {
+		tcfg.Logger = log.With("component", "tun")
+		ifc, err := tunnet.Open(tcfg)
+		if err != nil {
+			return err // "tun: ..."
+		}
+		// Deferred after the listeners' Close, so run before it: on
+		// every way out the routes and the device go.
+		defer ifc.Close()
+		lns = append(lns, ifc.Listener())
+		log.Info("agent serving the TUN device's services", "dev", ifc.Name(), "services", services.String(), "servers", servers.String())
+	}
 	if *metricsListen != "" {
 		mln, err := net.Listen("tcp", *metricsListen)
 		if err != nil {
@@ -124,15 +167,18 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer hs.Close()
 		log.Info("metrics", "addr", mln.Addr().String())
 	}
-	log.Info("agent listening", "addr", ln.Addr().String(), "servers", servers.String())
-	served := make(chan error, 1)
-	go func() { served <- a.Serve(ln) }()
+	served := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { served <- a.Serve(ln) }()
+	}
 	select {
 	case err := <-served:
-		return fmt.Errorf("--listen: %w", err)
+		return fmt.Errorf("serving: %w", err)
 	case <-ctx.Done():
 	}
-	ln.Close()
+	for _, ln := range lns {
+		ln.Close()
+	}
 	log.Info("shutting down: no new connections", "relayed", a.Open(), "timeout", *shutdown)
 	sctx, cancel := context.WithTimeout(context.Background(), *shutdown)
 	defer cancel()
@@ -140,4 +186,35 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		log.Warn("connections still relayed at the shutdown timeout were reset")
 	}
 	return nil
+}
+
+// tunConfig checks the TUN mode's flags: the device's configuration (no
+// Name without --tun) and whether --listen opens too (with --tun, only
+// when given).
+func tunConfig(fs *flag.FlagSet, name string, mtu int, services stringList) (tunnet.Config, bool, error) {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if name == "" {
+		for _, f := range []string{"service", "tun-mtu"} {
+			if given[f] {
+				return tunnet.Config{}, false, fmt.Errorf("--%s is for TUN mode: give --tun NAME too", f)
+			}
+		}
+		return tunnet.Config{}, false, nil
+	}
+	if len(services) == 0 {
+		return tunnet.Config{}, false, errors.New("--tun needs at least one --service ADDR:PORT, e.g. --service 10.77.0.1:80")
+	}
+	cfg := tunnet.Config{Name: name, MTU: mtu}
+	for _, s := range services {
+		ap, err := tunnet.ParseService(s)
+		if err != nil {
+			return tunnet.Config{}, false, fmt.Errorf("--service: %w", err)
+		}
+		cfg.Services = append(cfg.Services, ap)
+	}
+	if err := cfg.Check(); err != nil {
+		return tunnet.Config{}, false, err
+	}
+	return cfg, given["listen"], nil
 }

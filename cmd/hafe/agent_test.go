@@ -42,6 +42,9 @@ type agentCluster struct {
 	metrics   string
 	agentLog  *lockedBuffer
 	agent     *exec.Cmd
+	// agentExited is closed once the agent process has exited.
+	agentExited <-chan struct{}
+	bin         string
 }
 
 type lockedBuffer struct {
@@ -64,8 +67,12 @@ func (l *lockedBuffer) String() string {
 const agentTestAdminToken = "agent-test-admin"
 
 // freeAddr is a loopback address nobody listens on right now.
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freeAddr(t *testing.T) string { return freeAddrOn(t, "127.0.0.1") }
+
+// freeAddrOn is an address of host (an address of this machine) nobody
+// listens on right now.
+func freeAddrOn(t *testing.T, host string) string {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,6 +81,17 @@ func freeAddr(t *testing.T) string {
 }
 
 func startAgentCluster(t *testing.T, n int, agentArgs ...string) *agentCluster {
+	t.Helper()
+	ac := startFrontEnds(t, n, "127.0.0.1")
+	ac.agentAddr, ac.metrics = freeAddr(t), freeAddr(t)
+	ac.startAgent(t, nil, append([]string{"--listen", ac.agentAddr, "--servers", ac.mtcp[0], "--metrics-listen", ac.metrics, "--path-timeout", "1s"}, agentArgs...)...)
+	return ac
+}
+
+// startFrontEnds starts n hafe serve processes serving over MTCP on
+// mtcpHost (an address of this host) and waits until the first one lists
+// them all; no agent yet.
+func startFrontEnds(t *testing.T, n int, mtcpHost string) *agentCluster {
 	t.Helper()
 	requirePostgresBinaries(t)
 	bin := buildHafe(t)
@@ -116,7 +134,7 @@ func startAgentCluster(t *testing.T, n int, agentArgs ...string) *agentCluster {
 	var https []string
 	for i := range n {
 		id := fmt.Sprintf("fe-%d", i)
-		addr, maddr := freeAddr(t), freeAddr(t)
+		addr, maddr := freeAddr(t), freeAddrOn(t, mtcpHost)
 		logf, err := os.Create(filepath.Join(dir, id+".log"))
 		if err != nil {
 			t.Fatal(err)
@@ -164,19 +182,33 @@ func startAgentCluster(t *testing.T, n int, agentArgs ...string) *agentCluster {
 			t.Fatalf("fe-0 never listed the %d front-ends to its MTCP clients", n)
 		}
 	}
-	ac.agentAddr, ac.metrics = freeAddr(t), freeAddr(t)
-	args := append([]string{"agent", "--listen", ac.agentAddr, "--servers", ac.mtcp[0], "--metrics-listen", ac.metrics, "--path-timeout", "1s"}, agentArgs...)
-	ac.agent = exec.Command(bin, args...)
-	ac.agent.Stdout, ac.agent.Stderr = ac.agentLog, ac.agentLog
-	ac.agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := ac.agent.Start(); err != nil {
+	ac.bin = bin
+	return ac
+}
+
+// startAgent starts hafe agent with args, its command line after prefix
+// (e.g. ip netns exec NS), and waits until its metrics listener at
+// ac.metrics answers.
+func (ac *agentCluster) startAgent(t *testing.T, prefix []string, args ...string) {
+	t.Helper()
+	ac.agentLog = &lockedBuffer{}
+	argv := append(append(append([]string(nil), prefix...), ac.bin, "agent"), args...)
+	agent := exec.Command(argv[0], argv[1:]...)
+	ac.agent = agent
+	agent.Stdout, agent.Stderr = ac.agentLog, ac.agentLog
+	agent.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := agent.Start(); err != nil {
 		t.Fatal(err)
 	}
+	log := ac.agentLog
+	exited := make(chan struct{})
+	go func() { agent.Wait(); close(exited) }()
+	ac.agentExited = exited
 	t.Cleanup(func() {
-		ac.agent.Process.Kill()
-		ac.agent.Wait()
+		agent.Process.Kill()
+		<-exited
 		if t.Failed() {
-			t.Logf("agent's log:\n%s", ac.agentLog.String())
+			t.Logf("agent's log:\n%s", log.String())
 		}
 	})
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
@@ -184,11 +216,15 @@ func startAgentCluster(t *testing.T, n int, agentArgs ...string) *agentCluster {
 			c.Close()
 			break
 		}
+		select {
+		case <-exited:
+			t.Fatalf("the agent exited: %v\n%s", agent.ProcessState, log.String())
+		default:
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the agent never listened:\n%s", ac.agentLog.String())
+			t.Fatalf("the agent never listened:\n%s", log.String())
 		}
 	}
-	return ac
 }
 
 func lastLinesOf(s string, n int) string {
@@ -235,11 +271,19 @@ type streamed struct {
 type agentClient func(t *testing.T, addr string, body []byte) streamed
 
 // curlClient is curl -N, as a shell script would run it.
-func curlClient(t *testing.T, addr string, body []byte) streamed {
+func curlClient(t *testing.T, addr string, body []byte) streamed { return curlIn()(t, addr, body) }
+
+// curlIn is curl -N run after prefix, e.g. ip netns exec NS.
+func curlIn(prefix ...string) agentClient {
+	return func(t *testing.T, addr string, body []byte) streamed { return runCurl(t, prefix, addr, body) }
+}
+
+func runCurl(t *testing.T, prefix []string, addr string, body []byte) streamed {
 	path := filepath.Join(t.TempDir(), "batch.json")
 	os.WriteFile(path, body, 0o600)
-	cmd := exec.Command("curl", "-N", "-sS", "-i", "--noproxy", "*", "-H", "Content-Type: application/json",
+	argv := append(append([]string(nil), prefix...), "curl", "-N", "-sS", "-i", "--noproxy", "*", "-H", "Content-Type: application/json",
 		"--data-binary", "@"+path, "http://"+addr+"/v1/batches")
+	cmd := exec.Command(argv[0], argv[1:]...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -291,13 +335,25 @@ while True:
 `
 
 // pythonClient is Python's http.client.
-func pythonClient(t *testing.T, addr string, body []byte) streamed {
+func pythonClient(t *testing.T, addr string, body []byte) streamed { return pythonIn()(t, addr, body) }
+
+// pythonIn is Python's http.client run after prefix, e.g. ip netns exec NS.
+func pythonIn(prefix ...string) agentClient {
+	return func(t *testing.T, addr string, body []byte) streamed { return runPython(t, prefix, addr, body) }
+}
+
+func runPython(t *testing.T, prefix []string, addr string, body []byte) streamed {
 	dir := t.TempDir()
 	script, path := filepath.Join(dir, "client.py"), filepath.Join(dir, "batch.json")
 	os.WriteFile(script, []byte(pythonClientScript), 0o600)
 	os.WriteFile(path, body, 0o600)
 	host, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command("python3", script, host, port, path)
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv := append(append([]string(nil), prefix...), python, script, host, port, path)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -358,14 +414,13 @@ func TestUnchangedClientsThroughTheAgentSurviveAKillOrDrain(t *testing.T) {
 						t.Skipf("%s is not installed: this client's run needs it", tc.needs)
 					}
 				}
-				runThroughAgent(t, tc.name, tc.client, fault)
+				runThroughAgent(t, startAgentCluster(t, 2), tc.name, tc.client, fault)
 			})
 		}
 	}
 }
 
-func runThroughAgent(t *testing.T, name string, client agentClient, fault string) {
-	ac := startAgentCluster(t, 2)
+func runThroughAgent(t *testing.T, ac *agentCluster, name string, client agentClient, fault string) {
 	const n, faultAt = 40, 10
 	s := client(t, ac.agentAddr, slowEffectBatch("e", n))
 	victim := ac.procs[s.frontEnd]
@@ -570,6 +625,16 @@ func TestAgentFlags(t *testing.T) {
 		{[]string{"--servers", "fe1:9090", "--rate-threshold", "1.5"}, "--rate-threshold"},
 		{[]string{"--servers", "fe1:9090", "--send-buffer", "100"}, "--send-buffer"},
 		{[]string{"--servers", "fe1:9090", "extra"}, "unexpected arguments"},
+		// TUN mode: refused before anything is created.
+		{[]string{"--servers", "fe1:9090", "--tun", "hafetun0"}, "--tun needs at least one --service"},
+		{[]string{"--servers", "fe1:9090", "--service", "10.77.0.1:80"}, "--service is for TUN mode"},
+		{[]string{"--servers", "fe1:9090", "--tun-mtu", "9000"}, "--tun-mtu is for TUN mode"},
+		{[]string{"--servers", "fe1:9090", "--tun", "hafetun0", "--service", "10.77.0.1"}, "want ADDR:PORT"},
+		{[]string{"--servers", "fe1:9090", "--tun", "hafetun0", "--service", "127.0.0.1:80"}, "loopback"},
+		{[]string{"--servers", "fe1:9090", "--tun", "hafetun0", "--service", "10.77.0.1:80,10.77.0.1:80"}, "given twice"},
+		{[]string{"--servers", "fe1:9090", "--tun", "hafe-tun-name-too-long", "--service", "10.77.0.1:80"}, "at most 15 bytes"},
+		{[]string{"--servers", "fe1:9090", "--tun", "hafetun0", "--service", "10.77.0.1:80", "--tun-mtu", "100"}, "MTU 100"},
+		{[]string{"--servers", "fe1:9090", "--tun", "hafetun0", "--service", "[fd77::1]:80", "--tun-mtu", "1000"}, "IPv6 needs an MTU"},
 	} {
 		err := runAgent(context.Background(), tc.args, io.Discard, io.Discard)
 		var ue usageError
