@@ -14,12 +14,15 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"hafe.dev/hafe/mtcp"
 )
 
 // The TUN-mode tests run hafe agent --tun inside a network namespace of
@@ -328,5 +331,80 @@ func TestTUNModeErrorsSayWhatIsWrong(t *testing.T) {
 				t.Errorf("device %s left behind", tunDevice)
 			}
 		})
+	}
+}
+
+// TestAgentTUNBenchmark compares small batches sent by Go's net/http
+// through hafe agent in TUN mode (the client in the namespace, talking to
+// the service address) with the same client through the agent's local
+// listener and straight to the front-end (plain HTTP, and over MTCP with
+// the mtcp package), side by side in one run. The front-end serves MTCP
+// on the veth's address here, so the TUN mode's MTCP hop crosses the
+// veth pair. Set HAFE_AGENT_BENCH=1 to run it (HAFE_AGENT_BENCH_N:
+// requests per connection, default 300).
+func TestAgentTUNBenchmark(t *testing.T) {
+	if os.Getenv("HAFE_AGENT_BENCH") == "" {
+		t.Skip("set HAFE_AGENT_BENCH=1 to run the agent's benchmark")
+	}
+	n := 300
+	if v, err := strconv.Atoi(os.Getenv("HAFE_AGENT_BENCH_N")); err == nil && v > 0 {
+		n = v
+	}
+	ns := newTestNetns(t)
+	ac := startTUNCluster(t, ns, 1)
+	tunAddr := ac.agentAddr
+	listenAddr := freeAddr(t)
+	ac.metrics = freeAddr(t)
+	ac.startAgent(t, nil, "--listen", listenAddr, "--servers", ac.mtcp[0], "--metrics-listen", ac.metrics, "--path-timeout", "1s")
+	plain := &http.Transport{MaxIdleConnsPerHost: 64}
+	d := &mtcp.Dialer{Servers: ac.mtcp, Limits: mtcp.Limits{MaxSendBuffer: 16 << 20}}
+	viaMTCP := &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 64}
+	inNS := &http.Transport{DialContext: ns.dial, MaxIdleConnsPerHost: 64}
+	defer plain.CloseIdleConnections()
+	defer viaMTCP.CloseIdleConnections()
+	defer inNS.CloseIdleConnections()
+	ways := []benchWay{
+		{"plain HTTP to the front-end", "http://" + ac.http[0], plain},
+		{"Go client over MTCP (mtcp package)", "http://" + ac.mtcp[0], viaMTCP},
+		{"hafe agent --listen (loopback)", "http://" + listenAddr, plain},
+		{"hafe agent --tun (service address)", "http://" + tunAddr, inNS},
+	}
+	results := measureBatches(t, n, ways)
+	t.Logf("small batches (2 transactions), %d per connection, one front-end (eager MTCP):", n)
+	logBenchTable(t, ways, results)
+	lis, tun := results[ways[2].name], results[ways[3].name]
+	t.Logf("TUN mode against the listener: %.2f× the throughput, %+v at the median", tun.rate/lis.rate, (tun.p50 - lis.p50).Round(time.Microsecond))
+}
+
+// TestAgentTUNFailoverStall is TestAgentFailoverStall through TUN mode
+// and through the listener side by side: curl -N (in the namespace, to
+// the service address; or to --listen), the serving front-end SIGKILLed
+// at line 200 of 2000, HAFE_AGENT_BENCH_KILLS runs of each (default 10),
+// alternating, each on a fresh cluster. Set HAFE_AGENT_BENCH=1 to run it.
+func TestAgentTUNFailoverStall(t *testing.T) {
+	if os.Getenv("HAFE_AGENT_BENCH") == "" {
+		t.Skip("set HAFE_AGENT_BENCH=1 to run the agent's benchmark")
+	}
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl is not installed")
+	}
+	requireTUN(t)
+	runs := 10
+	if v, err := strconv.Atoi(os.Getenv("HAFE_AGENT_BENCH_KILLS")); err == nil && v > 0 {
+		runs = v
+	}
+	var tun, lis []time.Duration
+	for run := range runs {
+		t.Run("tun/"+strconv.Itoa(run), func(t *testing.T) {
+			ns := newTestNetns(t)
+			tun = append(tun, measureStall(t, run, startTUNCluster(t, ns, 2), curlIn(ns.exec()...)))
+		})
+		t.Run("listen/"+strconv.Itoa(run), func(t *testing.T) {
+			lis = append(lis, measureStall(t, run, startAgentCluster(t, 2), curlClient))
+		})
+	}
+	if len(tun) == runs && len(lis) == runs {
+		logStalls(t, "curl -N through hafe agent --tun", tun)
+		logStalls(t, "curl -N through hafe agent --listen", lis)
 	}
 }
