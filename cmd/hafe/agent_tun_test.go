@@ -214,8 +214,9 @@ func TestUnchangedClientsThroughTUNModeSurviveAKill(t *testing.T) {
 }
 
 // TestTUNModeRemovesItsDeviceAndRoutesOnExit: once hafe agent --tun ends,
-// by SIGTERM or SIGKILL, its device and the route to the service address
-// are gone; after a SIGTERM the agent says so and exits 0.
+// by SIGTERM or SIGKILL, its device and the routes to the service
+// addresses (IPv4 and IPv6) are gone; after a SIGTERM the agent says so
+// and exits 0. --listen opens beside the device only when given.
 func TestTUNModeRemovesItsDeviceAndRoutesOnExit(t *testing.T) {
 	ns := newTestNetns(t)
 	bin := buildHafe(t)
@@ -224,6 +225,12 @@ func TestTUNModeRemovesItsDeviceAndRoutesOnExit(t *testing.T) {
 			var log lockedBuffer
 			argv := ns.exec(bin, "agent", "--tun", tunDevice, "--service", tunService, "--service", "[fd77::1]:80",
 				"--servers", ns.hostAddr+":1")
+			// With --tun, --listen opens only when given: here with
+			// SIGTERM, not with SIGKILL.
+			withListen := sig == syscall.SIGTERM
+			if withListen {
+				argv = append(argv, "--listen", "127.0.0.1:0")
+			}
 			cmd := exec.Command(argv[0], argv[1:]...)
 			cmd.Stdout, cmd.Stderr = &log, &log
 			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -237,6 +244,9 @@ func TestTUNModeRemovesItsDeviceAndRoutesOnExit(t *testing.T) {
 				if time.Now().After(deadline) {
 					t.Fatalf("no device %s with a route to the services after 10s:\n%s", tunDevice, log.String())
 				}
+			}
+			if got := strings.Contains(log.String(), "agent listening"); got != withListen {
+				t.Errorf("--listen given: %v; the agent listening on it: %v\n%s", withListen, got, log.String())
 			}
 			start := time.Now()
 			cmd.Process.Signal(sig)
