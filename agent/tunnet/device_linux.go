@@ -21,7 +21,7 @@ func createDevice(name string) (int, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	switch {
 	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENXIO), errors.Is(err, unix.ENODEV):
-		return -1, fmt.Errorf("tun: %w: load the tun module (modprobe tun) or, in a container, pass the device (docker run --device /dev/net/tun; a Kubernetes pod mounts it from the host): %v", ErrNoTUN, err)
+		return -1, fmt.Errorf("tun: %w: load the tun module (modprobe tun) or, in a container, pass the device (docker run --device /dev/net/tun; in Kubernetes, a hostPath volume of type CharDevice): %v", ErrNoTUN, err)
 	case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
 		return -1, fmt.Errorf("tun: open /dev/net/tun: %w: %v", ErrPermission, err)
 	case err != nil:

@@ -294,34 +294,38 @@ func tunLeft(t *testing.T, ns *testNetns) bool {
 // TestTUNModeErrorsSayWhatIsWrong: hafe agent --tun refuses, with a
 // message naming the cause and leaving no device behind, a device name in
 // use, a service address that already has a route, a service address of
-// the host itself, and a user without CAP_NET_ADMIN.
+// the host itself, a user without CAP_NET_ADMIN and a system without
+// /dev/net/tun.
 func TestTUNModeErrorsSayWhatIsWrong(t *testing.T) {
 	ns := newTestNetns(t)
 	bin := buildHafe(t)
 	ipCmd(t, ns.exec("ip", "route", "add", "10.77.0.9/32", "via", ns.hostAddr)...)
+	// Run the agent as nobody, with no capabilities (ip netns exec
+	// itself needs root).
+	asNobody := []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"}
+	// Hide /dev/net/tun from the agent alone, in a mount namespace of
+	// its own.
+	noTUN := []string{"unshare", "--mount", "--propagation", "private", "sh", "-c", `mount -t tmpfs none /dev/net && exec "$@"`, "sh"}
 	for _, tc := range []struct {
 		name   string
 		args   []string
-		nobody bool
+		prefix []string // run the agent through this, inside the namespace
 		want   string
 	}{
-		{"name taken", []string{"--tun", "lo", "--service", tunService}, false, `tun: create device "lo": a network interface of that name exists already`},
-		{"route exists", []string{"--tun", tunDevice, "--service", "10.77.0.9:80"}, false, "route 10.77.0.9 to \"" + tunDevice + "\": a route to that address exists already"},
-		{"host address", []string{"--tun", tunDevice, "--service", ns.nsAddr + ":80"}, false, "is an address of this host"},
-		{"not root", []string{"--tun", tunDevice, "--service", tunService}, true, "needs root or CAP_NET_ADMIN"},
+		{"name taken", []string{"--tun", "lo", "--service", tunService}, nil, `tun: create device "lo": a network interface of that name exists already`},
+		{"route exists", []string{"--tun", tunDevice, "--service", "10.77.0.9:80"}, nil, "route 10.77.0.9 to \"" + tunDevice + "\": a route to that address exists already"},
+		{"host address", []string{"--tun", tunDevice, "--service", ns.nsAddr + ":80"}, nil, "is an address of this host"},
+		{"not root", []string{"--tun", tunDevice, "--service", tunService}, asNobody, "needs root or CAP_NET_ADMIN"},
+		{"no /dev/net/tun", []string{"--tun", tunDevice, "--service", tunService}, noTUN, "no /dev/net/tun: load the tun module"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			argv := ns.exec(append([]string{bin, "agent", "--servers", ns.hostAddr + ":1"}, tc.args...)...)
-			cmd := exec.Command(argv[0], argv[1:]...)
-			if tc.nobody {
-				// ip netns exec needs root; drop it in the agent only.
-				argv = ns.exec("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--")
-				argv = append(argv, append([]string{bin, "agent", "--servers", ns.hostAddr + ":1"}, tc.args...)...)
-				if _, err := exec.LookPath("setpriv"); err != nil {
-					t.Skip("setpriv (util-linux) is not installed: cannot run the agent unprivileged")
+			if len(tc.prefix) > 0 {
+				if _, err := exec.LookPath(tc.prefix[0]); err != nil {
+					t.Skipf("%s is not installed: this case needs it", tc.prefix[0])
 				}
-				cmd = exec.Command(argv[0], argv[1:]...)
 			}
+			argv := ns.exec(append(append(append([]string(nil), tc.prefix...), bin, "agent", "--servers", ns.hostAddr+":1"), tc.args...)...)
+			cmd := exec.Command(argv[0], argv[1:]...)
 			done := make(chan struct{})
 			var out []byte
 			var err error
@@ -341,6 +345,9 @@ func TestTUNModeErrorsSayWhatIsWrong(t *testing.T) {
 				t.Errorf("device %s left behind", tunDevice)
 			}
 		})
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Fatalf("/dev/net/tun is gone from this mount namespace: %v", err)
 	}
 }
 
