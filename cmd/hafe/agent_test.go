@@ -42,9 +42,7 @@ type agentCluster struct {
 	metrics   string
 	agentLog  *lockedBuffer
 	agent     *exec.Cmd
-	// agentExited is closed once the agent process has exited.
-	agentExited <-chan struct{}
-	bin         string
+	bin       string // the hafe binary
 }
 
 type lockedBuffer struct {
@@ -203,7 +201,6 @@ func (ac *agentCluster) startAgent(t *testing.T, prefix []string, args ...string
 	log := ac.agentLog
 	exited := make(chan struct{})
 	go func() { agent.Wait(); close(exited) }()
-	ac.agentExited = exited
 	t.Cleanup(func() {
 		agent.Process.Kill()
 		<-exited
