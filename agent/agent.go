@@ -4,7 +4,9 @@
 // client that cannot link the client package (curl, Python, Java, a
 // shell script) talks plain HTTP/1.1 to the agent, and its connection
 // moves between front-ends in the middle of a batch as a Go client's
-// would.
+// would. The listener may be any net.Listener: a TCP one, or the service
+// addresses of a TUN device whose connections a netstack terminates
+// (agent/tunnet).
 //
 // The invariant: each direction's bytes reach the other side in order,
 // each exactly once, and its end of stream (a half-close) follows its last

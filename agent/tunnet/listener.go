@@ -28,8 +28,9 @@ type listener struct {
 	ready chan struct{} // a token: some endpoint may have a connection
 	done  chan struct{}
 	once  sync.Once
-	next  int // where the next Accept starts looking, for fairness
-	mu    sync.Mutex
+
+	mu   sync.Mutex
+	next int // where the next Accept starts looking, for fairness
 }
 
 type listening struct {
