@@ -108,8 +108,8 @@ func (ifc *Interface) start(cfg Config, addrs []netip.Addr) error {
 	// Every answer goes back through the device: the host routes it to
 	// the application.
 	s.SetRouteTable([]tcpip.Route{
-		{Destination: header4Any(), NIC: nicID},
-		{Destination: header6Any(), NIC: nicID},
+		{Destination: anyIPv4(), NIC: nicID},
+		{Destination: anyIPv6(), NIC: nicID},
 	})
 	if ifc.ln, err = listen(s, cfg.Services); err != nil {
 		return fmt.Errorf("tun: %w", err)
@@ -122,12 +122,13 @@ func (ifc *Interface) start(cfg Config, addrs []netip.Addr) error {
 	return nil
 }
 
-func header4Any() tcpip.Subnet {
+// anyIPv4 and anyIPv6 are the default routes' destinations.
+func anyIPv4() tcpip.Subnet {
 	s, _ := tcpip.NewSubnet(tcpip.AddrFrom4([4]byte{}), tcpip.MaskFromBytes(make([]byte, 4)))
 	return s
 }
 
-func header6Any() tcpip.Subnet {
+func anyIPv6() tcpip.Subnet {
 	s, _ := tcpip.NewSubnet(tcpip.AddrFrom16([16]byte{}), tcpip.MaskFromBytes(make([]byte, 16)))
 	return s
 }
