@@ -109,14 +109,22 @@ func TestMemoryChild(t *testing.T) {
 		}
 	}()
 	fmt.Printf("server %s\n", ln.Addr())
-	var addr string
+	var addr, netns string
 	var n int
-	if _, err := fmt.Scanf("%s %d\n", &addr, &n); err != nil {
+	line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+	if err != nil {
 		t.Fatal(err)
+	}
+	if k, _ := fmt.Sscanf(line, "%s %d %s", &addr, &n, &netns); k < 2 {
+		t.Fatalf("child: %q: want ADDR N [NETNS]", line)
+	}
+	dial := func() (net.Conn, error) { return net.Dial("tcp", addr) }
+	if netns != "" {
+		dial = func() (net.Conn, error) { return dialInNetns(netns, addr) }
 	}
 	conns := make([]net.Conn, 0, n)
 	for range n {
-		c, err := net.Dial("tcp", addr)
+		c, err := dial()
 		if err != nil {
 			t.Fatal(err)
 		}
