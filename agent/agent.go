@@ -320,12 +320,20 @@ func (e writeError) Unwrap() error { return e.error }
 // to read, holding no buffer meanwhile; false if src cannot be waited on
 // so. An MTCP connection's Read of nothing waits for bytes to read.
 func waitForBytes(src net.Conn) bool {
-	if mc, ok := src.(*mtcp.Conn); ok {
-		_, _ = mc.Read(nil) // an error is the next Read's to report
+	switch c := src.(type) {
+	case *mtcp.Conn:
+		_, _ = c.Read(nil) // an error is the next Read's to report
+		return true
+	case readableWaiter:
+		c.WaitReadable()
 		return true
 	}
 	return netwait.Readable(src)
 }
+
+// readableWaiter is a connection that can wait for bytes to read without
+// a buffer: one a netstack terminated (agent/tunnet's Conn).
+type readableWaiter interface{ WaitReadable() }
 
 // halfCloser is a connection whose sending side closes on its own.
 type halfCloser interface{ CloseWrite() error }

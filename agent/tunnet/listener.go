@@ -142,11 +142,30 @@ func (l *listener) Addr() net.Addr { return l.addr }
 type Conn struct {
 	*gonet.TCPConn
 	ep   tcpip.Endpoint
+	wq   *waiter.Queue
 	once sync.Once
 }
 
 func newConn(wq *waiter.Queue, ep tcpip.Endpoint) *Conn {
-	return &Conn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep}
+	return &Conn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, wq: wq}
+}
+
+// WaitReadable blocks until the connection has bytes, an end of stream
+// or an error to read, or is closed or aborted; it holds no buffer
+// meanwhile, so an idle connection costs its reader none. It ignores
+// deadlines.
+func (c *Conn) WaitReadable() {
+	const mask = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+	if c.ep.Readiness(mask) != 0 {
+		return
+	}
+	e, ch := waiter.NewChannelEntry(mask)
+	c.wq.EventRegister(&e)
+	defer c.wq.EventUnregister(&e)
+	if c.ep.Readiness(mask) != 0 {
+		return
+	}
+	<-ch
 }
 
 // Close closes the connection (a FIN after the bytes written). Closing

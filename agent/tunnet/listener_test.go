@@ -70,6 +70,18 @@ func TestListenerAcceptsOnEveryServiceAndAbortResets(t *testing.T) {
 			t.Fatal(err)
 		}
 		sc := s.(*Conn)
+		// WaitReadable returns once the client's bytes are there.
+		waited := make(chan struct{})
+		go func() { sc.WaitReadable(); close(waited) }()
+		c.Write([]byte("?"))
+		select {
+		case <-waited:
+		case <-time.After(5 * time.Second):
+			t.Fatal("WaitReadable still waits with a byte to read")
+		}
+		if b := make([]byte, 1); func() bool { n, _ := sc.Read(b); return n != 1 }() {
+			t.Fatal("no byte to read after WaitReadable")
+		}
 		if s.LocalAddr().(*net.TCPAddr).Port == 80 {
 			// A half-close: the client reads the bytes, then the end.
 			if err := sc.CloseWrite(); err != nil {
@@ -85,7 +97,16 @@ func TestListenerAcceptsOnEveryServiceAndAbortResets(t *testing.T) {
 			// An abort: the client sees an error, not an end of stream.
 			buf := make([]byte, 2)
 			io.ReadFull(c, buf)
+			// An abort ends a WaitReadable too.
+			waited := make(chan struct{})
+			go func() { sc.WaitReadable(); close(waited) }()
+			time.Sleep(10 * time.Millisecond)
 			sc.Abort()
+			select {
+			case <-waited:
+			case <-time.After(5 * time.Second):
+				t.Fatal("WaitReadable still waits after Abort")
+			}
 			if n, err := c.Read(buf); err == nil || errors.Is(err, io.EOF) {
 				t.Errorf("after an abort the client read %d bytes, %v; want a reset", n, err)
 			}
