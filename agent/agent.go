@@ -338,48 +338,95 @@ type readableWaiter interface{ WaitReadable() }
 // halfCloser is a connection whose sending side closes on its own.
 type halfCloser interface{ CloseWrite() error }
 
-// copyHalf copies src to dst until src's end of stream, then half-closes
-// dst; nil once it has. While src is idle it holds no buffer when it can
-// wait for src to become readable (a TCP or MTCP connection), a small
-// one otherwise; a pooled large one only while bytes flow.
-func copyHalf(dst, src net.Conn, count func(int)) error {
-	var small []byte
-	var big *[]byte
-	defer func() {
-		if big != nil {
-			bigPool.Put(big)
-		}
-	}()
-	for {
-		if big == nil && waitForBytes(src) {
-			big = bigPool.Get().(*[]byte)
-		}
-		var buf []byte
-		if big != nil {
-			buf = *big
-		} else {
-			if small == nil {
-				small = make([]byte, smallBuf)
+// halfReader reads one direction's source. While src is idle it holds no
+// buffer where it can wait without one (a TCP, MTCP or netstack
+// connection), a small one otherwise; a pooled large one only while bytes
+// flow.
+type halfReader struct {
+	src   net.Conn
+	small []byte
+	big   *[]byte
+	// pending is a large buffer let go by the last read, whose bytes the
+	// caller has yet to write: pooled by donePending.
+	pending *[]byte
+}
+
+// read returns the next bytes src has, valid until the next call.
+func (r *halfReader) read() ([]byte, error) {
+	if r.big == nil {
+		// A TCP connection is read into a pooled buffer taken once the
+		// bytes are there: no buffer while idle, no extra system call.
+		if b, n, err, ok := netwait.ReadPooled(r.src, &bigPool); ok {
+			r.big = b
+			if b == nil {
+				return nil, err
 			}
-			buf = small
+			return r.settle((*b)[:n], len(*b)), err
 		}
-		n, err := src.Read(buf)
-		if n > 0 {
-			count(n)
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+		if waitForBytes(r.src) {
+			r.big = bigPool.Get().(*[]byte)
+		}
+	}
+	var buf []byte
+	if r.big != nil {
+		buf = *r.big
+	} else {
+		if r.small == nil {
+			r.small = make([]byte, smallBuf)
+		}
+		buf = r.small
+	}
+	n, err := r.src.Read(buf)
+	return r.settle(buf[:n], len(buf)), err
+}
+
+// settle keeps a large buffer for the next read when got filled the
+// buffer (more may be waiting), or lets it go, once got is written, before
+// a read that may wait long.
+func (r *halfReader) settle(got []byte, size int) []byte {
+	switch {
+	case len(got) == size && r.big == nil:
+		r.big = bigPool.Get().(*[]byte)
+	case len(got) < size && r.big != nil:
+		r.pending = r.big
+		r.big = nil
+	}
+	return got
+}
+
+// donePending pools the buffer the last read let go; call it once its
+// bytes are written.
+func (r *halfReader) donePending() {
+	if r.pending != nil {
+		bigPool.Put(r.pending)
+		r.pending = nil
+	}
+}
+
+// release gives back the buffers the reader holds.
+func (r *halfReader) release() {
+	for _, b := range []*[]byte{r.big, r.pending} {
+		if b != nil {
+			bigPool.Put(b)
+		}
+	}
+	r.big, r.pending = nil, nil
+}
+
+// copyHalf copies src to dst until src's end of stream, then half-closes
+// dst; nil once it has.
+func copyHalf(dst, src net.Conn, count func(int)) error {
+	r := &halfReader{src: src}
+	defer r.release()
+	for {
+		got, err := r.read()
+		if len(got) > 0 {
+			count(len(got))
+			if _, werr := dst.Write(got); werr != nil {
 				return writeError{werr}
 			}
 		}
-		switch {
-		case n == len(buf) && big == nil:
-			// More may be waiting: read the rest in large pieces.
-			big = bigPool.Get().(*[]byte)
-		case n < len(buf) && big != nil:
-			// Drained for now: let go of the large buffer before a read
-			// that may wait long.
-			bigPool.Put(big)
-			big = nil
-		}
+		r.donePending()
 		if err == io.EOF {
 			if hc, ok := dst.(halfCloser); ok {
 				err = hc.CloseWrite()

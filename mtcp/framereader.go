@@ -25,6 +25,8 @@ type frameReader struct {
 
 	big  *chunk // while non-nil, unparsed bytes are big.buf[r:w] and br is empty
 	r, w int
+
+	pre prefetched // under br once waitIdle has read for it
 }
 
 // chunk is a path reader's large buffer. refs counts the reader and the
@@ -90,23 +92,56 @@ func (f *frameReader) next() (wire.Type, []byte, error) {
 	return f.nextBig()
 }
 
-// waitIdle waits, when the small reader holds nothing, for the transport
-// to have bytes without holding the reader: it goes back to a pool
-// meanwhile, so an idle path costs no read buffer. A busy path pays one
-// more system call (a peek) each time its reader runs empty.
+// waitIdle reads, when the small reader holds nothing, the transport's
+// next bytes without holding the reader: it goes back to a pool meanwhile,
+// so an idle path costs no read buffer. The bytes are read into a pooled
+// scratch buffer once they are there, the reader's fill copies them, and
+// no system call is added.
 func (f *frameReader) waitIdle() {
 	if f.br.Buffered() > 0 || f.br.Size() != pathReadBuffer || !netwait.Supported(f.nc) {
 		return
 	}
 	pathReaders.Put(f.br)
 	f.br = nil
-	netwait.Readable(f.nc)
+	buf, n, err, _ := netwait.ReadPooled(f.nc, &pathScratch)
+	f.pre = prefetched{nc: f.nc, buf: buf, n: n, err: err}
 	f.br = pathReaders.Get().(*bufio.Reader)
-	f.br.Reset(f.nc)
+	f.br.Reset(&f.pre)
 }
 
-// pathReaders pools the small readers of paths that wait for bytes.
-var pathReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, pathReadBuffer) }}
+// prefetched is the transport under a path's small reader: the bytes
+// waitIdle read, then the transport itself. The scratch buffer is no
+// larger than the reader's, so the reader's first fill takes all of it.
+type prefetched struct {
+	nc   net.Conn
+	buf  *[]byte
+	r, n int
+	err  error
+}
+
+func (p *prefetched) Read(b []byte) (int, error) {
+	if p.buf != nil {
+		k := copy(b, (*p.buf)[p.r:p.n])
+		p.r += k
+		if p.r == p.n {
+			pathScratch.Put(p.buf)
+			p.buf = nil
+		}
+		return k, nil
+	}
+	if err := p.err; err != nil {
+		p.err = nil
+		return 0, err
+	}
+	return p.nc.Read(b)
+}
+
+// pathReaders pools the small readers of paths waiting for bytes, and
+// pathScratch the buffers their bytes arrive in.
+var (
+	pathReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, pathReadBuffer) }}
+	pathScratch = sync.Pool{New: func() any { b := make([]byte, pathReadBuffer); return &b }}
+)
 
 // nextBig returns the next frame from the large buffer, reading as much as
 // the transport has.
