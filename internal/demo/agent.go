@@ -7,12 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -41,13 +39,9 @@ func (d *demo) startAgent(ctx context.Context, seed *child) (*child, error) {
 	if err != nil {
 		return nil, fmt.Errorf("demo: find the hafe binary: %w", err)
 	}
-	var addrs [2]string
-	for i := range addrs {
-		port, err := freeLocalPort()
-		if err != nil {
-			return nil, err
-		}
-		addrs[i] = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	addrs, err := freeLocalAddrs(2)
+	if err != nil {
+		return nil, err
 	}
 	logPath := filepath.Join(d.work, "agent.log")
 	logFile, err := os.Create(logPath)

@@ -294,16 +294,11 @@ func (d *demo) startFrontEnd(ctx context.Context, dbURL, id string) (*child, err
 	if err != nil {
 		return nil, fmt.Errorf("demo: find the hafe binary: %w", err)
 	}
-	port, err := freeLocalPort()
+	addrs, err := freeLocalAddrs(2)
 	if err != nil {
 		return nil, err
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	mport, err := freeLocalPort()
-	if err != nil {
-		return nil, err
-	}
-	maddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(mport))
+	addr, maddr := addrs[0], addrs[1]
 	logPath := filepath.Join(d.work, id+".log")
 	if _, err := os.Stat(logPath); err == nil {
 		logPath = filepath.Join(d.work, id+"-restarted.log") // --stay: keep the killed run's log
@@ -389,13 +384,20 @@ func withoutHafeEnv(env []string) []string {
 	return out
 }
 
-func freeLocalPort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("demo: find a free port: %w", err)
+// freeLocalAddrs returns n loopback addresses with ports free now, all
+// different: their listeners are open at once, so the system cannot hand
+// out one port twice.
+func freeLocalAddrs(n int) ([]string, error) {
+	var out []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("demo: find a free port: %w", err)
+		}
+		defer l.Close()
+		out = append(out, l.Addr().String())
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return out, nil
 }
 
 // waitReady waits until every front-end answers /readyz.
