@@ -68,15 +68,31 @@ const agentTestAdminToken = "agent-test-admin"
 func freeAddr(t *testing.T) string { return freeAddrOn(t, "127.0.0.1") }
 
 // freeAddrOn is an address of host (an address of this machine) nobody
-// listens on right now.
+// listens on right now, and not one it returned before: the system may
+// hand a port just closed out again, and two calls in a row would give one
+// process the same port twice.
 func freeAddrOn(t *testing.T, host string) string {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatal(err)
+	for {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		handedOut.Lock()
+		seen := handedOut.addrs[addr]
+		handedOut.addrs[addr] = true
+		handedOut.Unlock()
+		if !seen {
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
 }
+
+var handedOut = struct {
+	sync.Mutex
+	addrs map[string]bool
+}{addrs: map[string]bool{}}
 
 func startAgentCluster(t *testing.T, n int, agentArgs ...string) *agentCluster {
 	t.Helper()

@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -699,5 +700,71 @@ func waitLog(t *testing.T, log *lockedBuffer, msg string, count int) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no log line %q:\n%s", msg, log.String())
 		}
+	}
+}
+
+// TestAgentOverTLSSurvivesAKill: hafe agent --ca carries curl over MTCP
+// with TLS to front-ends serving TLS (and mutual TLS between them); the
+// front-end serving the batch is SIGKILLed in the middle, and curl's one
+// response goes on from the other: every line, every slot once.
+func TestAgentOverTLSSurvivesAKill(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("no curl")
+	}
+	tc := startTLSCluster(t, 2, false)
+	agentAddr := freeAddr(t)
+	logs := &lockedBuffer{}
+	cmd := exec.Command(tc.bin, "agent", "--listen", agentAddr, "--servers", tc.mtcp[0], "--ca", tc.ca.file, "--path-timeout", "1s")
+	cmd.Stdout, cmd.Stderr = logs, logs
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("agent's log:\n%s", lastLinesOf(logs.String(), 30))
+		}
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if strings.Contains(logs.String(), "agent listening") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent did not start:\n%s", logs.String())
+		}
+	}
+
+	const n, killAt = 40, 10
+	s := curlClient(t, agentAddr, slowEffectBatch("tlsagent", n))
+	victim := slices.Index(tc.ids, s.frontEnd)
+	if s.status != 200 || victim < 0 {
+		t.Fatalf("status %d from front-end %q", s.status, s.frontEnd)
+	}
+	var lines []batchLine
+	for {
+		raw, err := s.body.ReadBytes('\n')
+		if err == io.EOF && len(raw) == 0 {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %d lines: %v", len(lines), err)
+		}
+		var l batchLine
+		if err := json.Unmarshal(raw, &l); err != nil {
+			t.Fatalf("line %d %q: %v", len(lines)+1, raw, err)
+		}
+		lines = append(lines, l)
+		if len(lines) == killAt {
+			tc.procs[victim].Process.Kill()
+		}
+	}
+	if err := s.wait(); err != nil {
+		t.Fatal(err)
+	}
+	checkEffectsOnce(t, tc.directURL, "tlsagent", n, lines)
+	if log := logs.String(); !strings.Contains(log, "msg=migrated") || !strings.Contains(log, "trigger=path_failure") {
+		t.Errorf("the agent logged no migration for the kill of %s:\n%s", s.frontEnd, log)
 	}
 }
