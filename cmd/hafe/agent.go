@@ -37,7 +37,7 @@ headers, or larger uploads stall. It is allocated as bytes arrive.
 Run it beside the application (same host, pod or compose project): the
 local hop is plain TCP; the paths to the front-ends use TLS with --ca (or
 --tls). The hafe image runs it too: its command is then
-"agent --listen 0.0.0.0:8080 --servers ...". One log line per migration;
+"agent --listen 0.0.0.0:8088 --servers ...". One log line per migration;
 Prometheus metrics at /metrics on --metrics-listen.
 
 TUN mode (Linux; needs root or CAP_NET_ADMIN, and /dev/net/tun): with

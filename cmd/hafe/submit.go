@@ -148,16 +148,16 @@ func readBatchFile(file string) ([]byte, int, error) {
 		body, err = os.ReadFile(file)
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("submit: %w", err)
+		return nil, 0, err
 	}
 	var b struct {
 		Transactions []json.RawMessage `json:"transactions"`
 	}
 	if err := json.Unmarshal(body, &b); err != nil {
-		return nil, 0, fmt.Errorf("submit: %s is not a batch: %w", file, err)
+		return nil, 0, fmt.Errorf("%s is not a batch: %w", file, err)
 	}
 	if len(b.Transactions) == 0 {
-		return nil, 0, fmt.Errorf(`submit: %s has no "transactions"`, file)
+		return nil, 0, fmt.Errorf(`%s has no "transactions"`, file)
 	}
 	return bytes.TrimSpace(body), len(b.Transactions), nil
 }
