@@ -100,7 +100,6 @@ func TestDemoSurvivesKilledFrontEndAndVerifies(t *testing.T) {
 			"after the kill, from fe",
 			"on the same connection and response: no new request",
 			"SIGTERM to fe",
-			"the front-end asked it to move",
 			"drained and exited",
 			"1 request",
 			// then curl through hafe agent
@@ -143,6 +142,13 @@ func TestDemoSurvivesKilledFrontEndAndVerifies(t *testing.T) {
 			}
 			if strings.Contains(text, "FAIL") {
 				t.Error("a check failed")
+			}
+			// The drained front-end sends lines until the client has
+			// moved: on a fast machine the batch's last third can end
+			// there first, and the demo says so.
+			if tt.args == nil && !strings.Contains(text, "the front-end asked it to move") &&
+				!strings.Contains(text, "sent the rest of the batch before its drain had moved the connection") {
+				t.Error("output tells neither of a move for the drain nor of the batch ending first")
 			}
 			checkChildrenGone(t, text)
 		})
