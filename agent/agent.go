@@ -318,7 +318,8 @@ func (e writeError) Unwrap() error { return e.error }
 
 // waitForBytes blocks until src has bytes, an end of stream or an error
 // to read, holding no buffer meanwhile; false if src cannot be waited on
-// so. An MTCP connection's Read of nothing waits for bytes to read.
+// so. An MTCP connection's Read of nothing waits for bytes to read. (TCP
+// connections are read with netwait.ReadPooled instead.)
 func waitForBytes(src net.Conn) bool {
 	switch c := src.(type) {
 	case *mtcp.Conn:
@@ -328,7 +329,7 @@ func waitForBytes(src net.Conn) bool {
 		c.WaitReadable()
 		return true
 	}
-	return netwait.Readable(src)
+	return false
 }
 
 // readableWaiter is a connection that can wait for bytes to read without

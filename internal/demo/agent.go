@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"hafe.dev/hafe/api"
@@ -35,51 +34,18 @@ func (d *demo) restartExited(ctx context.Context, dbURL string) error {
 // startAgent starts `hafe agent` on a local port, seeded with one
 // front-end's MTCP address, and waits until it answers /healthz.
 func (d *demo) startAgent(ctx context.Context, seed *child) (*child, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("demo: find the hafe binary: %w", err)
-	}
 	addrs, err := freeLocalAddrs(2)
 	if err != nil {
 		return nil, err
 	}
-	logPath := filepath.Join(d.work, "agent.log")
-	logFile, err := os.Create(logPath)
+	a, err := d.startChild("hafe agent", "agent.log", "agent", "--listen", addrs[0], "--metrics-listen", addrs[1], "--servers", seed.mtcp)
 	if err != nil {
-		return nil, fmt.Errorf("demo: %w", err)
+		return nil, err
 	}
-	cmd := exec.Command(self, "agent", "--listen", addrs[0], "--metrics-listen", addrs[1], "--servers", seed.mtcp)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Env = withoutHafeEnv(os.Environ())
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return nil, fmt.Errorf("demo: start hafe agent: %w", err)
-	}
-	a := &child{id: "agent", url: "http://" + addrs[0], log: logPath, cmd: cmd, done: make(chan struct{})}
-	go func() { cmd.Wait(); logFile.Close(); close(a.done) }()
-	d.atExit(func() { a.stop() })
-	d.say("started hafe agent: pid %d, listening on %s, seeded with %s's MTCP address %s", cmd.Process.Pid, addrs[0], seed.id, seed.mtcp)
-	hc := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addrs[1]+"/healthz", nil)
-		if resp, err := hc.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return a, nil
-			}
-		}
-		switch {
-		case ctx.Err() != nil:
-			return nil, ctx.Err()
-		case a.exited():
-			return nil, fmt.Errorf("demo: hafe agent exited at start: %s", tail(logPath, 5))
-		case time.Now().After(deadline):
-			return nil, fmt.Errorf("demo: hafe agent not ready after 15s: %s", tail(logPath, 5))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	a.url = "http://" + addrs[0]
+	d.atExit(a.stop)
+	d.say("started hafe agent: pid %d, listening on %s, seeded with %s's MTCP address %s", a.cmd.Process.Pid, addrs[0], seed.id, seed.mtcp)
+	return a, waitAnswers(ctx, a, "http://"+addrs[1]+"/healthz")
 }
 
 // submitThroughAgent sends the batch as an unchanged HTTP client would,

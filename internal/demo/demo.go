@@ -290,28 +290,42 @@ type child struct {
 }
 
 func (d *demo) startFrontEnd(ctx context.Context, dbURL, id string) (*child, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("demo: find the hafe binary: %w", err)
-	}
 	addrs, err := freeLocalAddrs(2)
 	if err != nil {
 		return nil, err
 	}
 	addr, maddr := addrs[0], addrs[1]
-	logPath := filepath.Join(d.work, id+".log")
-	if _, err := os.Stat(logPath); err == nil {
-		logPath = filepath.Join(d.work, id+"-restarted.log") // --stay: keep the killed run's log
+	logName := id + ".log"
+	if _, err := os.Stat(filepath.Join(d.work, logName)); err == nil {
+		logName = id + "-restarted.log" // --stay: keep the killed run's log
 	}
+	// The demo's throwaway database has only its superuser; a real
+	// deployment connects as a role without SUPERUSER.
+	c, err := d.startChild(id, logName, "serve", "--db", dbURL, "--listen", addr, "--id", id, "--allow-superuser",
+		"--heartbeat", "200ms", "--owner-liveness", "1s", "--fence-grace", "1s", "--drain-timeout", "5s", "--admin-token", AdminToken,
+		"--mtcp-listen", maddr, "--cluster-key-file", d.clusterKey)
+	if err != nil {
+		return nil, err
+	}
+	c.url, c.mtcp = "http://"+addr, maddr
+	d.children[id] = c
+	d.say("started front-end %s: pid %d, %s, MTCP %s", id, c.cmd.Process.Pid, c.url, c.mtcp)
+	return c, nil
+}
+
+// startChild starts this hafe binary with args, its output in the work
+// directory's logName.
+func (d *demo) startChild(id, logName string, args ...string) (*child, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("demo: find the hafe binary: %w", err)
+	}
+	logPath := filepath.Join(d.work, logName)
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
-	// The demo's throwaway database has only its superuser; a real
-	// deployment connects as a role without SUPERUSER.
-	cmd := exec.Command(self, "serve", "--db", dbURL, "--listen", addr, "--id", id, "--allow-superuser",
-		"--heartbeat", "200ms", "--owner-liveness", "1s", "--fence-grace", "1s", "--drain-timeout", "5s", "--admin-token", AdminToken,
-		"--mtcp-listen", maddr, "--cluster-key-file", d.clusterKey)
+	cmd := exec.Command(self, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = withoutHafeEnv(os.Environ())
 	// Own process group, so a Ctrl-C reaches only us and we stop the
@@ -319,12 +333,10 @@ func (d *demo) startFrontEnd(ctx context.Context, dbURL, id string) (*child, err
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
-		return nil, fmt.Errorf("demo: start front-end %s: %w", id, err)
+		return nil, fmt.Errorf("demo: start %s: %w", id, err)
 	}
-	c := &child{id: id, url: "http://" + addr, mtcp: maddr, log: logPath, cmd: cmd, done: make(chan struct{})}
+	c := &child{id: id, log: logPath, cmd: cmd, done: make(chan struct{})}
 	go func() { cmd.Wait(); logFile.Close(); close(c.done) }()
-	d.children[id] = c
-	d.say("started front-end %s: pid %d, %s, MTCP %s", id, cmd.Process.Pid, c.url, c.mtcp)
 	return c, nil
 }
 
@@ -402,31 +414,37 @@ func freeLocalAddrs(n int) ([]string, error) {
 
 // waitReady waits until every front-end answers /readyz.
 func (d *demo) waitReady(ctx context.Context) error {
-	hc := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(15 * time.Second)
 	for _, id := range []string{"fe1", "fe2", "fe3"} {
 		c := d.children[id]
-		for {
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.url+"/readyz", nil)
-			resp, err := hc.Do(req)
-			if err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					break
-				}
-			}
-			switch {
-			case ctx.Err() != nil:
-				return ctx.Err()
-			case c.exited():
-				return fmt.Errorf("demo: front-end %s exited at start: %s", id, tail(c.log, 5))
-			case time.Now().After(deadline):
-				return fmt.Errorf("demo: front-end %s not ready after 15s: %s", id, tail(c.log, 5))
-			}
-			time.Sleep(50 * time.Millisecond)
+		if err := waitAnswers(ctx, c, c.url+"/readyz"); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// waitAnswers waits up to 15s until url answers 200, while c runs.
+func waitAnswers(ctx context.Context, c *child, url string) error {
+	hc := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if resp, err := hc.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case c.exited():
+			return fmt.Errorf("demo: %s exited at start: %s", c.id, tail(c.log, 5))
+		case time.Now().After(deadline):
+			return fmt.Errorf("demo: %s not ready after 15s: %s", c.id, tail(c.log, 5))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func tail(path string, n int) string {

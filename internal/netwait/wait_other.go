@@ -10,9 +10,6 @@ import (
 // Supported is false here: nothing can wait without a buffer.
 func Supported(net.Conn) bool { return false }
 
-// Readable returns false at once: read c as usual.
-func Readable(net.Conn) bool { return false }
-
 // ReadPooled returns ok false at once: read c as usual.
 func ReadPooled(net.Conn, *sync.Pool) (buf *[]byte, n int, err error, ok bool) {
 	return nil, 0, nil, false

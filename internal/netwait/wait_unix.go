@@ -11,33 +11,16 @@ import (
 	"syscall"
 )
 
-// Supported reports whether Readable and ReadPooled can wait on c (a TCP
+// Supported reports whether ReadPooled can wait on c (a TCP
 // or Unix socket; not TLS, whose records need a buffer anyway).
 func Supported(c net.Conn) bool {
 	_, ok := c.(syscall.Conn)
 	return ok
 }
 
-// Readable blocks until c has bytes, an end of stream or an error to
-// read, holding no buffer meanwhile; false if c cannot be waited on so
-// (then read it as usual). An error (closed, deadline) is left for the
-// next Read to report.
-func Readable(c net.Conn) bool {
-	rc := rawConn(c)
-	if rc == nil {
-		return false
-	}
-	var peek [1]byte
-	_ = rc.Read(func(fd uintptr) bool {
-		_, _, err := syscall.Recvfrom(int(fd), peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return !errors.Is(err, syscall.EAGAIN) && !errors.Is(err, syscall.EINTR)
-	})
-	return true
-}
-
 // ReadPooled reads from c into a buffer from pool (a *[]byte), taken only
-// once bytes have arrived: while c is idle it holds none, and unlike
-// Readable followed by a Read it costs no extra system call. It returns
+// once bytes have arrived: while c is idle it holds none, and unlike a
+// peek followed by a Read it costs no extra system call. It returns
 // the buffer and the bytes read into it (nil when none were: the buffer is
 // back in the pool), and an error as c's Read would (io.EOF at the end of
 // stream). ok is false if c cannot be read so; then read it as usual.
