@@ -76,27 +76,15 @@ func quickLookup(lookup pgconn.LookupFunc) pgconn.LookupFunc {
 	if lookup == nil {
 		lookup = net.DefaultResolver.LookupHost
 	}
-	var (
-		mu     sync.Mutex
-		failed = map[string]failedLookup{}
-	)
+	failed := &recentFailures{}
 	return func(ctx context.Context, host string) ([]string, error) {
-		mu.Lock()
-		f, ok := failed[host]
-		mu.Unlock()
-		if ok && time.Since(f.at) < lookupFailedFor {
-			return nil, f.err
+		if err := failed.get(host); err != nil {
+			return nil, err
 		}
 		ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 		defer cancel()
 		addrs, err := lookup(ctx, host)
-		mu.Lock()
-		if err != nil {
-			failed[host] = failedLookup{at: time.Now(), err: err}
-		} else {
-			delete(failed, host)
-		}
-		mu.Unlock()
+		failed.note(host, err)
 		return addrs, err
 	}
 }
@@ -108,32 +96,53 @@ const multiHostDialTimeout = 3 * time.Second
 // lookupFailedFor: a connection tries the hosts in turn, and the primary
 // may be the last.
 func quickDial(dial pgconn.DialFunc) pgconn.DialFunc {
-	var (
-		mu     sync.Mutex
-		failed = map[string]failedLookup{}
-	)
+	failed := &recentFailures{}
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		mu.Lock()
-		f, ok := failed[addr]
-		mu.Unlock()
-		if ok && time.Since(f.at) < lookupFailedFor {
-			return nil, f.err
+		if err := failed.get(addr); err != nil {
+			return nil, err
 		}
 		c, err := dial(ctx, network, addr)
-		mu.Lock()
-		if err != nil && ctx.Err() == nil {
-			failed[addr] = failedLookup{at: time.Now(), err: err}
-		} else if err == nil {
-			delete(failed, addr)
+		if err == nil || ctx.Err() == nil { // not the caller giving up
+			failed.note(addr, err)
 		}
-		mu.Unlock()
 		return c, err
 	}
+}
+
+// recentFailures remembers, per host or address, a failure of the last
+// lookupFailedFor.
+type recentFailures struct {
+	mu     sync.Mutex
+	failed map[string]failedLookup
 }
 
 type failedLookup struct {
 	at  time.Time
 	err error
+}
+
+// get returns key's recent failure, or nil.
+func (r *recentFailures) get(key string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if f, ok := r.failed[key]; ok && time.Since(f.at) < lookupFailedFor {
+		return f.err
+	}
+	return nil
+}
+
+// note records key's failure, or forgets it on success (err nil).
+func (r *recentFailures) note(key string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil {
+		delete(r.failed, key)
+		return
+	}
+	if r.failed == nil {
+		r.failed = map[string]failedLookup{}
+	}
+	r.failed[key] = failedLookup{at: time.Now(), err: err}
 }
 
 // RequireWritable makes connections with cfg go only to a server that
