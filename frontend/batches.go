@@ -154,21 +154,23 @@ func (s *Server) postBatch(w http.ResponseWriter, r *http.Request) {
 		h.Set(api.HeaderResumed, "true")
 	}
 	w.WriteHeader(http.StatusOK)
-	if gone != nil {
+	// endLost ends a moved connection's stream whose reported lines the
+	// database lost: what the connection holds is not written again.
+	endLost := func(lost *txn.LostReportsError) {
 		mx.skipHeld()
 		s.metrics.batches.WithLabelValues("interrupted").Inc()
-		w.Write(append(s.reportLost(gone, "mtcp", "request_id", w.Header().Get("X-Request-Id")), '\n'))
+		w.Write(append(s.reportLost(lost, "mtcp", "request_id", w.Header().Get("X-Request-Id")), '\n'))
+	}
+	if gone != nil {
+		endLost(gone)
 		return
 	}
 	if mx != nil && mx.migrated {
 		var lost *txn.LostReportsError
 		if lease.Reported, lost = mx.heldReports(r.Context(), len(req.batch.Transactions)); lost != nil {
-			// The connection holds report lines the database has lost:
-			// they are not written again, nor their slots run again.
+			// Nor are their slots run again.
 			s.exec.Release(lease)
-			mx.skipHeld()
-			s.metrics.batches.WithLabelValues("interrupted").Inc()
-			w.Write(append(s.reportLost(lost, "mtcp", "request_id", w.Header().Get("X-Request-Id")), '\n'))
+			endLost(lost)
 			return
 		}
 	}
